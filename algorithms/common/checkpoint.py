@@ -1,0 +1,130 @@
+"""Checkpoint handle: atomic saves of arbitrary state, the last K kept, RNG state capture.
+
+An algorithm builds a plain dict (model and optimizer `state_dict()`s, env state, counters, `rng_state()`)
+and hands it to `Checkpointer.save`; on start it calls `Checkpointer.load()` and restores what it finds.
+Files are written to a temporary name and renamed, so a kill during a save never leaves a torn file.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+_NAME = re.compile(r"^ckpt-(\d{12})\.pt$")
+
+
+class RunInterrupted(Exception):
+    """Raised by `Checkpointer.save` after a stop was requested (SIGTERM/SIGINT): the state is safe on disk."""
+
+
+def rng_state() -> dict[str, Any]:
+    """Capture python, numpy (global) and torch (CPU and CUDA) RNG states."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Checkpointer:
+    """Saves to `directory/ckpt-<step>.pt`, keeps the newest `keep_last`.
+
+    A save is due every `every_steps` environment steps or `every_seconds` of wall time, whichever comes
+    first, and right away once a stop was requested (`handle_signals()` turns SIGTERM/SIGINT into such a
+    request, so a preempted or Ctrl-C'd run saves at its next safe point and then raises RunInterrupted).
+    `metadata_fn` adds caller data to every file (the runner records how far `metrics.jsonl` had got).
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        keep_last: int = 2,
+        every_steps: int | None = None,
+        every_seconds: float | None = 300.0,
+        metadata_fn: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        if keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+        self.directory = Path(directory)
+        self.keep_last = keep_last
+        self.every_steps = every_steps
+        self.every_seconds = every_seconds
+        self.metadata_fn = metadata_fn
+        self.stop_requested = False
+        self._last_step: int | None = None
+        self._last_time = time.monotonic()
+
+    # --- when -------------------------------------------------------------------------------------
+    def handle_signals(self) -> None:
+        def request_stop(signum: int, frame: Any) -> None:
+            self.stop_requested = True
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+
+    def due(self, step: int) -> bool:
+        if self.stop_requested:
+            return True
+        if self._last_step is None:
+            self._last_step = step
+        if self.every_steps is not None and step - self._last_step >= self.every_steps:
+            return True
+        return self.every_seconds is not None and time.monotonic() - self._last_time >= self.every_seconds
+
+    # --- io ---------------------------------------------------------------------------------------
+    def paths(self) -> list[Path]:
+        """Existing checkpoint files, oldest first."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(p for p in self.directory.iterdir() if _NAME.match(p.name))
+
+    def save(self, step: int, state: dict[str, Any]) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        payload = {"step": step, "saved_at": time.time(), "state": state}
+        if self.metadata_fn is not None:
+            payload["metadata"] = self.metadata_fn()
+        path = self.directory / f"ckpt-{step:012d}.pt"
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        for old in self.paths()[: -self.keep_last]:
+            old.unlink(missing_ok=True)
+        self._last_step, self._last_time = step, time.monotonic()
+        if self.stop_requested:
+            raise RunInterrupted(f"stopped on request after saving a checkpoint at step {step:,}")
+        return path
+
+    def latest(self) -> dict[str, Any] | None:
+        """The newest checkpoint's payload (`step`, `state`, `metadata`), or None."""
+        paths = self.paths()
+        if not paths:
+            return None
+        # weights_only=False: our own files hold numpy RNG tuples and env snapshots, not just tensors.
+        return torch.load(paths[-1], map_location="cpu", weights_only=False)
+
+    def load(self) -> dict[str, Any] | None:
+        """The newest saved state dict, or None when the run starts fresh."""
+        payload = self.latest()
+        if payload is None:
+            return None
+        self._last_step = payload["step"]
+        return payload["state"]

@@ -1,0 +1,1 @@
+"""Run directories -> tidy frame -> statistics -> figures and reports (built in a later issue)."""

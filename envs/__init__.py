@@ -1,0 +1,78 @@
+"""Environment construction and evaluation: the benchmark protocol, shared by every algorithm."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from envs.vector import EnvSpec, RunningMeanStd, VecEnv
+
+__all__ = ["EnvSpec", "RunningMeanStd", "VecEnv", "evaluate", "make_vec_env", "validate_env_id"]
+
+
+def validate_env_id(env_id: str) -> None:
+    """Raise ValueError (with the closest registered ids) unless `env_id` can be built here."""
+    try:
+        gym.spec(env_id)
+    except gym.error.Error as exc:
+        close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown environment id {env_id!r} ({exc}).{hint}") from None
+    try:
+        gym.make(env_id, disable_env_checker=True).close()
+    except Exception as exc:  # a missing optional dependency (mujoco, ale-py) shows up here
+        raise ValueError(f"environment {env_id!r} is registered but cannot be built: {exc}") from None
+
+
+def make_vec_env(
+    env_id: str,
+    num_envs: int,
+    seed: int,
+    *,
+    normalize_obs: bool = False,
+    normalize_reward: bool = False,
+    clip_actions: bool = True,
+    gamma: float = 0.99,
+    env_kwargs: dict[str, Any] | None = None,
+) -> tuple[VecEnv, np.ndarray]:
+    """Build `num_envs` seeded copies (copy i gets seed + i) and reset them; returns (envs, first obs)."""
+    spec = EnvSpec(
+        env_id=env_id,
+        normalize_obs=normalize_obs,
+        normalize_reward=normalize_reward,
+        clip_actions=clip_actions,
+        gamma=gamma,
+        env_kwargs=tuple(sorted((env_kwargs or {}).items())),
+    )
+    envs = VecEnv(spec, num_envs)
+    return envs, envs.reset(seed=seed)
+
+
+def evaluate(
+    train_envs: VecEnv,
+    policy: Callable[[np.ndarray], np.ndarray],
+    episodes: int,
+    seed: int,
+) -> np.ndarray:
+    """Run `episodes` full episodes with a deterministic `policy` on fresh copies of the training env.
+
+    The copies share the training observation statistics, frozen; rewards are the env's own (not
+    normalised, not clipped). One copy per episode, seeded seed + i, each stopped after its first episode,
+    so long and short episodes are counted alike. Returns the episodic returns, shape (episodes,).
+    """
+    envs = train_envs.frozen_copy(episodes)
+    try:
+        obs = envs.reset(seed=seed)
+        returns = np.full(episodes, np.nan)
+        while np.isnan(returns).any():
+            obs, _, _, _, info = envs.step(policy(obs))
+            for i, episodic_return, _ in info["episodes"]:
+                if np.isnan(returns[i]):
+                    returns[i] = episodic_return
+        return returns
+    finally:
+        envs.close()

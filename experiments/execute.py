@@ -1,0 +1,105 @@
+"""Run one spec to completion in its run directory: create or resume, train, record the result.
+
+The single-run command and every grid executor call `execute_run`; it is safe to call again on the same
+spec at any time (a finished run is skipped, an unfinished one resumes from its newest checkpoint).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from algorithms.common import Checkpointer, ConsoleLogger, RunInterrupted
+from envs import validate_env_id
+from experiments.registry import load_algorithm
+from experiments.runs import JsonlLogger, RunDirectory, RunSpec
+
+
+@dataclasses.dataclass
+class RunOptions:
+    runs_dir: Path = Path("runs")
+    track: bool = False
+    wandb_mode: str | None = None
+    wandb_project: str | None = None
+    threads: int = 1
+    checkpoint_every_steps: int | None = None
+    checkpoint_every_seconds: float | None = 300.0
+    keep_checkpoints: int = 2
+    progress: bool = True
+
+
+class MultiLogger:
+    def __init__(self, *loggers: Any) -> None:
+        self.loggers = [lg for lg in loggers if lg is not None]
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        for logger in self.loggers:
+            logger.log(step, metrics)
+
+    def close(self) -> None:
+        for logger in self.loggers:
+            logger.close()
+
+
+def validate_spec(spec: RunSpec) -> Any:
+    """Everything that can be checked before compute is spent; returns the resolved Config."""
+    load_algorithm(spec.algo)
+    config = spec.config()
+    validate_env_id(spec.env_id)
+    return config
+
+
+def execute_run(spec: RunSpec, options: RunOptions) -> dict[str, Any]:
+    """Returns {"status": "done" | "skipped", "run_dir": ..., "result": ...}; raises on failure or interrupt
+    (after writing error.txt for failures; checkpoints make the next call resume)."""
+    config = validate_spec(spec)
+    run_dir = RunDirectory(spec.run_dir(options.runs_dir))
+    run_dir.create_or_check(spec, config)  # refuses a directory of another config before anything is written
+    if run_dir.status == "done":
+        return {"status": "skipped", "run_dir": str(run_dir.path), "result": json.loads(run_dir.result_file.read_text())}
+
+    previous_threads = torch.get_num_threads()
+    previous_handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    torch.set_num_threads(options.threads)
+    jsonl = None
+    checkpointer = Checkpointer(
+        run_dir.checkpoint_dir,
+        keep_last=options.keep_checkpoints,
+        every_steps=options.checkpoint_every_steps,
+        every_seconds=options.checkpoint_every_seconds,
+        metadata_fn=lambda: {"metrics_offset": jsonl.offset()},
+    )
+    latest = checkpointer.latest()
+    run_dir.truncate_metrics(latest["metadata"]["metrics_offset"] if latest else 0)
+    jsonl = JsonlLogger(run_dir.metrics_file)
+    loggers: list[Any] = [jsonl]
+    if options.progress:
+        resumed = f" (resuming from step {latest['step']:,})" if latest else ""
+        print(f"{spec.algo} on {spec.env_id}, seed {spec.seed} -> {run_dir.path}{resumed}", flush=True)
+        loggers.append(ConsoleLogger(total_steps=getattr(config, "total_timesteps", None)))
+    if options.track:
+        from experiments.tracking import WandbLogger, resolve_wandb_mode
+
+        loggers.append(WandbLogger(spec, config, run_dir.path, resolve_wandb_mode(options.wandb_mode), options.wandb_project))
+    logger = MultiLogger(*loggers)
+    checkpointer.handle_signals()
+    try:
+        result = load_algorithm(spec.algo).train(config, logger, checkpointer).to_dict()
+    except RunInterrupted:
+        raise
+    except BaseException:
+        run_dir.error_file.write_text(traceback.format_exc())
+        raise
+    finally:
+        logger.close()
+        torch.set_num_threads(previous_threads)
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
+    run_dir.finish(result)
+    return {"status": "done", "run_dir": str(run_dir.path), "result": result}

@@ -1,0 +1,219 @@
+"""Bad input to `rlgrid train`: a clear message, exit code 2, no run directory made, nothing existing touched.
+
+Also the two "directory already there" cases: a directory made for another config is refused without
+being touched, and a finished run is skipped without being touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from experiments.cli import main
+
+# A tiny PPO CartPole run (a few seconds): 1024 steps, checkpoints every 256 so checkpoints/ is not empty.
+TINY = {
+    "env-id": "CartPole-v1",
+    "total-timesteps": "1024",
+    "num-envs": "2",
+    "num-steps": "128",
+    "update-epochs": "2",
+    "num-minibatches": "4",
+    "eval-every": "512",
+    "eval-episodes": "2",
+}
+RUNNER = ["--quiet", "--checkpoint-every-steps", "256"]
+
+
+def train_argv(runs_dir: Path, algo: str = "ppo", extra: tuple[str, ...] = (), **changes: str) -> list[str]:
+    """argv for `rlgrid train ALGO` with TINY's fields, `changes` replacing some (keys with '-' as '_')."""
+    fields = {**TINY, **{k.replace("_", "-"): v for k, v in changes.items()}}
+    argv = ["train", algo]
+    for name, value in fields.items():
+        argv += [f"--{name}", value]
+    return [*argv, *RUNNER, *extra, "--runs-dir", str(runs_dir)]
+
+
+@contextlib.contextmanager
+def _restore_process_state():
+    """execute_run installs SIGINT/SIGTERM handlers and sets torch's thread count in the calling process;
+    put both back so that running the CLI in-process does not change the rest of the test session."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        torch.set_num_threads(threads)
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture | None = None) -> tuple[int, str, str]:
+    """`experiments.cli.main(argv)` in-process: (exit code, stdout, stderr)."""
+    if capsys is not None:
+        capsys.readouterr()  # drop anything printed before
+    with _restore_process_state():
+        code = main(argv)
+    out, err = capsys.readouterr() if capsys is not None else ("", "")
+    return code, out, err
+
+
+def snapshot(root: Path) -> dict[str, tuple[bytes, int] | None]:
+    """Every path under `root` -> (bytes, mtime_ns) for files, None for directories."""
+    return {
+        str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) if p.is_file() else None
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def assert_no_run_directory(runs_dir: Path) -> None:
+    leftovers = sorted(str(p) for p in runs_dir.rglob("*")) if runs_dir.exists() else []
+    assert leftovers == [], f"bad input left files behind: {leftovers}"
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A runs dir holding one finished tiny run (trained once for the module); tests copy it."""
+    runs_dir = tmp_path_factory.mktemp("finished") / "runs"
+    code, _, _ = run_cli(train_argv(runs_dir))
+    assert code == 0
+    (run_dir,) = runs_dir.glob("single/ppo/CartPole-v1/seed1-*")
+    assert (run_dir / "DONE").is_file() and (run_dir / "result.json").is_file()
+    assert list((run_dir / "checkpoints").glob("ckpt-*.pt")), "the fixture run should have checkpoints"
+    assert (run_dir / "metrics.jsonl").stat().st_size > 0
+    return runs_dir
+
+
+def copy_runs(finished_run: Path, dest: Path) -> tuple[Path, Path]:
+    """A private copy (mtimes kept) of the finished runs dir: (runs_dir, run_dir)."""
+    runs_dir = dest / "runs"
+    shutil.copytree(finished_run, runs_dir)  # copy2: contents and mtimes
+    (run_dir,) = runs_dir.glob("single/ppo/CartPole-v1/seed1-*")
+    return runs_dir, run_dir
+
+
+# (id, algo, changes to TINY, extra args, words the message must contain)
+BAD_INPUTS = [
+    ("algo-typo", "ppoo", {}, (), ["unknown algorithm 'ppoo'", "Did you mean 'ppo'?", "Known algorithms:", "ppo"]),
+    ("algo-unknown", "no-such-algorithm", {}, (), ["unknown algorithm 'no-such-algorithm'", "Known algorithms: ppo"]),
+    ("field-typo", "ppo", {}, ("--learning-rat", "0.1"), ["no Config field 'learning_rat'", "Did you mean 'learning_rate'?"]),
+    ("field-typo-inline", "ppo", {}, ("--learning-rat=0.1",), ["no Config field 'learning_rat'", "'learning_rate'"]),
+    ("int-type", "ppo", {"num_steps": "abc"}, (), ["num_steps expects an integer", "'abc'"]),
+    ("float-type", "ppo", {}, ("--learning-rate", "fast"), ["learning_rate expects a number", "'fast'"]),
+    ("bool-type", "ppo", {}, ("--norm-adv", "maybe"), ["norm_adv expects true/false", "'maybe'"]),
+    ("missing-value", "ppo", {}, ("--hidden-size",), ["--hidden-size needs a value"]),
+    ("gamma-range", "ppo", {}, ("--gamma", "1.5"), ["invalid ppo config", "gamma", "1.5"]),
+    ("minibatch-divisibility", "ppo", {"num_minibatches": "7"}, (), ["not divisible", "num_minibatches = 7", "256"]),
+    ("env-typo", "ppo", {"env_id": "CartPol-v1"}, (), ["unknown environment id 'CartPol-v1'", "Did you mean CartPole-v1"]),
+    ("threads", "ppo", {}, ("--threads", "0"), ["--threads", ">= 1"]),
+    ("seed-type", "ppo", {}, ("--seed", "abc"), ["seed expects an integer", "'abc'"]),
+]
+
+
+def _case_id(case) -> str:
+    return case.values[0] if hasattr(case, "values") else case[0]
+
+
+@pytest.mark.parametrize("case_id, algo, changes, extra, words", BAD_INPUTS, ids=[_case_id(c) for c in BAD_INPUTS])
+def test_bad_input_is_refused_with_a_clear_message(tmp_path, capsys, case_id, algo, changes, extra, words):
+    runs_dir = tmp_path / "runs"
+    code, out, err = run_cli(train_argv(runs_dir, algo, extra, **changes), capsys)
+    assert code == 2, (out, err)
+    assert err.startswith("error: "), err
+    assert "Traceback" not in err
+    for word in words:
+        assert word in err, f"{word!r} missing from the message: {err!r}"
+    assert "finished" not in out
+    assert_no_run_directory(runs_dir)
+
+
+def test_bad_input_exit_code_through_a_real_process(tmp_path):
+    """`python -m experiments` (what the `rlgrid` script runs) exits 2 with the message on stderr."""
+    runs_dir = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "-m", "experiments", *train_argv(runs_dir, "ppoo")],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "Did you mean 'ppo'?" in proc.stderr
+    assert proc.stdout == ""
+    assert_no_run_directory(runs_dir)
+
+
+def test_bad_input_leaves_existing_runs_untouched(tmp_path, capsys, finished_run):
+    runs_dir, _ = copy_runs(finished_run, tmp_path)
+    before = snapshot(runs_dir)
+    for case in BAD_INPUTS:
+        _, algo, changes, extra, _ = case.values if hasattr(case, "values") else case
+        code, _, err = run_cli(train_argv(runs_dir, algo, extra, **changes), capsys)
+        assert code == 2, err
+    assert snapshot(runs_dir) == before
+
+
+def _change_value(config: dict) -> str:
+    config["clip_coef"] = 0.25  # as if the default had changed from 0.2
+    return "clip_coef"
+
+
+def _add_removed_field(config: dict) -> str:
+    config["old_field"] = 3  # as if the Config had lost a field since the run was made
+    return "old_field"
+
+
+def _drop_new_field(config: dict) -> str:
+    del config["hidden_size"]  # as if the Config had gained a field since the run was made
+    return "hidden_size"
+
+
+@pytest.mark.parametrize(
+    "state, edit",
+    [
+        ("partial", _change_value),
+        ("partial", _add_removed_field),
+        ("partial", _drop_new_field),
+        ("finished", _change_value),
+    ],
+    ids=["partial-changed-value", "partial-removed-field", "partial-new-field", "finished-changed-value"],
+)
+def test_directory_of_another_config_is_refused_untouched(tmp_path, capsys, finished_run, state, edit):
+    runs_dir, run_dir = copy_runs(finished_run, tmp_path)
+    if state == "partial":  # as a run killed before it finished: checkpoints and metrics, no result, no DONE
+        (run_dir / "DONE").unlink()
+        (run_dir / "result.json").unlink()
+    config = json.loads((run_dir / "config.json").read_text())
+    field = edit(config)
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    before = snapshot(runs_dir)
+    assert any(name.startswith("checkpoints/") for name in snapshot(run_dir)), "nothing to protect"
+
+    code, out, err = run_cli(train_argv(runs_dir), capsys)
+
+    assert code == 2, (out, err)
+    assert "different config" in err
+    assert f"  {field}: directory has" in err, err  # names the field that differs
+    assert "left untouched" in err
+    assert str(run_dir) in err
+    assert snapshot(runs_dir) == before  # metrics.jsonl, config.json, checkpoints: same bytes, same mtimes
+
+
+def test_finished_run_is_skipped_untouched(tmp_path, capsys, finished_run):
+    runs_dir, run_dir = copy_runs(finished_run, tmp_path)
+    before = snapshot(runs_dir)
+    result = json.loads((run_dir / "result.json").read_text())
+
+    code, out, err = run_cli(train_argv(runs_dir), capsys)
+
+    assert code == 0, err
+    assert f"already finished, nothing to do: {run_dir}" in out
+    assert f"final eval return {result['final_eval_return']:.2f} at step {result['global_step']:,}" in out
+    after = snapshot(runs_dir)
+    assert after == before
+    for name in ("metrics.jsonl", "result.json"):  # the two the brief names, explicitly
+        rel = str((run_dir / name).relative_to(runs_dir))
+        assert after[rel] == before[rel]
