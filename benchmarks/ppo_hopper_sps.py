@@ -1,0 +1,78 @@
+"""Steps per second of rlgrid's PPO on Hopper-v5, next to the raw env rate measured in the same run
+(and, if given the path, CleanRL's ppo_continuous_action.py with the same hyperparameters).
+
+    python benchmarks/ppo_hopper_sps.py [--steps 40960] [--threads 1] [--cleanrl /path/to/ppo_continuous_action.py]
+
+All rates are cumulative over the same number of environment steps from the start of training (as
+CleanRL's printed SPS), on this machine, one after another so they do not compete for cores. CleanRL's
+script is not part of rlgrid: pass the path of a copy adapted to gymnasium >= 1.0 to include it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from algorithms import ppo
+from algorithms.common import RecordingLogger
+
+
+def raw_env_rate(env_id: str, steps: int) -> float:
+    """Bare env.step with random actions, resets included: the physical limit for one env copy."""
+    env = gym.make(env_id, disable_env_checker=True)
+    env.reset(seed=0)
+    actions = np.random.default_rng(0).uniform(-1, 1, (steps, *env.action_space.shape)).astype(np.float32)
+    start = time.perf_counter()
+    for action in actions:
+        _, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            env.reset()
+    return steps / (time.perf_counter() - start)
+
+
+def rlgrid_rate(env_id: str, steps: int, eval_every: int) -> float:
+    logger = RecordingLogger()
+    ppo.train(ppo.Config(env_id=env_id, total_timesteps=steps, eval_every=eval_every), logger)
+    return logger.series("charts/SPS")[-1][1]
+
+
+def cleanrl_rate(script: str, env_id: str, steps: int) -> float:
+    out = subprocess.run([sys.executable, script, "--env-id", env_id, "--total-timesteps", str(steps), "--seed", "1"],
+                         capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.abspath(script)))  # fmt: skip
+    rates = re.findall(r"SPS:\s*(\d+)", out.stdout + out.stderr)
+    if not rates:
+        raise RuntimeError(f"no SPS lines in CleanRL's output:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+    return float(rates[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env-id", default="Hopper-v5")
+    parser.add_argument("--steps", type=int, default=40_960, help="env steps per measurement (multiple of 2048)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for rlgrid's run")
+    parser.add_argument("--cleanrl", default=None, help="path to CleanRL's ppo_continuous_action.py (optional)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"{args.env_id}, {args.steps:,} steps per measurement, torch {torch.__version__}, {os.cpu_count()} cores")
+    rows = [("raw env.step (random actions)", raw_env_rate(args.env_id, args.steps))]
+    rows.append(("rlgrid ppo, default config, no evaluation", rlgrid_rate(args.env_id, args.steps, eval_every=0)))
+    rows.append(("rlgrid ppo, default config, eval every 20,480", rlgrid_rate(args.env_id, args.steps, eval_every=20_480)))
+    if args.cleanrl:
+        rows.append(("CleanRL ppo_continuous_action.py", cleanrl_rate(args.cleanrl, args.env_id, args.steps)))
+    raw = rows[0][1]
+    for name, rate in rows:
+        print(f"{name:<48} {rate:>9,.0f} steps/s   {rate / raw:5.1%} of raw")
+    if args.cleanrl:
+        print(f"speed-up over CleanRL: {rows[1][1] / rows[-1][1]:.2f}x (no eval), {rows[2][1] / rows[-1][1]:.2f}x (with eval)")
+
+
+if __name__ == "__main__":
+    main()
