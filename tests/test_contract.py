@@ -77,3 +77,14 @@ def test_same_seed_same_numbers_other_seed_differs(algo, env_id):
         runs.append(_deterministic_records(logger))
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ALGOS)
+def test_compile_flag_runs(algo):
+    """compile=True wraps the hot paths in torch.compile (CPU inductor here); the run must still work."""
+    module, cfg = smoke_config(algo, SMOKE_ENVS["continuous"])
+    logger = RecordingLogger()
+    result = module.train(dataclasses.replace(cfg, compile=True), logger)
+    assert math.isfinite(result.final_eval_return)
+    assert all(math.isfinite(v) for _, m in logger.records for k, v in m.items() if k.startswith("losses/policy"))

@@ -93,10 +93,12 @@ class ConsoleLogger:
         self.step = 0
         self.episodic_return: float | None = None
         self.eval_return: float | None = None
+        self.printed_step: int | None = None
+        self.line_open = False  # a terminal line drawn without its newline yet
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        if self.first_step is None:
-            self.first_step = step
+        if self.first_step is None:  # the rate is measured from the first step seen (resumed runs too)
+            self.first_step, self.last_print = step, time.perf_counter()
         self.step = step
         self.episodic_return = metrics.get("charts/episodic_return", self.episodic_return)
         if "eval/episodic_return" in metrics:
@@ -119,14 +121,17 @@ class ConsoleLogger:
         return " | ".join(parts)
 
     def _print(self, force: bool = False) -> None:
-        self.last_print = time.perf_counter()
+        self.last_print, self.printed_step = time.perf_counter(), self.step
         if self.is_tty:
-            self.stream.write("\r\033[K" + self._line())
-            if force:
-                self.stream.write("\n")
+            self.stream.write("\r\033[K" + self._line() + ("\n" if force else ""))
+            self.line_open = not force
         else:
             self.stream.write(self._line() + "\n")
         self.stream.flush()
 
     def close(self) -> None:
-        self._print(force=True)
+        if self.printed_step != self.step:
+            self._print(force=True)
+        elif self.line_open:
+            self.stream.write("\n")
+            self.stream.flush()
