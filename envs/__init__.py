@@ -11,7 +11,20 @@ import numpy as np
 
 from envs.vector import EnvSpec, RunningMeanStd, VecEnv
 
-__all__ = ["EnvSpec", "RunningMeanStd", "VecEnv", "evaluate", "make_vec_env", "validate_env_id"]
+__all__ = ["EnvSpec", "RunningMeanStd", "VecEnv", "env_family", "evaluate", "make_vec_env", "validate_env_id"]
+
+ENV_FAMILIES = ("classic_control", "mujoco", "box2d", "toy_text", "atari", "minatar", "other")
+
+
+def env_family(env_id: str) -> str:
+    """The family of a registered env id (suites set overrides per family), from its entry point."""
+    entry = str(gym.spec(env_id).entry_point)
+    for family in ("classic_control", "mujoco", "box2d", "toy_text"):
+        if f"gymnasium.envs.{family}" in entry:
+            return family
+    if entry.startswith("ale_py"):
+        return "atari"
+    return "minatar" if "minatar" in entry.lower() else "other"
 
 
 def validate_env_id(env_id: str) -> None:

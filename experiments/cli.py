@@ -128,11 +128,91 @@ def cmd_train(argv: list[str]) -> int:
     return 0
 
 
+RUN_DESCRIPTION = """\
+Run a suite: every algorithm x env x variant x seed of a TOML suite file (a path, or the name of a suite
+shipped in experiments/suites/). The whole suite is validated before anything starts. Finished runs are
+skipped, unfinished ones resume from their newest checkpoint, failures are retried --retries times and
+then recorded. Ctrl-C checkpoints and stops every run; the same command later continues. The summary is
+written to RUNS_DIR/<suite>/summary.json.
+"""
+
+
+def cmd_run(argv: list[str]) -> int:
+    import os
+
+    from experiments.execute import RunOptions
+    from experiments.grid import GridOptions, GridRunner, plan
+    from experiments.suite import SuiteError, load_suite
+
+    parser = argparse.ArgumentParser(prog="rlgrid run", description=RUN_DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)  # fmt: skip
+    parser.add_argument("suite", help="suite file or shipped suite name (e.g. quickstart, mujoco_1m)")
+    parser.add_argument("--executor", choices=["local", "inline"], default="local",
+                        help="local: a process per run, N at once (default); inline: one by one in this process")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=None, help="runs at once (default: cores / threads per run)")
+    parser.add_argument("--threads-per-run", type=int, default=1, help="torch threads per run (default: 1)")
+    parser.add_argument("--gpus-per-run", type=float, default=0.0, help="GPU fraction per run, e.g. 0.25 packs 4 per GPU")
+    parser.add_argument("--retries", type=int, default=1, help="retries of a failed run (default: 1)")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="root of run directories (default: ./runs)")
+    parser.add_argument("--dry-run", action="store_true", help="print the runs and their state; run nothing")
+    parser.add_argument("--track", action="store_true", help="mirror every run to Weights & Biases")
+    parser.add_argument("--wandb-mode", choices=["online", "offline", "disabled"], default=None)
+    parser.add_argument("--checkpoint-every-seconds", type=float, default=300.0, help="checkpoint interval (default: 300)")
+    parser.add_argument("--progress-interval", type=float, default=10.0, help="seconds between progress reports")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        suite = load_suite(args.suite)
+        if args.threads_per_run < 1 or args.retries < 0 or (args.workers is not None and args.workers < 1):
+            raise ValueError("--threads-per-run and --workers must be >= 1, --retries >= 0")
+    except (SuiteError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rows = plan(suite.specs, args.runs_dir)
+    if args.dry_run:
+        print(f"{'algo':<10} {'variant':<12} {'env':<22} {'seed':>4}  {'hash':<8}  state")
+        for spec, state in rows:
+            print(f"{spec.algo:<10} {spec.variant:<12} {spec.env_id:<22} {spec.seed:>4}  {spec.hash:<8}  {state}")
+        counts = {s: sum(1 for _, st in rows if st == s) for s in ("done", "partial", "new", "diverged")}
+        print(f"{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+        return 0
+    workers = args.workers or max(1, (os.cpu_count() or 1) // args.threads_per_run)
+    run_options = RunOptions(runs_dir=args.runs_dir, track=args.track, wandb_mode=args.wandb_mode,
+                             threads=args.threads_per_run, checkpoint_every_seconds=args.checkpoint_every_seconds,
+                             progress=args.executor == "inline")  # fmt: skip
+    grid = GridOptions(executor=args.executor, workers=workers, retries=args.retries, gpus_per_run=args.gpus_per_run,
+                       progress_interval_s=args.progress_interval)  # fmt: skip
+    print(f"{suite.name}: {len(rows)} runs ({sum(1 for _, s in rows if s == 'done')} already done), "
+          f"{workers} at once, {args.threads_per_run} thread(s) each -> {args.runs_dir / suite.name}", flush=True)  # fmt: skip
+    try:
+        summary = GridRunner(suite.name, list(suite.specs), run_options, grid).run()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    counts = summary["counts"]
+    print(f"\n{suite.name}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+          + f" in {summary['wall_time_s']:.0f} s, {summary['env_steps_this_invocation']:,} env steps"
+          f" ({summary['aggregate_steps_per_second']:,.0f} steps/s)")  # fmt: skip
+    for row in summary["runs_detail"]:
+        if row["status"] in ("failed", "diverged"):
+            print(
+                f"  {row['status']}: {row['algo']}/{row['variant']}/{row['env_id']}/seed{row['seed']}: {row.get('error', '')}"
+            )
+    left = [r for r in summary["runs_detail"] if r["status"] in ("interrupted", "not started")]
+    if left:
+        print(f"  {len(left)} runs left; run the same command again to continue.")
+        return 130
+    return 0 if all(s == "done" for s in counts) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"train": cmd_train}
+    commands = {"train": cmd_train, "run": cmd_run}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
-        print("usage: rlgrid COMMAND ...\n\ncommands:\n  train   train one run (rlgrid train --help)")
+        print("usage: rlgrid COMMAND ...\n\ncommands:\n  train   train one run (rlgrid train --help)"
+              "\n  run     run a suite: a seeded grid (rlgrid run --help)")  # fmt: skip
         if argv and argv[0] not in ("-h", "--help"):
             print(f"\nerror: unknown command {argv[0]!r}", file=sys.stderr)
             return 2

@@ -21,6 +21,10 @@ from experiments.registry import load_algorithm
 from experiments.runs import JsonlLogger, RunDirectory, RunSpec
 
 
+class RunDiverged(Exception):
+    """The run's losses became NaN/inf; recorded in DIVERGED and not retried (it would diverge again)."""
+
+
 @dataclasses.dataclass
 class RunOptions:
     runs_dir: Path = Path("runs")
@@ -61,6 +65,8 @@ def execute_run(spec: RunSpec, options: RunOptions) -> dict[str, Any]:
     config = validate_spec(spec)
     run_dir = RunDirectory(spec.run_dir(options.runs_dir))
     run_dir.create_or_check(spec, config)  # refuses a directory of another config before anything is written
+    if run_dir.status == "diverged":
+        raise RunDiverged(run_dir.diverged_file.read_text().strip())
     if run_dir.status == "done":
         return {"status": "skipped", "run_dir": str(run_dir.path), "result": json.loads(run_dir.result_file.read_text())}
 
@@ -93,6 +99,10 @@ def execute_run(spec: RunSpec, options: RunOptions) -> dict[str, Any]:
         result = load_algorithm(spec.algo).train(config, logger, checkpointer).to_dict()
     except RunInterrupted:
         raise
+    except FloatingPointError as exc:
+        run_dir.error_file.write_text(traceback.format_exc())
+        run_dir.diverged_file.write_text(f"{exc}\n")
+        raise RunDiverged(str(exc)) from exc
     except BaseException:
         run_dir.error_file.write_text(traceback.format_exc())
         raise

@@ -84,13 +84,16 @@ class RunDirectory:
     result_file = property(lambda self: self.path / "result.json")
     done_file = property(lambda self: self.path / "DONE")
     error_file = property(lambda self: self.path / "error.txt")
+    diverged_file = property(lambda self: self.path / "DIVERGED")
     checkpoint_dir = property(lambda self: self.path / "checkpoints")
 
     @property
     def status(self) -> str:
-        """'done', 'partial' (started, not finished: resumable) or 'new'."""
+        """'done', 'diverged' (stopped on non-finite losses: final), 'partial' (resumable) or 'new'."""
         if self.done_file.exists():
             return "done"
+        if self.diverged_file.exists():
+            return "diverged"
         return "partial" if self.spec_file.exists() else "new"
 
     def create_or_check(self, spec: RunSpec, config: Any) -> None:

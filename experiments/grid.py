@@ -1,0 +1,243 @@
+"""Run a grid of specs: skip finished runs, resume partial ones, retry failures, survive kills.
+
+Executors share one contract: each run is `execute_run(spec, options)` somewhere, and its run directory
+is the only channel back (DONE/result.json, error.txt, DIVERGED), so a worker killed with -9 loses nothing
+but the steps since its last checkpoint.
+- `inline`: one after another in this process (debugging).
+- `local` (default): a spawned process per run, at most `workers` at once, torch threads per run chosen so
+  the cores are used but not oversubscribed, runs packed onto GPUs by slots (CUDA_VISIBLE_DEVICES).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from experiments.execute import RunOptions
+from experiments.runs import RunDirectory, RunSpec
+
+EXIT_DONE, EXIT_FAILED, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 3, 4, 130
+
+
+@dataclasses.dataclass
+class GridOptions:
+    executor: str = "local"
+    workers: int | None = None
+    retries: int = 1
+    gpus_per_run: float = 0.0
+    progress_interval_s: float = 10.0
+
+
+def plan(specs: list[RunSpec] | tuple[RunSpec, ...], runs_dir: Path) -> list[tuple[RunSpec, str]]:
+    """Each spec with its directory's status: done, diverged, partial or new."""
+    return [(spec, RunDirectory(spec.run_dir(runs_dir)).status) for spec in specs]
+
+
+def _worker(spec: RunSpec, options: RunOptions, gpu: int | None) -> None:
+    """Entry point of a spawned run process; its exit code tells the grid what happened."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    from algorithms.common import RunInterrupted
+    from experiments.execute import RunDiverged, execute_run
+
+    try:
+        execute_run(spec, options)
+    except RunInterrupted:
+        sys.exit(EXIT_INTERRUPTED)
+    except RunDiverged:
+        sys.exit(EXIT_DIVERGED)
+    except BaseException:
+        traceback.print_exc()
+        sys.exit(EXIT_FAILED)
+
+
+def _last_metrics(path: Path) -> dict[str, Any]:
+    """Latest step and returns from the tail of a metrics.jsonl (cheap: reads at most 16 KiB)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 16384))
+            lines = f.read().decode(errors="replace").splitlines()[1:]
+    except OSError:
+        return {}
+    latest: dict[str, Any] = {}
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        latest["step"] = row["step"]
+        for key in ("charts/episodic_return", "eval/episodic_return"):
+            if key in row:
+                latest[key] = row[key]
+    return latest
+
+
+class GridRunner:
+    def __init__(self, suite_name: str, specs: list[RunSpec], run_options: RunOptions, grid: GridOptions) -> None:
+        self.suite_name = suite_name
+        self.specs = list(specs)
+        self.run_options = run_options
+        self.grid = grid
+        self.outcomes: dict[RunSpec, dict[str, Any]] = {}
+        self.stopping = False
+
+    # --- bookkeeping ------------------------------------------------------------------------------
+    def _record(self, spec: RunSpec, status: str, attempts: int, error: str | None = None) -> None:
+        run_dir = RunDirectory(spec.run_dir(self.run_options.runs_dir))
+        entry: dict[str, Any] = {"status": status, "attempts": attempts, "run_dir": str(run_dir.path)}
+        if status == "done" and run_dir.result_file.exists():
+            entry["global_step"] = json.loads(run_dir.result_file.read_text())["global_step"]
+            entry["final_eval_return"] = json.loads(run_dir.result_file.read_text())["final_eval_return"]
+        if error is None and run_dir.error_file.exists():
+            error = run_dir.error_file.read_text()
+        if status in ("failed", "diverged") and error:
+            entry["error"] = error.strip().splitlines()[-1] if error.strip() else error
+            entry["traceback"] = error
+        self.outcomes[spec] = entry
+
+    def summary(self, start: float, steps_before: dict[RunSpec, int]) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        for entry in self.outcomes.values():
+            counts[entry["status"]] = counts.get(entry["status"], 0) + 1
+        new_steps = sum(max(0, e.get("global_step", 0) - steps_before.get(s, 0)) for s, e in self.outcomes.items()
+                        if e["status"] == "done" and not e.get("skipped"))  # fmt: skip
+        wall = time.time() - start
+        return {
+            "suite": self.suite_name,
+            "runs": len(self.specs),
+            "counts": counts,
+            "wall_time_s": round(wall, 2),
+            "env_steps_this_invocation": new_steps,
+            "aggregate_steps_per_second": round(new_steps / wall, 1) if wall > 0 else 0.0,
+            "runs_detail": [{**spec.to_dict(), **self.outcomes.get(spec, {"status": "not started"})} for spec in self.specs],
+        }
+
+    # --- execution --------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        start = time.time()
+        steps_before = {}
+        todo = []
+        for spec, status in plan(self.specs, self.run_options.runs_dir):
+            if status in ("done", "diverged"):
+                self._record(spec, status, 0)
+                self.outcomes[spec]["skipped"] = True
+            else:
+                todo.append(spec)
+                checkpoints = sorted(RunDirectory(spec.run_dir(self.run_options.runs_dir)).checkpoint_dir.glob("ckpt-*.pt"))
+                steps_before[spec] = int(checkpoints[-1].stem.split("-")[1]) if checkpoints else 0
+        if self.grid.executor == "inline":
+            self._run_inline(todo)
+        elif self.grid.executor == "local":
+            self._run_local(todo)
+        else:
+            raise ValueError(f"unknown executor {self.grid.executor!r}")
+        result = self.summary(start, steps_before)
+        out = Path(self.run_options.runs_dir) / self.suite_name / "summary.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        return result
+
+    def _run_inline(self, todo: list[RunSpec]) -> None:
+        from algorithms.common import RunInterrupted
+        from experiments.execute import RunDiverged, execute_run
+
+        for spec in todo:
+            for attempt in range(1, self.grid.retries + 2):
+                try:
+                    execute_run(spec, self.run_options)
+                    self._record(spec, "done", attempt)
+                    break
+                except RunInterrupted:
+                    self._record(spec, "interrupted", attempt)
+                    return
+                except RunDiverged:
+                    self._record(spec, "diverged", attempt)
+                    break
+                except Exception:
+                    self._record(spec, "failed", attempt, traceback.format_exc())
+
+    def _gpu_slots(self) -> list[int | None]:
+        if self.grid.gpus_per_run <= 0:
+            return []
+        import torch
+
+        per_device = max(1, int(1.0 / self.grid.gpus_per_run))
+        return [d for d in range(torch.cuda.device_count()) for _ in range(per_device)]
+
+    def _run_local(self, todo: list[RunSpec]) -> None:
+        context = mp.get_context("spawn")
+        workers = self.grid.workers or os.cpu_count() or 1
+        gpu_slots = self._gpu_slots()
+        if self.grid.gpus_per_run > 0:
+            if not gpu_slots:
+                raise ValueError("--gpus-per-run was given but no CUDA device is visible")
+            workers = min(workers, len(gpu_slots))
+        pending = [(spec, 1) for spec in todo]
+        active: dict[Any, tuple[RunSpec, int, int | None]] = {}
+        free_gpus = list(gpu_slots)
+
+        def request_stop(signum: int, frame: Any) -> None:
+            self.stopping = True
+            for process in active:
+                if process.is_alive():
+                    os.kill(process.pid, signal.SIGTERM)
+
+        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        last_progress = 0.0
+        try:
+            while (pending and not self.stopping) or active:
+                while pending and len(active) < workers and not self.stopping:
+                    spec, attempt = pending.pop(0)
+                    gpu = free_gpus.pop(0) if gpu_slots else None
+                    options = dataclasses.replace(self.run_options, progress=False)
+                    process = context.Process(target=_worker, args=(spec, options, gpu), name=f"rlgrid-{spec.hash}")
+                    process.start()
+                    active[process] = (spec, attempt, gpu)
+                for process in [p for p in active if not p.is_alive()]:
+                    process.join()
+                    spec, attempt, gpu = active.pop(process)
+                    if gpu is not None:
+                        free_gpus.append(gpu)
+                    code = process.exitcode
+                    if code == EXIT_DONE:
+                        self._record(spec, "done", attempt)
+                    elif code == EXIT_DIVERGED:
+                        self._record(spec, "diverged", attempt)
+                    elif self.stopping:
+                        self._record(spec, "interrupted", attempt)
+                    elif attempt <= self.grid.retries:
+                        print(f"run {spec.algo}/{spec.env_id}/seed{spec.seed} exited with {code}; retry {attempt}", flush=True)
+                        pending.append((spec, attempt + 1))
+                    else:
+                        killed = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+                        self._record(spec, "failed", attempt, None if code == EXIT_FAILED else f"worker {killed}")
+                if time.time() - last_progress >= self.grid.progress_interval_s:
+                    last_progress = time.time()
+                    self._print_progress(active, pending)
+                time.sleep(0.2)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _print_progress(self, active: dict[Any, tuple[RunSpec, int, int | None]], pending: list) -> None:
+        done = sum(1 for e in self.outcomes.values() if e["status"] == "done")
+        failed = sum(1 for e in self.outcomes.values() if e["status"] in ("failed", "diverged"))
+        lines = [f"[{time.strftime('%H:%M:%S')}] {self.suite_name}: {done}/{len(self.specs)} done, {len(active)} running, "
+                 f"{len(pending)} waiting, {failed} failed"]  # fmt: skip
+        for spec, attempt, _ in active.values():
+            latest = _last_metrics(RunDirectory(spec.run_dir(self.run_options.runs_dir)).metrics_file)
+            total = dict(spec.overrides).get("total_timesteps")
+            progress = f"{latest.get('step', 0):,}" + (f"/{total:,}" if total else "")
+            ret = latest.get("charts/episodic_return")
+            line = f"    {spec.algo}/{spec.variant}/{spec.env_id}/seed{spec.seed}: step {progress}"
+            line += f", return {ret:.1f}" if ret is not None else ""
+            lines.append(line + (f" (attempt {attempt})" if attempt > 1 else ""))
+        print("\n".join(lines), flush=True)

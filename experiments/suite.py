@@ -1,0 +1,185 @@
+"""Suite files: a seeded grid of algorithms x environments x variants x seeds, in TOML.
+
+    name = "quickstart"               # optional; default: the file name
+    algorithms = ["ppo"]
+    env_ids = ["CartPole-v1", "Pendulum-v1"]
+    seeds = [1, 2, 3]                 # or a count: seeds = 3 means 1, 2, 3
+    total_timesteps = 100_000         # these three apply to every run
+    eval_every = 10_000
+    eval_episodes = 10
+
+    [algo.ppo]                        # Config overrides for one algorithm ...
+    learning_rate = 3e-4
+    [algo.ppo.classic_control]        # ... and for one env family (classic_control, mujoco, atari, minatar, ...)
+    num_envs = 8
+
+    [[variants]]                      # named variants: each is a row of its own in every table
+    algo = "ppo"
+    name = "clip-0.1"
+    clip_coef = 0.1
+
+An algorithm with variants runs only its variants (add one with no overrides to keep the defaults);
+one without runs as variant "default". Later layers win: common keys < [algo.X] < [algo.X.family] < variant.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from envs import ENV_FAMILIES, env_family, validate_env_id
+from experiments.registry import config_fields, convert_value, list_algorithms, load_algorithm
+from experiments.runs import RunSpec
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SUITES_DIR = Path(__file__).parent / "suites"
+TOP_LEVEL = {"name", "description", "algorithms", "env_ids", "seeds", "total_timesteps", "eval_every", "eval_episodes",
+             "algo", "variants"}  # fmt: skip
+COMMON_FIELDS = ("total_timesteps", "eval_every", "eval_episodes")
+
+
+class SuiteError(ValueError):
+    """Every problem found in a suite file, one per line."""
+
+    def __init__(self, path: Path, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(f"{path}: {len(problems)} problem(s):\n" + "\n".join(f"  {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    path: Path
+    specs: tuple[RunSpec, ...]
+
+
+def resolve_suite_path(name_or_path: str) -> Path:
+    """A path to a TOML file, or the name of a suite shipped in experiments/suites/."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = SUITES_DIR / f"{name_or_path.removesuffix('.toml')}.toml"
+    if shipped.is_file():
+        return shipped
+    known = sorted(p.stem for p in SUITES_DIR.glob("*.toml"))
+    raise ValueError(f"no suite file {name_or_path!r}; shipped suites: {', '.join(known)}")
+
+
+def _suggest(name: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def load_suite(name_or_path: str) -> Suite:
+    """Parse, validate completely and expand a suite; raises SuiteError listing every problem at once."""
+    path = resolve_suite_path(name_or_path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise SuiteError(path, [f"not valid TOML: {exc}"]) from None
+    problems: list[str] = []
+    for key in data:
+        if key not in TOP_LEVEL:
+            problems.append(f"{key}: unknown key{_suggest(key, sorted(TOP_LEVEL))}")
+
+    known_algos = list(list_algorithms())
+    algos = data.get("algorithms", [])
+    if not isinstance(algos, list) or not algos:
+        problems.append("algorithms: need a non-empty list of algorithm names")
+        algos = []
+    for i, algo in enumerate(algos):
+        if algo not in known_algos:
+            problems.append(f"algorithms[{i}]: unknown algorithm {algo!r}{_suggest(str(algo), known_algos)}; "
+                            f"known: {', '.join(known_algos)}")  # fmt: skip
+    algos = [a for a in algos if a in known_algos]
+
+    env_ids = data.get("env_ids", [])
+    if not isinstance(env_ids, list) or not env_ids:
+        problems.append("env_ids: need a non-empty list of environment ids")
+        env_ids = []
+    valid_envs = []
+    for i, env_id in enumerate(env_ids):
+        try:
+            validate_env_id(str(env_id))
+            valid_envs.append(env_id)
+        except ValueError as exc:
+            problems.append(f"env_ids[{i}]: {exc}")
+
+    seeds = data.get("seeds", [])
+    if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds > 0:
+        seeds = list(range(1, seeds + 1))
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        problems.append("seeds: need a list of integers or a positive count")
+        seeds = []
+    elif len(set(seeds)) != len(seeds):
+        problems.append("seeds: duplicate seeds")
+
+    def check_fields(algo: str, table: dict[str, Any], where: str) -> dict[str, Any]:
+        fields = config_fields(load_algorithm(algo).Config)
+        clean = {}
+        for key, value in table.items():
+            if key not in fields:
+                problems.append(f"{where}.{key}: {algo} has no Config field {key!r}{_suggest(key, list(fields))}")
+            elif key in ("env_id", "seed"):
+                problems.append(f"{where}.{key}: set env ids and seeds with the top-level env_ids and seeds")
+            else:
+                try:
+                    clean[key] = convert_value(fields[key], value)
+                except ValueError as exc:
+                    problems.append(f"{where}.{key}: {exc}")
+        return clean
+
+    common = {key: data[key] for key in COMMON_FIELDS if key in data}
+    per_algo: dict[str, tuple[dict[str, Any], dict[str, dict[str, Any]]]] = {}
+    algo_tables = data.get("algo", {})
+    for algo_name, table in algo_tables.items() if isinstance(algo_tables, dict) else []:
+        if algo_name not in algos:
+            problems.append(f"algo.{algo_name}: not one of the suite's algorithms {algos}")
+            continue
+        flat = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        families = {}
+        for family, sub in ((k, v) for k, v in table.items() if isinstance(v, dict)):
+            if family not in ENV_FAMILIES:
+                problems.append(f"algo.{algo_name}.{family}: unknown env family{_suggest(family, list(ENV_FAMILIES))}")
+            else:
+                families[family] = check_fields(algo_name, sub, f"algo.{algo_name}.{family}")
+        per_algo[algo_name] = (check_fields(algo_name, flat, f"algo.{algo_name}"), families)
+
+    variants: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for i, variant in enumerate(data.get("variants", [])):
+        where = f"variants[{i}]"
+        algo, name = variant.get("algo"), variant.get("name")
+        if algo not in algos or not isinstance(name, str) or not name:
+            problems.append(f"{where}: needs algo (one of {algos}) and a non-empty name")
+            continue
+        if any(name == existing for existing, _ in variants.get(algo, [])):
+            problems.append(f"{where}: duplicate variant name {name!r} for {algo}")
+            continue
+        overrides = {k: v for k, v in variant.items() if k not in ("algo", "name")}
+        variants.setdefault(algo, []).append((name, check_fields(algo, overrides, f"{where}")))
+
+    specs: list[RunSpec] = []
+    suite_name = str(data.get("name", path.stem))
+    for algo in algos:
+        common_clean = check_fields(algo, common, "(top level)")
+        algo_flat, algo_families = per_algo.get(algo, ({}, {}))
+        for env_id in valid_envs:
+            family = env_family(env_id)
+            for variant_name, variant_overrides in variants.get(algo, [("default", {})]):
+                overrides = {**common_clean, **algo_flat, **algo_families.get(family, {}), **variant_overrides}
+                try:  # Config.__post_init__ checks ranges and combinations, once per grid cell
+                    RunSpec.create(algo, env_id, seeds[0] if seeds else 1, overrides).config()
+                except ValueError as exc:
+                    problems.append(f"{algo} x {env_id} x {variant_name}: {exc}")
+                    continue
+                specs.extend(RunSpec.create(algo, env_id, s, overrides, suite=suite_name, variant=variant_name) for s in seeds)
+    if problems:
+        raise SuiteError(path, sorted(set(problems), key=problems.index))
+    return Suite(name=suite_name, path=path, specs=tuple(specs))
