@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -16,9 +17,17 @@ __all__ = ["EnvSpec", "RunningMeanStd", "VecEnv", "env_family", "evaluate", "mak
 ENV_FAMILIES = ("classic_control", "mujoco", "box2d", "toy_text", "atari", "minatar", "other")
 
 
+def _spec(env_id: str) -> gym.envs.registration.EnvSpec:
+    """gym.spec that also accepts gymnasium's `module:EnvId` form (the module registers the env on import)."""
+    if ":" in env_id:
+        module, env_id = env_id.split(":", 1)
+        importlib.import_module(module)
+    return gym.spec(env_id)
+
+
 def env_family(env_id: str) -> str:
     """The family of a registered env id (suites set overrides per family), from its entry point."""
-    entry = str(gym.spec(env_id).entry_point)
+    entry = str(_spec(env_id).entry_point)
     for family in ("classic_control", "mujoco", "box2d", "toy_text"):
         if f"gymnasium.envs.{family}" in entry:
             return family
@@ -30,8 +39,8 @@ def env_family(env_id: str) -> str:
 def validate_env_id(env_id: str) -> None:
     """Raise ValueError (with the closest registered ids) unless `env_id` can be built here."""
     try:
-        gym.spec(env_id)
-    except gym.error.Error as exc:
+        _spec(env_id)
+    except (gym.error.Error, ImportError) as exc:
         close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown environment id {env_id!r} ({exc}).{hint}") from None

@@ -158,6 +158,7 @@ def cmd_run(argv: list[str]) -> int:
     parser.add_argument("--track", action="store_true", help="mirror every run to Weights & Biases")
     parser.add_argument("--wandb-mode", choices=["online", "offline", "disabled"], default=None)
     parser.add_argument("--checkpoint-every-seconds", type=float, default=300.0, help="checkpoint interval (default: 300)")
+    parser.add_argument("--checkpoint-every-steps", type=int, default=None, help="also checkpoint every N env steps")
     parser.add_argument("--progress-interval", type=float, default=10.0, help="seconds between progress reports")
     try:
         args = parser.parse_args(argv)
@@ -181,6 +182,7 @@ def cmd_run(argv: list[str]) -> int:
     workers = args.workers or max(1, (os.cpu_count() or 1) // args.threads_per_run)
     run_options = RunOptions(runs_dir=args.runs_dir, track=args.track, wandb_mode=args.wandb_mode,
                              threads=args.threads_per_run, checkpoint_every_seconds=args.checkpoint_every_seconds,
+                             checkpoint_every_steps=args.checkpoint_every_steps,
                              progress=args.executor == "inline")  # fmt: skip
     grid = GridOptions(executor=args.executor, workers=workers, retries=args.retries, gpus_per_run=args.gpus_per_run,
                        progress_interval_s=args.progress_interval)  # fmt: skip

@@ -24,7 +24,7 @@ from typing import Any
 from experiments.execute import RunOptions
 from experiments.runs import RunDirectory, RunSpec
 
-EXIT_DONE, EXIT_FAILED, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 3, 4, 130
+EXIT_FAILED, EXIT_DIVERGED, EXIT_INTERRUPTED = 3, 4, 130
 
 
 @dataclasses.dataclass
@@ -207,10 +207,9 @@ class GridRunner:
                     if gpu is not None:
                         free_gpus.append(gpu)
                     code = process.exitcode
-                    if code == EXIT_DONE:
-                        self._record(spec, "done", attempt)
-                    elif code == EXIT_DIVERGED:
-                        self._record(spec, "diverged", attempt)
+                    state = RunDirectory(spec.run_dir(self.run_options.runs_dir)).status  # the directory is the truth
+                    if state in ("done", "diverged"):  # even if a signal hit the worker while it was exiting
+                        self._record(spec, state, attempt)
                     elif self.stopping:
                         self._record(spec, "interrupted", attempt)
                     elif attempt <= self.grid.retries:

@@ -1,0 +1,27 @@
+"""An env that raises after a few steps, importable by spawned grid workers as `crashing_env:Crash-v0`."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+
+
+class CrashEnv(gym.Env):
+    def __init__(self, crash_after: int = 50) -> None:
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+        self.crash_after = crash_after
+        self.steps = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.steps += 1
+        if self.steps > self.crash_after:
+            raise RuntimeError("simulator exploded (test env)")
+        return np.zeros(2, np.float32), 0.0, False, self.steps % 10 == 0, {}
+
+
+gym.register(id="Crash-v0", entry_point=CrashEnv)

@@ -1,0 +1,220 @@
+"""Suites and the grid runner, with real worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from experiments.cli import main
+from experiments.suite import SuiteError, load_suite
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = """
+algorithms = ["ppo"]
+env_ids = {envs}
+seeds = {seeds}
+total_timesteps = {steps}
+eval_every = 1024
+eval_episodes = 2
+[algo.ppo]
+num_envs = 2
+num_steps = 128
+update_epochs = 2
+num_minibatches = 4
+"""
+
+
+def write_suite(tmp_path: Path, text: str, name: str = "tiny") -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def tree_snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_bad_suite_lists_every_problem_at_once_and_starts_nothing(tmp_path, capsys):
+    path = write_suite(tmp_path, """
+seed = [1]
+algorithms = ["ppo", "ppoo"]
+env_ids = ["CartPole-v1", "CartPol-v1"]
+seeds = [1, 2]
+[algo.ppo]
+learning_rat = 0.1
+num_steps = "abc"
+[algo.ppo.mujoko]
+num_envs = 2
+[[variants]]
+algo = "ppo"
+name = "a"
+[[variants]]
+algo = "ppo"
+name = "a"
+""", "bad")  # fmt: skip
+    with pytest.raises(SuiteError) as info:
+        load_suite(str(path))
+    text = str(info.value)
+    expected = ["seed: unknown key (did you mean 'seeds'?)", "algorithms[1]: unknown algorithm 'ppoo' (did you mean 'ppo'?)",
+                "env_ids[1]: unknown environment id 'CartPol-v1'", "algo.ppo.learning_rat", "'learning_rate'",
+                "algo.ppo.num_steps: num_steps expects an integer",
+                "algo.ppo.mujoko: unknown env family (did you mean 'mujoco'?)",
+                "variants[1]: duplicate variant name 'a'"]  # fmt: skip
+    for fragment in expected:
+        assert fragment in text, fragment
+    assert str(path) in text and len(info.value.problems) == len(expected) - 1  # learning_rat + its suggestion: one problem
+    assert main(["run", str(path), "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert "problem(s)" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_expansion_layers_overrides_and_names_runs(tmp_path):
+    path = write_suite(tmp_path, """
+algorithms = ["ppo"]
+env_ids = ["CartPole-v1", "Hopper-v5"]
+seeds = 2
+total_timesteps = 4096
+[algo.ppo]
+num_steps = 64
+[algo.ppo.classic_control]
+num_envs = 4
+[[variants]]
+algo = "ppo"
+name = "base"
+[[variants]]
+algo = "ppo"
+name = "two-envs"
+num_envs = 2
+clip_coef = 0.1
+""", "layers")  # fmt: skip
+    suite = load_suite(str(path))
+    assert suite.name == "layers" and len(suite.specs) == 2 * 2 * 2
+    assert len({s.hash for s in suite.specs}) == 8
+    by_key = {(s.env_id, s.variant, s.seed): s for s in suite.specs}
+    assert by_key[("CartPole-v1", "base", 1)].config().num_envs == 4  # family layer
+    assert by_key[("Hopper-v5", "base", 2)].config().num_envs == 1  # mujoco: the family layer does not apply
+    cfg = by_key[("CartPole-v1", "two-envs", 2)].config()
+    assert (cfg.num_envs, cfg.clip_coef, cfg.num_steps, cfg.total_timesteps, cfg.seed) == (2, 0.1, 64, 4096, 2)
+    run_dir = by_key[("CartPole-v1", "two-envs", 2)].run_dir(tmp_path)
+    assert run_dir.parent == tmp_path / "layers" / "ppo" / "CartPole-v1" and run_dir.name.startswith("seed2-")
+
+
+def test_shipped_suites_are_valid():
+    quick = load_suite("quickstart")
+    assert len(quick.specs) >= 6 and {s.seed for s in quick.specs} == {1, 2, 3}
+    mujoco = load_suite("mujoco_1m")
+    assert {s.env_id for s in mujoco.specs} == {"Hopper-v5", "HalfCheetah-v5", "Walker2d-v5", "Ant-v5"}
+    assert {s.seed for s in mujoco.specs} == set(range(1, 11))
+    assert all(s.config().total_timesteps == 1_000_000 for s in mujoco.specs)
+
+
+def test_dry_run_shows_states(tmp_path, capsys):
+    path = write_suite(tmp_path, TINY.format(envs='["CartPole-v1"]', seeds="[1, 2]", steps=1024))
+    assert main(["run", str(path), "--runs-dir", str(tmp_path / "runs"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("CartPole-v1") == 2 and "2 runs: 2 new" in out
+    assert not (tmp_path / "runs").exists()
+
+
+def test_failing_run_is_retried_recorded_and_does_not_stop_the_grid(tmp_path, capsys):
+    path = write_suite(tmp_path, TINY.format(envs='["CartPole-v1", "crashing_env:Crash-v0"]', seeds="[1]", steps=1024))
+    runs = tmp_path / "runs"
+    code = main(["run", str(path), "--runs-dir", str(runs), "--workers", "2", "--retries", "1", "--progress-interval", "60"])
+    assert code == 1
+    summary = json.loads((runs / "tiny" / "summary.json").read_text())
+    status = {row["env_id"]: row for row in summary["runs_detail"]}
+    assert status["CartPole-v1"]["status"] == "done"
+    crashed = status["crashing_env:Crash-v0"]
+    assert crashed["status"] == "failed" and crashed["attempts"] == 2
+    assert "simulator exploded" in crashed["error"] and "Traceback" in crashed["traceback"]
+    assert "simulator exploded" in (Path(crashed["run_dir"]) / "error.txt").read_text()
+    assert (Path(status["CartPole-v1"]["run_dir"]) / "DONE").exists()
+    assert "failed: ppo/default/crashing_env:Crash-v0/seed1: RuntimeError: simulator exploded" in capsys.readouterr().out
+
+
+def _grid_command(suite: Path, runs: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "experiments", "run", str(suite), "--runs-dir", str(runs), "--progress-interval", "60",
+            "--checkpoint-every-steps", "1", *extra]  # fmt: skip
+
+
+def _children(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children if "resource_tracker" not in Path(f"/proc/{c}/cmdline").read_text()]
+
+
+def _wait_for(predicate, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in ("time", "charts/SPS")} for row in rows]
+
+
+@pytest.mark.slow
+def test_worker_killed_with_sigkill_is_retried_and_resumes_to_identical_metrics(tmp_path):
+    path = write_suite(tmp_path, TINY.format(envs='["CartPole-v1"]', seeds="[4]", steps=12288))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run(_grid_command(path, tmp_path / "reference", "--executor", "inline"), check=True, env=env, timeout=600,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
+    grid = subprocess.Popen(_grid_command(path, tmp_path / "runs", "--workers", "1", "--retries", "1"), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    _wait_for(lambda: list((tmp_path / "runs").glob("tiny/ppo/*/*/checkpoints/ckpt-*.pt")))
+    (worker,) = _children(grid.pid)
+    os.kill(worker, signal.SIGKILL)
+    output, _ = grid.communicate(timeout=600)
+    assert grid.returncode == 0, output
+    assert "exited with -9; retry 1" in output
+    (run_dir,) = (tmp_path / "runs").glob("tiny/ppo/*/seed4-*")
+    (reference_dir,) = (tmp_path / "reference").glob("tiny/ppo/*/seed4-*")
+    assert _metrics(run_dir) == _metrics(reference_dir)
+    summary = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())
+    assert summary["runs_detail"][0]["attempts"] == 2 and summary["counts"] == {"done": 1}
+
+
+@pytest.mark.slow
+def test_sigint_stops_the_grid_and_the_same_command_finishes_only_what_is_left(tmp_path):
+    path = write_suite(tmp_path, TINY.format(envs='["CartPole-v1"]', seeds="[1]", steps=1024) + """
+[[variants]]
+algo = "ppo"
+name = "short"
+[[variants]]
+algo = "ppo"
+name = "long"
+total_timesteps = 50000
+""")  # fmt: skip
+    runs = tmp_path / "runs"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    grid = subprocess.Popen(_grid_command(path, runs, "--workers", "1"), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+
+    def long_run_has_checkpoint() -> bool:
+        dirs = list(runs.glob("tiny/ppo/*/seed1-*"))
+        return any(not (d / "DONE").exists() and list(d.glob("checkpoints/ckpt-*.pt")) for d in dirs)
+
+    _wait_for(lambda: list(runs.glob("tiny/ppo/*/*/DONE")))
+    _wait_for(long_run_has_checkpoint)
+    os.killpg(grid.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole process group
+    output, _ = grid.communicate(timeout=120)
+    assert grid.returncode == 130, output
+    assert "1 runs left; run the same command again to continue." in output
+    (short_dir,) = [p.parent for p in runs.glob("tiny/ppo/*/*/DONE")]
+    long_dir = next(p for p in runs.glob("tiny/ppo/*/seed1-*") if p != short_dir)
+    assert not (long_dir / "DONE").exists() and list((long_dir / "checkpoints").glob("ckpt-*.pt"))
+    before = tree_snapshot(short_dir)
+
+    resumed = subprocess.run(_grid_command(path, runs, "--workers", "1"), env=env, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "1 already done" in resumed.stdout
+    assert tree_snapshot(short_dir) == before
+    assert (long_dir / "DONE").exists()
