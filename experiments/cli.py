@@ -188,6 +188,11 @@ def cmd_run(argv: list[str]) -> int:
                        progress_interval_s=args.progress_interval)  # fmt: skip
     print(f"{suite.name}: {len(rows)} runs ({sum(1 for _, s in rows if s == 'done')} already done), "
           f"{workers} at once, {args.threads_per_run} thread(s) each -> {args.runs_dir / suite.name}", flush=True)  # fmt: skip
+    if args.track:
+        from experiments.tracking import resolve_wandb_mode
+
+        if resolve_wandb_mode(args.wandb_mode) == "offline":
+            print(f"W&B is offline; upload later with: wandb sync {args.runs_dir / suite.name}/*/*/*/wandb/offline-run-*")
     try:
         summary = GridRunner(suite.name, list(suite.specs), run_options, grid).run()
     except ValueError as exc:

@@ -92,7 +92,8 @@ def execute_run(spec: RunSpec, options: RunOptions) -> dict[str, Any]:
     if options.track:
         from experiments.tracking import WandbLogger, resolve_wandb_mode
 
-        loggers.append(WandbLogger(spec, config, run_dir.path, resolve_wandb_mode(options.wandb_mode), options.wandb_project))
+        mode = resolve_wandb_mode(options.wandb_mode)
+        loggers.append(WandbLogger(spec, config, run_dir.path, mode, options.wandb_project, quiet=not options.progress))
     logger = MultiLogger(*loggers)
     checkpointer.handle_signals()
     try:

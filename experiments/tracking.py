@@ -49,7 +49,7 @@ def wandb_run_id(spec: RunSpec) -> str:
 
 class WandbLogger:
     def __init__(self, spec: RunSpec, config: Any, run_dir: Path, mode: str, project: str | None = None,
-                 job_type: str = "train") -> None:  # fmt: skip
+                 job_type: str = "train", quiet: bool = False) -> None:  # fmt: skip
         import wandb
 
         self.mode = mode
@@ -66,10 +66,11 @@ class WandbLogger:
             dir=str(run_dir),
             mode=mode,
             tags=[spec.algo, spec.env_id, spec.variant],
+            settings=wandb.Settings(quiet=quiet, silent=quiet),
         )
         self.run.define_metric("global_step")
         self.run.define_metric("*", step_metric="global_step")
-        if mode == "offline":
+        if mode == "offline" and not quiet:
             print(f"W&B is offline; upload later with: wandb sync {self.run.dir.rsplit('/files', 1)[0]}", file=sys.stderr)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
