@@ -183,7 +183,7 @@ def cmd_run(argv: list[str]) -> int:
     run_options = RunOptions(runs_dir=args.runs_dir, track=args.track, wandb_mode=args.wandb_mode,
                              threads=args.threads_per_run, checkpoint_every_seconds=args.checkpoint_every_seconds,
                              checkpoint_every_steps=args.checkpoint_every_steps,
-                             progress=args.executor == "inline")  # fmt: skip
+                             progress=args.executor == "inline", quiet_tracking=args.executor != "inline")  # fmt: skip
     grid = GridOptions(executor=args.executor, workers=workers, retries=args.retries, gpus_per_run=args.gpus_per_run,
                        progress_interval_s=args.progress_interval)  # fmt: skip
     print(f"{suite.name}: {len(rows)} runs ({sum(1 for _, s in rows if s == 'done')} already done), "

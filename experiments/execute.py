@@ -36,6 +36,7 @@ class RunOptions:
     checkpoint_every_seconds: float | None = 300.0
     keep_checkpoints: int = 2
     progress: bool = True
+    quiet_tracking: bool = False  # grid workers: no W&B console output (the grid prints one sync hint)
 
 
 class MultiLogger:
@@ -93,7 +94,7 @@ def execute_run(spec: RunSpec, options: RunOptions) -> dict[str, Any]:
         from experiments.tracking import WandbLogger, resolve_wandb_mode
 
         mode = resolve_wandb_mode(options.wandb_mode)
-        loggers.append(WandbLogger(spec, config, run_dir.path, mode, options.wandb_project, quiet=not options.progress))
+        loggers.append(WandbLogger(spec, config, run_dir.path, mode, options.wandb_project, quiet=options.quiet_tracking))
     logger = MultiLogger(*loggers)
     checkpointer.handle_signals()
     try:
