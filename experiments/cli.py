@@ -147,8 +147,10 @@ def cmd_run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="rlgrid run", description=RUN_DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)  # fmt: skip
     parser.add_argument("suite", help="suite file or shipped suite name (e.g. quickstart, mujoco_1m)")
-    parser.add_argument("--executor", choices=["local", "inline"], default="local",
-                        help="local: a process per run, N at once (default); inline: one by one in this process")  # fmt: skip
+    parser.add_argument("--executor", choices=["local", "inline", "ray"], default="local",
+                        help="local: a process per run, N at once (default); inline: one by one in this process; "
+                             "ray: a task per run on a Ray cluster")  # fmt: skip
+    parser.add_argument("--ray-address", default=None, help="Ray cluster address or 'auto' (default: start a local one)")
     parser.add_argument("--workers", type=int, default=None, help="runs at once (default: cores / threads per run)")
     parser.add_argument("--threads-per-run", type=int, default=1, help="torch threads per run (default: 1)")
     parser.add_argument("--gpus-per-run", type=float, default=0.0, help="GPU fraction per run, e.g. 0.25 packs 4 per GPU")
@@ -185,7 +187,7 @@ def cmd_run(argv: list[str]) -> int:
                              checkpoint_every_steps=args.checkpoint_every_steps,
                              progress=args.executor == "inline", quiet_tracking=args.executor != "inline")  # fmt: skip
     grid = GridOptions(executor=args.executor, workers=workers, retries=args.retries, gpus_per_run=args.gpus_per_run,
-                       progress_interval_s=args.progress_interval)  # fmt: skip
+                       progress_interval_s=args.progress_interval, ray_address=args.ray_address)  # fmt: skip
     print(f"{suite.name}: {len(rows)} runs ({sum(1 for _, s in rows if s == 'done')} already done), "
           f"{workers} at once, {args.threads_per_run} thread(s) each -> {args.runs_dir / suite.name}", flush=True)  # fmt: skip
     if args.track:

@@ -6,6 +6,9 @@ but the steps since its last checkpoint.
 - `inline`: one after another in this process (debugging).
 - `local` (default): a spawned process per run, at most `workers` at once, torch threads per run chosen so
   the cores are used but not oversubscribed, runs packed onto GPUs by slots (CUDA_VISIBLE_DEVICES).
+- `ray`: one Ray task per run on an existing cluster (`ray_address`, or "auto"; none starts a local one),
+  `num_cpus` = threads per run and fractional `num_gpus`, retried on worker death and on exceptions.
+  Every node must see the runs directory at the same path (a shared filesystem).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class GridOptions:
     retries: int = 1
     gpus_per_run: float = 0.0
     progress_interval_s: float = 10.0
+    ray_address: str | None = None
 
 
 def plan(specs: list[RunSpec] | tuple[RunSpec, ...], runs_dir: Path) -> list[tuple[RunSpec, str]]:
@@ -57,6 +61,20 @@ def _worker(spec: RunSpec, options: RunOptions, gpu: int | None) -> None:
     except BaseException:
         traceback.print_exc()
         sys.exit(EXIT_FAILED)
+
+
+def _ray_task(spec: RunSpec, options: RunOptions) -> str:
+    """A Ray task: run one spec; returns its final state. Exceptions propagate so Ray retries them."""
+    from algorithms.common import RunInterrupted
+    from experiments.execute import RunDiverged, execute_run
+
+    try:
+        execute_run(spec, options)
+    except RunInterrupted:
+        return "interrupted"
+    except RunDiverged:
+        return "diverged"
+    return "done"
 
 
 def _last_metrics(path: Path) -> dict[str, Any]:
@@ -137,6 +155,8 @@ class GridRunner:
             self._run_inline(todo)
         elif self.grid.executor == "local":
             self._run_local(todo)
+        elif self.grid.executor == "ray":
+            self._run_ray(todo)
         else:
             raise ValueError(f"unknown executor {self.grid.executor!r}")
         result = self.summary(start, steps_before)
@@ -163,6 +183,40 @@ class GridRunner:
                     break
                 except Exception:
                     self._record(spec, "failed", attempt, traceback.format_exc())
+
+    def _run_ray(self, todo: list[RunSpec]) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=self.grid.ray_address, include_dashboard=False, log_to_driver=False)
+        task = ray.remote(_ray_task).options(
+            num_cpus=self.run_options.threads,
+            num_gpus=self.grid.gpus_per_run,
+            max_retries=self.grid.retries,  # worker or node death
+            retry_exceptions=self.grid.retries > 0,  # exceptions raised by the run
+        )
+        options = dataclasses.replace(self.run_options, progress=False)
+        refs = {task.remote(spec, options): spec for spec in todo}
+        try:
+            while refs:
+                ready, _ = ray.wait(list(refs), num_returns=1, timeout=self.grid.progress_interval_s)
+                for ref in ready:
+                    spec = refs.pop(ref)
+                    try:
+                        self._record(spec, ray.get(ref), attempts=0)
+                    except (ray.exceptions.RayTaskError, ray.exceptions.WorkerCrashedError) as exc:
+                        self._record(spec, "failed", attempts=self.grid.retries + 1, error=str(exc))
+                if not ready:
+                    self._print_progress({ref: (spec, 1, None) for ref, spec in refs.items()}, [])
+        except KeyboardInterrupt:
+            self.stopping = True
+            for ref in refs:
+                ray.cancel(ref)  # SIGINT to the task: it checkpoints and stops
+            for ref, spec in refs.items():
+                try:
+                    self._record(spec, ray.get(ref, timeout=120), attempts=1)
+                except Exception:
+                    self._record(spec, "interrupted", attempts=1)
 
     def _gpu_slots(self) -> list[int | None]:
         if self.grid.gpus_per_run <= 0:

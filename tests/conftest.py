@@ -14,6 +14,10 @@ os.environ["WANDB_BASE_URL"] = "http://127.0.0.1:9"
 os.environ["WANDB_INIT_TIMEOUT"] = "30"
 os.environ["WANDB_SILENT"] = "true"
 os.environ.pop("WANDB_API_KEY", None)
+# Ray reads these when it is imported: every node on 127.0.0.1 (else Ray binds the primary interface) and no
+# token authentication for the tests' local clusters. test_ray.py also asserts the node addresses.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ["RAY_AUTH_MODE"] = "disabled"
 
 
 class CountEnv(gym.Env):
