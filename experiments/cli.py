@@ -147,9 +147,13 @@ def cmd_run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="rlgrid run", description=RUN_DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)  # fmt: skip
     parser.add_argument("suite", help="suite file or shipped suite name (e.g. quickstart, mujoco_1m)")
-    parser.add_argument("--executor", choices=["local", "inline", "ray"], default="local",
+    parser.add_argument("--executor", choices=["local", "inline", "ray", "slurm"], default="local",
                         help="local: a process per run, N at once (default); inline: one by one in this process; "
-                             "ray: a task per run on a Ray cluster")  # fmt: skip
+                             "ray: a task per run on a Ray cluster; slurm: submitit job arrays")  # fmt: skip
+    parser.add_argument("--slurm-partition", default=None, help="Slurm partition")
+    parser.add_argument("--slurm-time-min", type=int, default=240, help="time limit per job, minutes (requeued after)")
+    parser.add_argument("--slurm-cluster", default=None, choices=["slurm", "local", "debug"],
+                        help="submitit backend (default: Slurm when available; local/debug run here)")  # fmt: skip
     parser.add_argument("--ray-address", default=None, help="Ray cluster address or 'auto' (default: start a local one)")
     parser.add_argument("--workers", type=int, default=None, help="runs at once (default: cores / threads per run)")
     parser.add_argument("--threads-per-run", type=int, default=1, help="torch threads per run (default: 1)")
@@ -187,7 +191,9 @@ def cmd_run(argv: list[str]) -> int:
                              checkpoint_every_steps=args.checkpoint_every_steps,
                              progress=args.executor == "inline", quiet_tracking=args.executor != "inline")  # fmt: skip
     grid = GridOptions(executor=args.executor, workers=workers, retries=args.retries, gpus_per_run=args.gpus_per_run,
-                       progress_interval_s=args.progress_interval, ray_address=args.ray_address)  # fmt: skip
+                       progress_interval_s=args.progress_interval, ray_address=args.ray_address,
+                       slurm_partition=args.slurm_partition, slurm_time_min=args.slurm_time_min,
+                       slurm_cluster=args.slurm_cluster)  # fmt: skip
     print(f"{suite.name}: {len(rows)} runs ({sum(1 for _, s in rows if s == 'done')} already done), "
           f"{workers} at once, {args.threads_per_run} thread(s) each -> {args.runs_dir / suite.name}", flush=True)  # fmt: skip
     if args.track:

@@ -9,6 +9,8 @@ but the steps since its last checkpoint.
 - `ray`: one Ray task per run on an existing cluster (`ray_address`, or "auto"; none starts a local one),
   `num_cpus` = threads per run and fractional `num_gpus`, retried on worker death and on exceptions.
   Every node must see the runs directory at the same path (a shared filesystem).
+- `slurm`: submitit job arrays (time limit, partition, GPUs per job); a job preempted or timed out is
+  requeued and resumes from its newest checkpoint. `slurm_cluster="local"` runs the same on this machine.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class GridOptions:
     gpus_per_run: float = 0.0
     progress_interval_s: float = 10.0
     ray_address: str | None = None
+    slurm_partition: str | None = None
+    slurm_time_min: int = 240
+    slurm_cluster: str | None = None  # None: Slurm when available; "local" / "debug": submitit's own, for tests
 
 
 def plan(specs: list[RunSpec] | tuple[RunSpec, ...], runs_dir: Path) -> list[tuple[RunSpec, str]]:
@@ -63,8 +68,8 @@ def _worker(spec: RunSpec, options: RunOptions, gpu: int | None) -> None:
         sys.exit(EXIT_FAILED)
 
 
-def _ray_task(spec: RunSpec, options: RunOptions) -> str:
-    """A Ray task: run one spec; returns its final state. Exceptions propagate so Ray retries them."""
+def run_to_state(spec: RunSpec, options: RunOptions) -> str:
+    """Run one spec on a remote worker (Ray task, Slurm job); returns its final state, exceptions propagate."""
     from algorithms.common import RunInterrupted
     from experiments.execute import RunDiverged, execute_run
 
@@ -157,6 +162,8 @@ class GridRunner:
             self._run_local(todo)
         elif self.grid.executor == "ray":
             self._run_ray(todo)
+        elif self.grid.executor == "slurm":
+            self._run_slurm(todo)
         else:
             raise ValueError(f"unknown executor {self.grid.executor!r}")
         result = self.summary(start, steps_before)
@@ -189,7 +196,7 @@ class GridRunner:
 
         if not ray.is_initialized():
             ray.init(address=self.grid.ray_address, include_dashboard=False, log_to_driver=False)
-        task = ray.remote(_ray_task).options(
+        task = ray.remote(run_to_state).options(
             num_cpus=self.run_options.threads,
             num_gpus=self.grid.gpus_per_run,
             max_retries=self.grid.retries,  # worker or node death
@@ -217,6 +224,34 @@ class GridRunner:
                     self._record(spec, ray.get(ref, timeout=120), attempts=1)
                 except Exception:
                     self._record(spec, "interrupted", attempts=1)
+
+    def _run_slurm(self, todo: list[RunSpec]) -> None:
+        from experiments.slurm import submit_runs
+
+        folder = Path(self.run_options.runs_dir) / self.suite_name / ".submitit"
+        options = dataclasses.replace(self.run_options, progress=False)
+        attempts = {spec: 0 for spec in todo}
+        while todo and not self.stopping:
+            jobs = submit_runs(todo, options, folder, cluster=self.grid.slurm_cluster, timeout_min=self.grid.slurm_time_min,
+                               partition=self.grid.slurm_partition, gpus_per_run=self.grid.gpus_per_run,
+                               parallelism=self.grid.workers)  # fmt: skip
+            print(f"submitted {len(jobs)} jobs (array {jobs[0].job_id.split('_')[0]}); logs in {folder}", flush=True)
+            retry = []
+            for spec, job in zip(todo, jobs):
+                attempts[spec] += 1
+                try:
+                    self._record(spec, job.result(), attempts[spec])
+                except KeyboardInterrupt:
+                    self.stopping = True
+                    for other in jobs:
+                        other.cancel(check=False)
+                    break
+                except Exception as exc:  # the job failed (after its requeues): retry or record
+                    if attempts[spec] <= self.grid.retries:
+                        retry.append(spec)
+                    else:
+                        self._record(spec, "failed", attempts[spec], error=str(exc))
+            todo = retry
 
     def _gpu_slots(self) -> list[int | None]:
         if self.grid.gpus_per_run <= 0:
