@@ -25,3 +25,15 @@ class CrashEnv(gym.Env):
 
 
 gym.register(id="Crash-v0", entry_point=CrashEnv)
+
+
+class NaNRewardEnv(CrashEnv):
+    """Rewards become NaN after a few steps: the learner's losses go non-finite (a diverging run)."""
+
+    def step(self, action):
+        self.steps += 1
+        reward = float("nan") if self.steps > self.crash_after else 0.0
+        return np.zeros(2, np.float32), reward, False, self.steps % 10 == 0, {}
+
+
+gym.register(id="NaNReward-v0", entry_point=NaNRewardEnv)

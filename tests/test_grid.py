@@ -218,3 +218,16 @@ total_timesteps = 50000
     assert "1 already done" in resumed.stdout
     assert tree_snapshot(short_dir) == before
     assert (long_dir / "DONE").exists()
+
+
+def test_diverging_run_is_recorded_with_its_step_not_retried_and_skipped_later(tmp_path, capsys):
+    path = write_suite(tmp_path, TINY.format(envs='["crashing_env:NaNReward-v0"]', seeds="[1]", steps=1024))
+    runs = tmp_path / "runs"
+    assert main(["run", str(path), "--runs-dir", str(runs), "--workers", "1", "--retries", "2"]) == 1
+    (row,) = json.loads((runs / "tiny" / "summary.json").read_text())["runs_detail"]
+    assert row["status"] == "diverged" and row["attempts"] == 1
+    assert "non-finite loss at step 256" in row["error"]
+    assert (Path(row["run_dir"]) / "DIVERGED").exists() and not (Path(row["run_dir"]) / "DONE").exists()
+    capsys.readouterr()
+    assert main(["run", str(path), "--runs-dir", str(runs), "--dry-run"]) == 0
+    assert "1 diverged" in capsys.readouterr().out
