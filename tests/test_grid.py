@@ -11,24 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import deterministic_metrics, tiny_suite
 
 from experiments.cli import main
 from experiments.suite import SuiteError, load_suite
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = """
-algorithms = ["ppo"]
-env_ids = {envs}
-seeds = {seeds}
-total_timesteps = {steps}
-eval_every = 1024
-eval_episodes = 2
-[algo.ppo]
-num_envs = 2
-num_steps = 128
-update_epochs = 2
-num_minibatches = 4
-"""
 
 
 def write_suite(tmp_path: Path, text: str, name: str = "tiny") -> Path:
@@ -116,7 +104,7 @@ def test_shipped_suites_are_valid():
 
 
 def test_dry_run_shows_states(tmp_path, capsys):
-    path = write_suite(tmp_path, TINY.format(envs='["CartPole-v1"]', seeds="[1, 2]", steps=1024))
+    path = write_suite(tmp_path, tiny_suite('["CartPole-v1"]', "[1, 2]", 1024))
     assert main(["run", str(path), "--runs-dir", str(tmp_path / "runs"), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert out.count("CartPole-v1") == 2 and "2 runs: 2 new" in out
@@ -124,7 +112,7 @@ def test_dry_run_shows_states(tmp_path, capsys):
 
 
 def test_failing_run_is_retried_recorded_and_does_not_stop_the_grid(tmp_path, capsys):
-    path = write_suite(tmp_path, TINY.format(envs='["CartPole-v1", "crashing_env:Crash-v0"]', seeds="[1]", steps=1024))
+    path = write_suite(tmp_path, tiny_suite('["CartPole-v1", "crashing_env:Crash-v0"]', "[1]", 1024))
     runs = tmp_path / "runs"
     code = main(["run", str(path), "--runs-dir", str(runs), "--workers", "2", "--retries", "1", "--progress-interval", "60"])
     assert code == 1
@@ -156,14 +144,9 @@ def _wait_for(predicate, timeout: float = 300.0) -> None:
         time.sleep(0.05)
 
 
-def _metrics(run_dir: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in row.items() if k not in ("time", "charts/SPS")} for row in rows]
-
-
 @pytest.mark.slow
 def test_worker_killed_with_sigkill_is_retried_and_resumes_to_identical_metrics(tmp_path):
-    path = write_suite(tmp_path, TINY.format(envs='["CartPole-v1"]', seeds="[4]", steps=12288))
+    path = write_suite(tmp_path, tiny_suite('["CartPole-v1"]', "[4]", 12288))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     subprocess.run(_grid_command(path, tmp_path / "reference", "--executor", "inline"), check=True, env=env, timeout=600,
                    stdout=subprocess.DEVNULL)  # fmt: skip
@@ -177,14 +160,14 @@ def test_worker_killed_with_sigkill_is_retried_and_resumes_to_identical_metrics(
     assert "exited with -9; retry 1" in output
     (run_dir,) = (tmp_path / "runs").glob("tiny/ppo/*/seed4-*")
     (reference_dir,) = (tmp_path / "reference").glob("tiny/ppo/*/seed4-*")
-    assert _metrics(run_dir) == _metrics(reference_dir)
+    assert deterministic_metrics(run_dir) == deterministic_metrics(reference_dir)
     summary = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())
     assert summary["runs_detail"][0]["attempts"] == 2 and summary["counts"] == {"done": 1}
 
 
 @pytest.mark.slow
 def test_sigint_stops_the_grid_and_the_same_command_finishes_only_what_is_left(tmp_path):
-    path = write_suite(tmp_path, TINY.format(envs='["CartPole-v1"]', seeds="[1]", steps=1024) + """
+    path = write_suite(tmp_path, tiny_suite('["CartPole-v1"]', "[1]", 1024) + """
 [[variants]]
 algo = "ppo"
 name = "short"
@@ -221,7 +204,7 @@ total_timesteps = 50000
 
 
 def test_diverging_run_is_recorded_with_its_step_not_retried_and_skipped_later(tmp_path, capsys):
-    path = write_suite(tmp_path, TINY.format(envs='["crashing_env:NaNReward-v0"]', seeds="[1]", steps=1024))
+    path = write_suite(tmp_path, tiny_suite('["crashing_env:NaNReward-v0"]', "[1]", 1024))
     runs = tmp_path / "runs"
     assert main(["run", str(path), "--runs-dir", str(runs), "--workers", "1", "--retries", "2"]) == 1
     (row,) = json.loads((runs / "tiny" / "summary.json").read_text())["runs_detail"]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
+from helpers import deterministic_metrics, tiny_suite
 
 from experiments.execute import RunOptions
 from experiments.grid import GridOptions, GridRunner
@@ -14,20 +14,6 @@ from experiments.suite import load_suite
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 assert os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0", "conftest.py sets Ray's loopback switch"
 ray = pytest.importorskip("ray")
-
-SUITE = """
-algorithms = ["ppo"]
-env_ids = ["CartPole-v1"]
-seeds = [1, 2]
-total_timesteps = 2048
-eval_every = 1024
-eval_episodes = 2
-[algo.ppo]
-num_envs = 2
-num_steps = 128
-update_epochs = 2
-num_minibatches = 4
-"""
 
 
 @pytest.fixture(scope="module")
@@ -49,15 +35,11 @@ def cluster():
 
 
 def _metrics(summary: dict) -> dict:
-    out = {}
-    for row in summary["runs_detail"]:
-        lines = open(os.path.join(row["run_dir"], "metrics.jsonl")).read().splitlines()
-        out[row["seed"]] = [{k: v for k, v in json.loads(x).items() if k not in ("time", "charts/SPS")} for x in lines]
-    return out
+    return {row["seed"]: deterministic_metrics(row["run_dir"]) for row in summary["runs_detail"]}
 
 
 def test_ray_cluster_grid_matches_inline_results(cluster, tmp_path):
-    (tmp_path / "tiny.toml").write_text(SUITE)
+    (tmp_path / "tiny.toml").write_text(tiny_suite(seeds="[1, 2]", steps=2048))
     suite = load_suite(str(tmp_path / "tiny.toml"))
     results = {}
     for executor in ("ray", "inline"):

@@ -3,7 +3,6 @@ logs exactly the numbers of an uninterrupted run with the same seed (CPU)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -12,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import deterministic_metrics
 
 REPO = Path(__file__).resolve().parents[1]
-VOLATILE = {"time", "charts/SPS"}  # wall-clock quantities
 
 
 def _command(runs_dir: Path, env_id: str, extra: list[str]) -> list[str]:
@@ -25,8 +24,7 @@ def _command(runs_dir: Path, env_id: str, extra: list[str]) -> list[str]:
 def _metrics(runs_dir: Path) -> list[dict]:
     (run_dir,) = runs_dir.glob("single/ppo/*/seed5-*")
     assert (run_dir / "DONE").exists()
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in VOLATILE} for line in lines]
+    return deterministic_metrics(run_dir)
 
 
 @pytest.mark.slow

@@ -3,9 +3,8 @@ Slurm sends before a timeout or preemption) after its first checkpoint is requeu
 
 from __future__ import annotations
 
-import json
-
 import pytest
+from helpers import deterministic_metrics, tiny_suite
 
 from experiments.execute import RunOptions
 from experiments.grid import GridOptions, GridRunner
@@ -14,28 +13,9 @@ from experiments.suite import load_suite
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 pytest.importorskip("submitit")
 
-SUITE = """
-algorithms = ["ppo"]
-env_ids = ["CartPole-v1"]
-seeds = {seeds}
-total_timesteps = {steps}
-eval_every = 1024
-eval_episodes = 2
-[algo.ppo]
-num_envs = 2
-num_steps = 128
-update_epochs = 2
-num_minibatches = 4
-"""
-
-
-def _metrics(run_dir) -> list[dict]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(x).items() if k not in ("time", "charts/SPS")} for x in lines]
-
 
 def test_slurm_grid_with_local_submitit(tmp_path):
-    (tmp_path / "tiny.toml").write_text(SUITE.format(seeds="[1, 2]", steps=1024))
+    (tmp_path / "tiny.toml").write_text(tiny_suite(seeds="[1, 2]"))
     suite = load_suite(str(tmp_path / "tiny.toml"))
     grid = GridOptions(executor="slurm", slurm_cluster="local", slurm_time_min=10, workers=2)
     summary = GridRunner(suite.name, list(suite.specs), RunOptions(runs_dir=tmp_path / "runs", progress=False), grid).run()
@@ -48,7 +28,7 @@ def test_interrupted_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path):
 
     from experiments.slurm import SlurmRun
 
-    (tmp_path / "tiny.toml").write_text(SUITE.format(seeds="[3]", steps=40960))
+    (tmp_path / "tiny.toml").write_text(tiny_suite(seeds="[3]", steps=40960))
     (spec,) = load_suite(str(tmp_path / "tiny.toml")).specs
     reference = RunOptions(runs_dir=tmp_path / "reference", progress=False, checkpoint_every_steps=1)
     GridRunner("tiny", [spec], reference, GridOptions(executor="inline")).run()
@@ -63,4 +43,4 @@ def test_interrupted_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path):
     run_dir = spec.run_dir(tmp_path / "runs")
     log = "".join(p.read_text() for p in (tmp_path / "submitit").rglob("*.out"))
     assert "Requeued job" in log, log[-3000:]
-    assert _metrics(run_dir) == _metrics(spec.run_dir(tmp_path / "reference"))
+    assert deterministic_metrics(run_dir) == deterministic_metrics(spec.run_dir(tmp_path / "reference"))
