@@ -26,6 +26,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from algorithms.common.logging import format_duration
 from experiments.execute import RunOptions
 from experiments.runs import RunDirectory, RunSpec
 
@@ -111,6 +112,9 @@ class GridRunner:
         self.grid = grid
         self.outcomes: dict[RunSpec, dict[str, Any]] = {}
         self.stopping = False
+        self._totals = {spec: spec.config().total_timesteps for spec in self.specs}
+        self._rate_marks: dict[RunSpec, tuple[float, int]] = {}
+        self._drawn_lines = 0
 
     # --- bookkeeping ------------------------------------------------------------------------------
     def _record(self, spec: RunSpec, status: str, attempts: int, error: str | None = None) -> None:
@@ -307,7 +311,8 @@ class GridRunner:
                     else:
                         killed = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
                         self._record(spec, "failed", attempt, None if code == EXIT_FAILED else f"worker {killed}")
-                if time.time() - last_progress >= self.grid.progress_interval_s:
+                interval = min(self.grid.progress_interval_s, 2.0) if sys.stdout.isatty() else self.grid.progress_interval_s
+                if time.time() - last_progress >= interval:
                     last_progress = time.time()
                     self._print_progress(active, pending)
                 time.sleep(0.2)
@@ -316,16 +321,33 @@ class GridRunner:
                 signal.signal(sig, handler)
 
     def _print_progress(self, active: dict[Any, tuple[RunSpec, int, int | None]], pending: list) -> None:
-        done = sum(1 for e in self.outcomes.values() if e["status"] == "done")
+        """Per-run state, steps, steps/s and latest return; grid counts, aggregate steps/s and ETA.
+
+        On a terminal the block is redrawn in place; otherwise it is appended (one block per interval)."""
+        now = time.time()
+        done = [s for s, e in self.outcomes.items() if e["status"] == "done"]
         failed = sum(1 for e in self.outcomes.values() if e["status"] in ("failed", "diverged"))
-        lines = [f"[{time.strftime('%H:%M:%S')}] {self.suite_name}: {done}/{len(self.specs)} done, {len(active)} running, "
-                 f"{len(pending)} waiting, {failed} failed"]  # fmt: skip
+        run_lines, steps_now, rate_total = [], 0, 0.0
         for spec, attempt, _ in active.values():
             latest = _last_metrics(RunDirectory(spec.run_dir(self.run_options.runs_dir)).metrics_file)
-            total = dict(spec.overrides).get("total_timesteps")
-            progress = f"{latest.get('step', 0):,}" + (f"/{total:,}" if total else "")
+            step = latest.get("step", 0)
+            prev_time, prev_step = self._rate_marks.get(spec, (now, step))
+            rate = (step - prev_step) / (now - prev_time) if now > prev_time and step >= prev_step else 0.0
+            self._rate_marks[spec] = (now, step)
+            steps_now, rate_total = steps_now + step, rate_total + rate
+            line = f"    {spec.algo}/{spec.variant}/{spec.env_id}/seed{spec.seed}: {step:,}/{self._totals[spec]:,} steps"
+            line += f", {rate:,.0f} steps/s" if rate else ""
             ret = latest.get("charts/episodic_return")
-            line = f"    {spec.algo}/{spec.variant}/{spec.env_id}/seed{spec.seed}: step {progress}"
             line += f", return {ret:.1f}" if ret is not None else ""
-            lines.append(line + (f" (attempt {attempt})" if attempt > 1 else ""))
-        print("\n".join(lines), flush=True)
+            run_lines.append(line + (f" (attempt {attempt})" if attempt > 1 else ""))
+        remaining = sum(self._totals[s] for s in self.specs if s not in self.outcomes) - steps_now
+        eta = f", ETA {format_duration(remaining / rate_total)}" if rate_total > 0 and remaining > 0 else ""
+        header = (
+            f"[{time.strftime('%H:%M:%S')}] {self.suite_name}: {len(done)}/{len(self.specs)} done, {len(active)} running, "
+        )
+        header += f"{len(pending)} waiting, {failed} failed, {rate_total:,.0f} steps/s{eta}"
+        block = [header, *run_lines]
+        if sys.stdout.isatty() and self._drawn_lines:
+            sys.stdout.write(f"\033[{self._drawn_lines}F\033[J")  # back to the previous block, clear it
+        print("\n".join(block), flush=True)
+        self._drawn_lines = len(block) if sys.stdout.isatty() else 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -114,7 +115,7 @@ def test_dry_run_shows_states(tmp_path, capsys):
 def test_failing_run_is_retried_recorded_and_does_not_stop_the_grid(tmp_path, capsys):
     path = write_suite(tmp_path, tiny_suite('["CartPole-v1", "crashing_env:Crash-v0"]', "[1]", 1024))
     runs = tmp_path / "runs"
-    code = main(["run", str(path), "--runs-dir", str(runs), "--workers", "2", "--retries", "1", "--progress-interval", "60"])
+    code = main(["run", str(path), "--runs-dir", str(runs), "--workers", "2", "--retries", "1", "--progress-interval", "0.5"])
     assert code == 1
     summary = json.loads((runs / "tiny" / "summary.json").read_text())
     status = {row["env_id"]: row for row in summary["runs_detail"]}
@@ -124,7 +125,11 @@ def test_failing_run_is_retried_recorded_and_does_not_stop_the_grid(tmp_path, ca
     assert "simulator exploded" in crashed["error"] and "Traceback" in crashed["traceback"]
     assert "simulator exploded" in (Path(crashed["run_dir"]) / "error.txt").read_text()
     assert (Path(status["CartPole-v1"]["run_dir"]) / "DONE").exists()
-    assert "failed: ppo/default/crashing_env:Crash-v0/seed1: RuntimeError: simulator exploded" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "failed: ppo/default/crashing_env:Crash-v0/seed1: RuntimeError: simulator exploded" in out
+    # the progress view: grid counts and rate, then one line per running run with its steps
+    assert re.search(r"tiny: \d/2 done, \d running, \d waiting, \d failed, [\d,]+ steps/s", out), out
+    assert re.search(r"ppo/default/CartPole-v1/seed1: [\d,]+/1,024 steps", out), out
 
 
 def _grid_command(suite: Path, runs: Path, *extra: str) -> list[str]:

@@ -59,7 +59,7 @@ class RecordingLogger:
         return [(step, m[key]) for step, m in self.records if key in m]
 
 
-def _format_duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     if not math.isfinite(seconds) or seconds < 0:
         return "?"
     seconds = int(seconds)
@@ -117,7 +117,7 @@ class ConsoleLogger:
         if self.eval_return is not None:
             parts.append(f"eval {self.eval_return:.1f}")
         if self.total_steps and rate > 0:
-            parts.append(f"ETA {_format_duration((self.total_steps - self.step) / rate)}")
+            parts.append(f"ETA {format_duration((self.total_steps - self.step) / rate)}")
         return " | ".join(parts)
 
     def _print(self, force: bool = False) -> None:
