@@ -1,0 +1,121 @@
+"""Loading runs into the tidy frame (directories and W&B history rows), score protocols, normalisation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import atari_game, final_scores, history_to_frame, human_normalized, load_run_dir, load_runs
+from analysis.scores import load_reference, normalize_by_bounds
+from experiments.execute import RunOptions, execute_run
+from experiments.runs import RunSpec
+
+TINY = {"total_timesteps": 1024, "num_envs": 2, "num_steps": 128, "update_epochs": 2, "num_minibatches": 4,
+        "eval_every": 512, "eval_episodes": 2}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    for seed in (1, 2):
+        execute_run(RunSpec.create("ppo", "CartPole-v1", seed, TINY, suite="demo"), RunOptions(runs_dir=root, progress=False))
+    return root
+
+
+def test_load_runs_gives_the_tidy_schema(runs_dir):
+    frame = load_runs(runs_dir)
+    assert list(frame.columns) == [
+        "suite",
+        "algo",
+        "variant",
+        "env_id",
+        "seed",
+        "run_id",
+        "step",
+        "metric",
+        "value",
+        "complete",
+    ]
+    assert set(frame["seed"]) == {1, 2} and set(frame["suite"]) == {"demo"} and frame["complete"].all()
+    evals = frame[frame["metric"] == "eval/episodic_return"]
+    assert sorted(evals.loc[evals["seed"] == 1, "step"]) == [512, 1024]
+    (run_dir,) = [p for p in runs_dir.rglob("seed1-*") if p.is_dir()]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    n_values = sum(1 for row in rows for k in row if k not in ("step", "time"))
+    assert (frame["run_id"] == run_dir.name).sum() == n_values
+    assert "time" not in set(frame["metric"])
+
+
+def test_incomplete_runs_are_left_out_loudly_or_kept_on_request(runs_dir, tmp_path):
+    copy = tmp_path / "runs"
+    shutil.copytree(runs_dir, copy)
+    (done,) = [p for p in copy.rglob("DONE") if "seed2-" in str(p)]
+    done.unlink()
+    with pytest.warns(UserWarning, match="1 incomplete run"):
+        frame = load_runs(copy)
+    assert set(frame["seed"]) == {1}
+    kept = load_runs(copy, include_incomplete=True)
+    assert set(kept["seed"]) == {1, 2} and not kept.loc[kept["seed"] == 2, "complete"].any()
+
+
+def test_wandb_history_rows_convert_to_the_same_frame_as_the_run_directory(runs_dir):
+    (run_dir,) = [p for p in runs_dir.rglob("seed2-*") if p.is_dir()]
+    spec = json.loads((run_dir / "spec.json").read_text())
+    config = {**json.loads((run_dir / "config.json").read_text()), "exp_name": spec["algo"], "suite": spec["suite"],
+              "variant": spec["variant"]}  # fmt: skip
+    # scan_history yields one dict per wandb.log call: W&B's own keys, global_step, and what was logged then.
+    rows = []
+    for index, line in enumerate((run_dir / "metrics.jsonl").read_text().splitlines()):
+        logged = json.loads(line)
+        step, wall = logged.pop("step"), logged.pop("time")
+        rows.append({"_step": index, "_runtime": wall - 1.0, "_timestamp": wall, "global_step": step, **logged,
+                     "charts/unlogged_here": None})  # fmt: skip
+    converted = history_to_frame(config, rows, run_id=run_dir.name)
+    pd.testing.assert_frame_equal(converted, load_run_dir(run_dir))
+
+
+def _frame(records):
+    return pd.DataFrame(
+        [("s", algo, "default", env, seed, f"{algo}-{env}-{seed}", step, metric, value, True)
+         for algo, env, seed, step, metric, value in records],
+        columns=["suite", "algo", "variant", "env_id", "seed", "run_id", "step", "metric", "value", "complete"],
+    )  # fmt: skip
+
+
+def test_protocols_on_a_hand_built_frame():
+    records = []
+    for seed, evals in ((1, [0.0, 10.0, 20.0, 30.0]), (2, [0.0, 50.0, 10.0, 10.0])):
+        records += [("ppo", "E-v0", seed, 100 * (i + 1), "eval/episodic_return", v) for i, v in enumerate(evals)]
+        records += [("ppo", "E-v0", seed, i, "charts/episodic_return", float(i)) for i in range(150)]
+    frame = _frame(records)
+    last2 = final_scores(frame, "eval-last", n=2).set_index("seed")["score"]
+    assert last2.to_dict() == {1: 25.0, 2: 10.0}
+    train = final_scores(frame, "train-last100").set_index("seed")["score"]
+    assert train.to_dict() == {1: np.mean(range(50, 150)), 2: np.mean(range(50, 150))}
+    best = final_scores(frame, "eval-max")
+    # seed-averages per step: 0, 30, 15, 20 -> max 30 at step 200
+    assert len(best) == 1 and best.loc[0, "score"] == 30.0 and best.loc[0, "best_step"] == 200 and best.loc[0, "n_seeds"] == 2
+    with pytest.raises(ValueError, match="unknown protocol"):
+        final_scores(frame, "best")
+
+
+def test_atari_human_normalisation_from_the_shipped_table():
+    assert atari_game("ALE/Pong-v5") == atari_game("PongNoFrameskip-v4") == "pong"
+    assert atari_game("ALE/MontezumaRevenge-v5") == "montezuma_revenge"
+    table = load_reference("atari_human_random_57")
+    pong = table[table["env_id"] == "pong"].set_index("algorithm")["value"]
+    scores = pd.DataFrame({"env_id": ["ALE/Pong-v5", "ALE/Pong-v5"], "score": [pong["Random"], pong["Human"]]})
+    np.testing.assert_allclose(human_normalized(scores).to_numpy(), [0.0, 1.0])
+    with pytest.raises(KeyError, match="no_such_game"):
+        human_normalized(pd.DataFrame({"env_id": ["ALE/NoSuchGame-v5"], "score": [1.0]}))
+
+
+def test_minmax_bounds():
+    scores = pd.DataFrame({"env_id": ["A", "B"], "score": [5.0, 0.0]})
+    np.testing.assert_allclose(normalize_by_bounds(scores, {"A": (0.0, 10.0), "B": (-10.0, 10.0)}), [0.5, 0.5])
+    with pytest.raises(KeyError, match="B"):
+        normalize_by_bounds(scores, {"A": (0.0, 1.0)})
