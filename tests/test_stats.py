@@ -1,0 +1,57 @@
+"""Aggregate statistics on synthetic runs with known distributions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+pytest.importorskip("rliable")
+from analysis.stats import aggregate_table, probability_of_improvement, score_matrices  # noqa: E402
+
+
+def synthetic_scores(means: dict[str, float], seeds: int = 10, envs: int = 5, sd: float = 0.2, rng_seed: int = 0):
+    rng = np.random.default_rng(rng_seed)
+    return pd.DataFrame([{"algo": algo, "variant": "default", "env_id": f"E{e}-v0", "seed": s,
+                          "score": rng.normal(mean, sd)} for algo, mean in means.items() for s in range(seeds)
+                         for e in range(envs)])  # fmt: skip
+
+
+def test_iqm_point_estimate_is_the_trimmed_mean_and_intervals_are_reproducible():
+    scores = synthetic_scores({"a": 1.0, "b": 1.5})
+    first = aggregate_table(scores, reps=300, seed=3)
+    second = aggregate_table(scores, reps=300, seed=3)
+    pd.testing.assert_frame_equal(first, second)
+    a = first.set_index("method").loc["a"]
+    assert np.isclose(a["IQM"], stats.trim_mean(score_matrices(scores)["a"].ravel(), 0.25))
+    assert a["IQM low"] < a["IQM"] < a["IQM high"] and (a["runs"], a["tasks"]) == (10, 5)
+    assert not first.equals(aggregate_table(scores, reps=300, seed=4)), "another seed gives other intervals"
+
+
+@pytest.mark.slow
+def test_mean_intervals_cover_the_truth_at_about_the_nominal_rate():
+    covered = 0
+    draws = 60
+    for draw in range(draws):
+        table = aggregate_table(synthetic_scores({"a": 0.7}, seeds=10, envs=3, rng_seed=100 + draw), reps=300, seed=draw)
+        row = table.iloc[0]
+        covered += row["Mean low"] <= 0.7 <= row["Mean high"]
+    # 95% nominal; percentile bootstrap with 30 values is a little narrow. 60 draws: expect ~55, allow sampling noise.
+    assert covered >= 48, covered
+
+
+def test_probability_of_improvement_orders_clearly_different_methods():
+    scores = synthetic_scores({"good": 2.0, "bad": 1.0})
+    table = probability_of_improvement(scores, [("good", "bad"), ("bad", "good")], reps=300)
+    good_bad, bad_good = table["P(X > Y)"]
+    assert good_bad > 0.95 and bad_good < 0.05 and np.isclose(good_bad + bad_good, 1.0)
+    assert (table["low"] <= table["P(X > Y)"]).all() and (table["P(X > Y)"] <= table["high"]).all()
+    with pytest.raises(ValueError, match="unknown methods"):
+        probability_of_improvement(scores, [("good", "ugly")])
+
+
+def test_score_matrix_needs_every_env_per_seed():
+    scores = synthetic_scores({"a": 1.0}, seeds=2, envs=2).iloc[:-1]
+    with pytest.raises(ValueError, match="lack a score"):
+        score_matrices(scores)
