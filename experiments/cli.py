@@ -185,7 +185,8 @@ def cmd_run(argv: list[str]) -> int:
         counts = {s: sum(1 for _, st in rows if st == s) for s in ("done", "partial", "new", "diverged")}
         print(f"{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
         return 0
-    workers = args.workers or max(1, (os.cpu_count() or 1) // args.threads_per_run)
+    # Local runs default to filling the cores; elsewhere (Ray, Slurm) no limit unless asked.
+    workers = args.workers or (max(1, (os.cpu_count() or 1) // args.threads_per_run) if args.executor == "local" else None)
     run_options = RunOptions(runs_dir=args.runs_dir, track=args.track, wandb_mode=args.wandb_mode,
                              threads=args.threads_per_run, checkpoint_every_seconds=args.checkpoint_every_seconds,
                              checkpoint_every_steps=args.checkpoint_every_steps,
@@ -194,8 +195,9 @@ def cmd_run(argv: list[str]) -> int:
                        progress_interval_s=args.progress_interval, ray_address=args.ray_address,
                        slurm_partition=args.slurm_partition, slurm_time_min=args.slurm_time_min,
                        slurm_cluster=args.slurm_cluster)  # fmt: skip
-    print(f"{suite.name}: {len(rows)} runs ({sum(1 for _, s in rows if s == 'done')} already done), "
-          f"{workers} at once, {args.threads_per_run} thread(s) each -> {args.runs_dir / suite.name}", flush=True)  # fmt: skip
+    at_once = workers or "as many as the cluster takes"
+    print(f"{suite.name}: {len(rows)} runs ({sum(1 for _, s in rows if s == 'done')} already done), {at_once} at once, "
+          f"{args.threads_per_run} thread(s) each -> {args.runs_dir / suite.name}", flush=True)  # fmt: skip
     if args.track:
         from experiments.tracking import resolve_wandb_mode
 

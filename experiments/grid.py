@@ -267,7 +267,7 @@ class GridRunner:
 
     def _run_local(self, todo: list[RunSpec]) -> None:
         context = mp.get_context("spawn")
-        workers = self.grid.workers or os.cpu_count() or 1
+        workers = self.grid.workers or max(1, (os.cpu_count() or 1) // self.run_options.threads)
         gpu_slots = self._gpu_slots()
         if self.grid.gpus_per_run > 0:
             if not gpu_slots:
