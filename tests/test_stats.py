@@ -55,3 +55,28 @@ def test_score_matrix_needs_every_env_per_seed():
     scores = synthetic_scores({"a": 1.0}, seeds=2, envs=2).iloc[:-1]
     with pytest.raises(ValueError, match="lack a score"):
         score_matrices(scores)
+
+
+def test_performance_profile_is_one_below_every_score_and_zero_above():
+    from analysis.stats import performance_profiles
+
+    scores = synthetic_scores({"a": 1.0}, sd=0.1)
+    taus = np.array([-10.0, 1.0, 10.0])
+    profile = performance_profiles(scores, taus, reps=200).set_index("tau")["fraction"]
+    assert profile[-10.0] == 1.0 and profile[10.0] == 0.0 and 0.2 < profile[1.0] < 0.8
+
+
+def test_sample_efficiency_curve_follows_known_linear_learning_curves():
+    from analysis.stats import sample_efficiency
+
+    rows = []
+    for seed in range(5):
+        for env, scale in (("A-v0", 1.0), ("B-v0", 100.0)):
+            for step in range(0, 1001, 100):  # every run learns linearly from 0 to its scale
+                rows.append(
+                    ("s", "ppo", "default", env, seed, f"{env}{seed}", step, "eval/episodic_return", scale * step / 1000)
+                )
+    frame = pd.DataFrame(rows, columns=["suite", "algo", "variant", "env_id", "seed", "run_id", "step", "metric", "value"])
+    curve = sample_efficiency(frame, points=5, bounds={"A-v0": (0.0, 1.0), "B-v0": (0.0, 100.0)}, reps=100)
+    np.testing.assert_allclose(curve["step"], [0, 250, 500, 750, 1000])
+    np.testing.assert_allclose(curve["IQM"], [0.0, 0.25, 0.5, 0.75, 1.0], atol=1e-12)  # normalised, identical runs
