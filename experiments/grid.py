@@ -55,18 +55,12 @@ def _worker(spec: RunSpec, options: RunOptions, gpu: int | None) -> None:
     """Entry point of a spawned run process; its exit code tells the grid what happened."""
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    from algorithms.common import RunInterrupted
-    from experiments.execute import RunDiverged, execute_run
-
     try:
-        execute_run(spec, options)
-    except RunInterrupted:
-        sys.exit(EXIT_INTERRUPTED)
-    except RunDiverged:
-        sys.exit(EXIT_DIVERGED)
+        state = run_to_state(spec, options)
     except BaseException:
         traceback.print_exc()
         sys.exit(EXIT_FAILED)
+    sys.exit({"done": 0, "interrupted": EXIT_INTERRUPTED, "diverged": EXIT_DIVERGED}[state])
 
 
 def run_to_state(spec: RunSpec, options: RunOptions) -> str:
@@ -121,8 +115,8 @@ class GridRunner:
         run_dir = RunDirectory(spec.run_dir(self.run_options.runs_dir))
         entry: dict[str, Any] = {"status": status, "attempts": attempts, "run_dir": str(run_dir.path)}
         if status == "done" and run_dir.result_file.exists():
-            entry["global_step"] = json.loads(run_dir.result_file.read_text())["global_step"]
-            entry["final_eval_return"] = json.loads(run_dir.result_file.read_text())["final_eval_return"]
+            result = json.loads(run_dir.result_file.read_text())
+            entry["global_step"], entry["final_eval_return"] = result["global_step"], result["final_eval_return"]
         if error is None and run_dir.error_file.exists():
             error = run_dir.error_file.read_text()
         if status in ("failed", "diverged") and error:
@@ -177,23 +171,17 @@ class GridRunner:
         return result
 
     def _run_inline(self, todo: list[RunSpec]) -> None:
-        from algorithms.common import RunInterrupted
-        from experiments.execute import RunDiverged, execute_run
-
         for spec in todo:
             for attempt in range(1, self.grid.retries + 2):
                 try:
-                    execute_run(spec, self.run_options)
-                    self._record(spec, "done", attempt)
-                    break
-                except RunInterrupted:
-                    self._record(spec, "interrupted", attempt)
-                    return
-                except RunDiverged:
-                    self._record(spec, "diverged", attempt)
-                    break
+                    state = run_to_state(spec, self.run_options)
                 except Exception:
                     self._record(spec, "failed", attempt, traceback.format_exc())
+                    continue
+                self._record(spec, state, attempt)
+                if state == "interrupted":
+                    return
+                break
 
     def _run_ray(self, todo: list[RunSpec]) -> None:
         import ray
