@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 REFERENCE_DIR = Path(__file__).parent / "reference"
@@ -60,15 +61,9 @@ def minmax_normalize(scores: pd.Series, low: pd.Series | float, high: pd.Series 
     return (scores - low) / (high - low)
 
 
-def human_normalized(scores: pd.DataFrame, table: pd.DataFrame | None = None) -> pd.Series:
+def human_normalized(scores: pd.DataFrame) -> pd.Series:
     """Atari human-normalised scores (score - random) / (human - random), from the Atari-57 table."""
-    table = load_reference("atari_human_random_57") if table is None else table
-    ref = table.pivot_table(index="env_id", columns="algorithm", values="value", aggfunc="first")
-    games = scores["env_id"].map(atari_game)
-    missing = sorted(set(games) - set(ref.index))
-    if missing:
-        raise KeyError(f"no human/random reference for {', '.join(missing)}")
-    return minmax_normalize(scores["score"], games.map(ref["Random"]).to_numpy(), games.map(ref["Human"]).to_numpy())
+    return normalize_by_bounds(scores, env_bounds(sorted(set(scores["env_id"])), "human"))
 
 
 def normalize_by_bounds(scores: pd.DataFrame, bounds: dict[str, tuple[float, float]]) -> pd.Series:
@@ -86,5 +81,62 @@ def d4rl_normalized(scores: pd.Series, low: float, high: float) -> pd.Series:
     return 100.0 * minmax_normalize(scores, low, high)
 
 
-__all__ = ["PROTOCOLS", "atari_game", "d4rl_normalized", "final_scores", "human_normalized", "load_reference",
-           "minmax_normalize", "normalize_by_bounds"]  # fmt: skip
+def per_run_scores(frame: pd.DataFrame, protocol: str = "eval-last", n: int = 10) -> pd.DataFrame:
+    """One score per run under any protocol (column `score`), so per-seed statistics apply to all three.
+
+    For `eval-max` a run's score is its evaluation at its cell's best step (the step where the seed-average
+    peaks): the seed-mean of these equals the protocol's cell score, and their spread is the spread TD3's
+    Table 1 reports next to it."""
+    if protocol != "eval-max":
+        return final_scores(frame, protocol, n)
+    best = final_scores(frame, "eval-max")[[*CELL_KEYS, "best_step"]]
+    rows = frame[frame["metric"] == "eval/episodic_return"].merge(best, on=CELL_KEYS)
+    at_best = rows[rows["step"] == rows["best_step"]]
+    return at_best[[*RUN_KEYS, "value"]].rename(columns={"value": "score"}).reset_index(drop=True)
+
+
+def eval_curves(frame: pd.DataFrame, cell: tuple[str, str, str, str]) -> np.ndarray:
+    """(seeds, steps) evaluation returns of one (suite, algo, variant, env_id) cell, at the steps all seeds share."""
+    rows = frame[frame["metric"] == "eval/episodic_return"]
+    rows = rows[(rows[CELL_KEYS] == pd.Series(cell, index=CELL_KEYS)).all(axis=1)]
+    return rows.pivot_table(index="run_id", columns="step", values="value").dropna(axis=1).to_numpy()
+
+
+def env_key(env_id: str) -> str:
+    """An env's name across versions and sources: `Hopper-v5`, `Hopper-v1` -> `hopper`; `ALE/Pong-v5`,
+    `PongNoFrameskip-v4`, `Pong (ALE)` -> `pong`. Reference rows and our cells are matched on this key."""
+    name = re.sub(r"\s*\(.*\)$", "", env_id).removeprefix("ALE/")  # "Pong (ALE)", "PongNoFrameskip-v4 (gym)"
+    return atari_game(name)
+
+
+def env_bounds(env_ids: list[str], normalize: str) -> dict[str, tuple[float, float]]:
+    """Per-env (low, high) for min-max normalisation, by name:
+
+    - `human`: Atari-57 random and human scores;
+    - `d4rl`: D4RL's random and expert reference returns (MuJoCo locomotion tasks);
+    - `TABLE:LOW:HIGH`: the rows of algorithms LOW and HIGH of a reference table (shipped name or CSV path),
+      e.g. `mujoco_td3_paper_2018:DDPG:TD3`.
+    Every env must be covered, else KeyError naming the ones that are not."""
+    if normalize == "human":
+        table, low_name, high_name = load_reference("atari_human_random_57"), "Random", "Human"
+    elif normalize == "d4rl":
+        table = load_reference("d4rl_reference_min_max")
+        table = table.assign(env_id=table["env_id"].str.split("-").str[0])
+        low_name, high_name = "REF_MIN_SCORE (random policy)", "REF_MAX_SCORE (expert reference)"
+    elif normalize.count(":") >= 2:
+        name, low_name, high_name = normalize.rsplit(":", 2)
+        table = load_reference(name)
+    else:
+        raise ValueError(f"unknown normalisation {normalize!r}: use none, human, d4rl or TABLE:LOW_ALGO:HIGH_ALGO")
+    keyed = table.assign(key=table["env_id"].map(lambda e: env_key(str(e)).replace("_", "")))
+    bounds, missing = {}, []
+    for env_id in env_ids:
+        rows = keyed[keyed["key"] == env_key(env_id).replace("_", "")]
+        low, high = rows.loc[rows["algorithm"] == low_name, "value"], rows.loc[rows["algorithm"] == high_name, "value"]
+        if low.empty or high.empty:
+            missing.append(env_id)
+        else:
+            bounds[env_id] = (float(low.iloc[0]), float(high.iloc[0]))
+    if missing:
+        raise KeyError(f"normalisation {normalize!r} has no {low_name!r}/{high_name!r} scores for {', '.join(missing)}")
+    return bounds

@@ -224,12 +224,25 @@ def cmd_run(argv: list[str]) -> int:
     return 0 if all(s == "done" for s in counts) else 1
 
 
+def cmd_report(argv: list[str]) -> int:
+    try:
+        from analysis.report import main as report_main
+    except ImportError as exc:
+        print(f"error: {exc}; reports need the analysis extra: pip install -e '.[analysis]'", file=sys.stderr)
+        return 2
+    try:
+        return report_main(argv)
+    except SystemExit as exc:  # argparse has printed the problem or the help
+        return int(exc.code or 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"train": cmd_train, "run": cmd_run}
+    commands = {"train": cmd_train, "run": cmd_run, "report": cmd_report}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print("usage: rlgrid COMMAND ...\n\ncommands:\n  train   train one run (rlgrid train --help)"
-              "\n  run     run a suite: a seeded grid (rlgrid run --help)")  # fmt: skip
+              "\n  run     run a suite: a seeded grid (rlgrid run --help)"
+              "\n  report  tables, figures, reference verdicts and report.html from runs (rlgrid report --help)")  # fmt: skip
         if argv and argv[0] not in ("-h", "--help"):
             print(f"\nerror: unknown command {argv[0]!r}", file=sys.stderr)
             return 2

@@ -29,3 +29,33 @@ def deterministic_metrics(run_dir: str | Path) -> list[dict]:
     """A run's metrics.jsonl rows without wall-clock quantities: what must match between two runs of a seed."""
     lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
     return [{k: v for k, v in json.loads(line).items() if k not in WALL_CLOCK} for line in lines]
+
+
+def write_synthetic_runs(root: str | Path, cells: dict[tuple[str, str, str], float], seeds: list[int], points: int = 20,
+                         total_steps: int = 100_000, noise: float = 1.0, train_episodes: int = 120, suite: str = "synthetic",
+                         rng_seed: int = 0, complete: bool = True) -> list[Path]:  # fmt: skip
+    """Run directories in rlgrid's format whose scores are known: for cell (algo, variant, env_id) -> level, each
+    seed's curve rises linearly to `level + noise * N(0, 1)` (one draw per seed, held for the last half of the run).
+    Evaluations at `points` evenly spaced steps; `train_episodes` training episodes at the same per-seed level."""
+    import numpy as np
+
+    rng = np.random.default_rng(rng_seed)
+    steps = np.linspace(total_steps / points, total_steps, points).astype(int)
+    dirs = []
+    for (algo, variant, env_id), level in cells.items():
+        for seed in seeds:
+            final = level + noise * rng.standard_normal()
+            curve = final * np.minimum(1.0, 2.0 * steps / total_steps)
+            run_dir = Path(root) / suite / algo / env_id.replace("/", "-") / f"{variant}-seed{seed}"
+            run_dir.mkdir(parents=True)
+            spec = {"algo": algo, "env_id": env_id, "seed": seed, "overrides": {}, "suite": suite, "variant": variant}
+            (run_dir / "spec.json").write_text(json.dumps(spec))
+            train_steps = np.linspace(total_steps / 2, total_steps, train_episodes).astype(int)
+            rows = [{"step": int(s), "time": 0.0, "charts/episodic_return": float(final)} for s in train_steps]
+            rows += [{"step": int(s), "time": 0.0, "eval/episodic_return": float(v)} for s, v in zip(steps, curve)]
+            rows.sort(key=lambda row: row["step"])
+            (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+            if complete:
+                (run_dir / "DONE").touch()
+            dirs.append(run_dir)
+    return dirs

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from analysis import atari_game, final_scores, history_to_frame, human_normalized, load_run_dir, load_runs
-from analysis.scores import load_reference, normalize_by_bounds
+from analysis.scores import env_bounds, load_reference, normalize_by_bounds, per_run_scores
 from experiments.execute import RunOptions, execute_run
 from experiments.runs import RunSpec
 
@@ -99,6 +99,9 @@ def test_protocols_on_a_hand_built_frame():
     best = final_scores(frame, "eval-max")
     # seed-averages per step: 0, 30, 15, 20 -> max 30 at step 200
     assert len(best) == 1 and best.loc[0, "score"] == 30.0 and best.loc[0, "best_step"] == 200 and best.loc[0, "n_seeds"] == 2
+    # Per seed, eval-max is each seed's evaluation at that best step; their mean is the cell's score.
+    assert per_run_scores(frame, "eval-max").set_index("seed")["score"].to_dict() == {1: 10.0, 2: 50.0}
+    pd.testing.assert_frame_equal(per_run_scores(frame, "eval-last", n=2), final_scores(frame, "eval-last", n=2))
     with pytest.raises(ValueError, match="unknown protocol"):
         final_scores(frame, "best")
 
@@ -110,7 +113,7 @@ def test_atari_human_normalisation_from_the_shipped_table():
     pong = table[table["env_id"] == "pong"].set_index("algorithm")["value"]
     scores = pd.DataFrame({"env_id": ["ALE/Pong-v5", "ALE/Pong-v5"], "score": [pong["Random"], pong["Human"]]})
     np.testing.assert_allclose(human_normalized(scores).to_numpy(), [0.0, 1.0])
-    with pytest.raises(KeyError, match="no_such_game"):
+    with pytest.raises(KeyError, match="NoSuchGame"):
         human_normalized(pd.DataFrame({"env_id": ["ALE/NoSuchGame-v5"], "score": [1.0]}))
 
 
@@ -119,3 +122,14 @@ def test_minmax_bounds():
     np.testing.assert_allclose(normalize_by_bounds(scores, {"A": (0.0, 10.0), "B": (-10.0, 10.0)}), [0.5, 0.5])
     with pytest.raises(KeyError, match="B"):
         normalize_by_bounds(scores, {"A": (0.0, 1.0)})
+
+
+def test_normalisation_bounds_by_name():
+    assert env_bounds(["Hopper-v5"], "d4rl") == {"Hopper-v5": (-20.272305, 3234.3)}  # D4RL random / expert
+    assert env_bounds(["PongNoFrameskip-v4"], "human") == {"PongNoFrameskip-v4": (-20.7, 14.6)}
+    low, high = env_bounds(["Hopper-v5"], "mujoco_td3_paper_2018:PPO (openai/baselines):TD3")["Hopper-v5"]
+    assert (low, high) == (2164.70, 3564.07)  # TD3 Table 1 values for Hopper-v1
+    with pytest.raises(KeyError, match="CartPole-v1"):
+        env_bounds(["Hopper-v5", "CartPole-v1"], "d4rl")
+    with pytest.raises(ValueError, match="unknown normalisation"):
+        env_bounds(["Hopper-v5"], "zscore")

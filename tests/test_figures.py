@@ -42,7 +42,11 @@ def test_every_figure_is_written(tmp_path):
         *figures.sample_efficiency_plot(sample_efficiency(frame, points=11, reps=100), tmp_path),
         *figures.improvement_plot(probability_of_improvement(last, [("ppo", "a2c")], reps=100), tmp_path),
     ]
-    assert len(written) == 10 and {p.suffix for p in written} == {".png", ".pdf"}
+    per_env = pd.concat([aggregate_table(last[last["env_id"] == e], reps=100).assign(env_id=e) for e in ("A-v0", "B-v0")])
+    variants = pd.concat([last, last.assign(variant="lr_x3", score=last["score"] - 0.3)])
+    written += figures.aggregate_intervals(per_env, tmp_path / "per_env") + figures.variant_comparison(variants, tmp_path)
+    assert len(written) == 14 and {p.suffix for p in written} == {".png", ".pdf"}
+    assert figures.variant_comparison(last, tmp_path / "none") == [], "no algorithm with several variants: no figure"
     for path in written:
         _assert_image(path)
 

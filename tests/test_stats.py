@@ -80,3 +80,34 @@ def test_sample_efficiency_curve_follows_known_linear_learning_curves():
     curve = sample_efficiency(frame, points=5, bounds={"A-v0": (0.0, 1.0), "B-v0": (0.0, 100.0)}, reps=100)
     np.testing.assert_allclose(curve["step"], [0, 250, 500, 750, 1000])
     np.testing.assert_allclose(curve["IQM"], [0.0, 0.25, 0.5, 0.75, 1.0], atol=1e-12)  # normalised, identical runs
+
+
+def test_vectorised_bootstrap_agrees_with_rliables_own_interval_estimates():
+    """Same statistics as rliable exactly, same intervals up to Monte-Carlo error of the two bootstraps."""
+    rly = pytest.importorskip("rliable.library")
+    from rliable import metrics
+
+    scores = synthetic_scores({"a": 1.0, "b": 1.2}, seeds=8, envs=3, sd=0.4, rng_seed=5)
+    matrices = score_matrices(scores)
+    ours = aggregate_table(scores, reps=5000, seed=1).set_index("method")
+
+    def rliable_aggregates(x):
+        return np.array([metrics.aggregate_iqm(x), metrics.aggregate_median(x), metrics.aggregate_mean(x),
+                         metrics.aggregate_optimality_gap(x, 1.0)])  # fmt: skip
+
+    np.random.seed(0)
+    points, intervals = rly.get_interval_estimates({"a": matrices["a"]}, rliable_aggregates, reps=5000)
+    names = ["IQM", "Median", "Mean", "Optimality Gap"]
+    np.testing.assert_allclose(ours.loc["a", names].to_numpy(float), points["a"], rtol=1e-12)
+    for i, name in enumerate(names):
+        width = intervals["a"][1, i] - intervals["a"][0, i]
+        assert abs(ours.loc["a", f"{name} low"] - intervals["a"][0, i]) < 0.1 * width, name
+        assert abs(ours.loc["a", f"{name} high"] - intervals["a"][1, i]) < 0.1 * width, name
+
+    improvement = probability_of_improvement(scores, [("b", "a")], reps=5000).iloc[0]
+    assert np.isclose(improvement["P(X > Y)"], metrics.probability_of_improvement(matrices["b"], matrices["a"]))
+    np.random.seed(0)
+    _, poi_interval = rly.get_interval_estimates({"ba": (matrices["b"], matrices["a"])},
+                                                 metrics.probability_of_improvement, reps=2000)  # fmt: skip
+    low, high = np.ravel(poi_interval["ba"])
+    assert abs(improvement["low"] - low) < 0.1 * (high - low) and abs(improvement["high"] - high) < 0.1 * (high - low)

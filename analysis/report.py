@@ -1,0 +1,408 @@
+"""`rlgrid report`: run directories -> figures, tables (Markdown, LaTeX, CSV) and a standalone report.html.
+
+The steps are the analysis layer's, in order: load the tidy frame, score every run by one protocol,
+optionally min-max normalise, rliable aggregates and probability of improvement, reference verdicts,
+figures. Everything a reader needs is inside `report.html` (figures embedded as PNG), so it opens offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import itertools
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis import figures
+from analysis.load import load_runs, load_wandb
+from analysis.scores import CELL_KEYS, PROTOCOLS, env_bounds, eval_curves, normalize_by_bounds, per_run_scores
+from analysis.stats import aggregate_table, method_name, performance_profiles, probability_of_improvement, sample_efficiency
+from analysis.verdicts import SOURCES, bootstrap_ci, compare_to_references, eval_max_ci
+
+METRIC_OF = {"eval-last": "eval/episodic_return", "eval-max": "eval/episodic_return",
+             "train-last100": "charts/episodic_return"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    protocol: str = "eval-last"
+    last_n: int = 10  # evaluations averaged by eval-last
+    references: tuple[str, ...] = ("auto",)  # shipped source names, CSV paths; "auto": every shipped source
+    normalize: str = "none"  # none, human, d4rl, TABLE:LOW_ALGO:HIGH_ALGO
+    pairs: tuple[tuple[str, str], ...] = ()  # probability of improvement; empty: every pair of methods (up to 6)
+    reps: int = 2000  # bootstrap resamples
+    seed: int = 0
+
+
+@dataclass
+class Report:
+    out_dir: Path
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # numbers (CSV)
+    shown: dict[str, pd.DataFrame] = field(default_factory=dict)  # formatted strings (Markdown, LaTeX, HTML)
+    figures: dict[str, list[Path]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    header: list[str] = field(default_factory=list)
+
+
+def fmt(x: float, digits: int = 1) -> str:
+    if x is None or (isinstance(x, float) and np.isnan(x)):
+        return "–"
+    return f"{x:,.{digits}f}" if abs(x) >= 10 or digits > 1 else f"{x:.3g}"
+
+
+def _families(env_ids: list[str]) -> dict[str, str]:
+    from envs import env_family
+
+    families = {}
+    for env_id in env_ids:
+        try:
+            families[env_id] = env_family(env_id)
+        except Exception:  # not registered here (e.g. W&B runs of envs this machine lacks)
+            families[env_id] = "other"
+    return families
+
+
+def score_table(frame: pd.DataFrame, scores: pd.DataFrame, protocol: str, normalized: bool, reps: int,
+                seed: int) -> pd.DataFrame:  # fmt: skip
+    """One row per cell: seeds, budget, the protocol's score with its 95% bootstrap CI, std over seeds."""
+    rows = []
+    budgets = frame.groupby(CELL_KEYS)["step"].max()
+    for cell, group in scores.groupby(CELL_KEYS):
+        values = group["score"].to_numpy(float)
+        if protocol == "eval-max":
+            low, high = eval_max_ci(eval_curves(frame, cell), reps, seed)
+        else:
+            low, high = bootstrap_ci(values, reps, seed)
+        row = {"method": method_name(cell[1], cell[2]), "env_id": cell[3], "suite": cell[0], "seeds": len(values),
+               "steps": int(budgets.loc[cell]), "score": values.mean(), "ci_low": low, "ci_high": high,
+               "std": values.std(ddof=1) if len(values) > 1 else np.nan}  # fmt: skip
+        if normalized:
+            row["normalized"] = group["normalized"].mean()
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values(["env_id", "method"], ignore_index=True)
+
+
+def _show_scores(table: pd.DataFrame) -> pd.DataFrame:
+    shown = pd.DataFrame({"method": table["method"], "env": table["env_id"], "seeds": table["seeds"],
+                          "steps": table["steps"].map(lambda s: f"{s:,}"), "score": table["score"].map(fmt),
+                          "95% CI": [f"[{fmt(a)}, {fmt(b)}]" for a, b in zip(table["ci_low"], table["ci_high"])],
+                          "std": table["std"].map(fmt)})  # fmt: skip
+    if "normalized" in table:
+        shown["normalized"] = table["normalized"].map(lambda x: fmt(x, 3))
+    return shown
+
+
+def _show_aggregates(table: pd.DataFrame, digits: int) -> pd.DataFrame:
+    shown = pd.DataFrame({"method": table["method"], "runs": table["runs"], "tasks": table["tasks"]})
+    if "env_id" in table:
+        shown.insert(1, "env", table["env_id"])
+    for name in [n for n in ("IQM", "Median", "Mean", "Optimality Gap") if n in table]:
+        shown[name] = [f"{fmt(p, digits)} [{fmt(a, digits)}, {fmt(b, digits)}]"
+                       for p, a, b in zip(table[name], table[f"{name} low"], table[f"{name} high"])]  # fmt: skip
+    return shown
+
+
+def _show_verdicts(table: pd.DataFrame) -> pd.DataFrame:
+    spreads = zip(table["reference_value"], table["reference_std"], table["reference_n"].astype(float))
+    ref = [f"{fmt(v)} ± {fmt(s)} (n={int(n)})" if not (np.isnan(s) or np.isnan(n)) else fmt(v) for v, s, n in spreads]
+    return pd.DataFrame({"method": [method_name(a, v) for a, v in zip(table["algo"], table["variant"])],
+                         "env": table["env_id"], "protocol": table["protocol"],
+                         "ours": [f"{fmt(m)} ± {fmt(s)} ({n} seeds)" for m, s, n in
+                                  zip(table["ours"], table["ours_std"], table["seeds"])],
+                         "reference": [f"{a} on {e}" for a, e in zip(table["reference_algorithm"], table["reference_env"])],
+                         "reference score": ref, "statistic": table["statistic"], "verdict": table["verdict"],
+                         "note": table["note"]})  # fmt: skip
+
+
+def build_report(frame: pd.DataFrame, out_dir: str | Path, options: ReportOptions, log=print) -> Report:
+    """Compute every table and figure of the report from a tidy frame; write nothing but the figures."""
+    report = Report(Path(out_dir))
+    figure_dir = report.out_dir / "figures"
+    metric = METRIC_OF[options.protocol]
+    scores = per_run_scores(frame, options.protocol, options.last_n)
+    env_ids = sorted(scores["env_id"].unique())
+    methods = sorted({method_name(a, v) for a, v in zip(scores["algo"], scores["variant"])})
+    unknown = sorted({m for pair in options.pairs for m in pair} - set(methods))
+    if unknown:
+        raise ValueError(f"--pair names unknown methods {unknown}; the runs have {methods}")
+    normalized = options.normalize != "none"
+    bounds = env_bounds(env_ids, options.normalize) if normalized else None
+    if bounds is not None:
+        scores["normalized"] = normalize_by_bounds(scores, bounds).to_numpy()
+    column = "normalized" if normalized else "score"
+    pooled = normalized or len(env_ids) == 1  # aggregating raw returns across envs would mix their scales
+
+    log(f"scores: {len(scores)} runs, {len(methods)} methods x {len(env_ids)} envs, protocol {options.protocol}")
+    report.tables["scores"] = score_table(frame, scores, options.protocol, normalized, options.reps, options.seed)
+    report.shown["scores"] = _show_scores(report.tables["scores"])
+
+    log(f"aggregates: stratified bootstrap, {options.reps} resamples")
+    if pooled:
+        aggregates = aggregate_table(scores, column, options.reps, options.seed)
+    else:
+        aggregates = pd.concat([aggregate_table(scores[scores["env_id"] == e], column, options.reps, options.seed)
+                                .assign(env_id=e) for e in env_ids], ignore_index=True)  # fmt: skip
+        report.notes.append("Scores are not normalised, so the aggregates are per env (rliable across envs needs "
+                            "--normalize).")  # fmt: skip
+    if not normalized:  # the optimality gap is measured against a normalised target of 1.0
+        aggregates = aggregates.drop(columns=[c for c in aggregates if c.startswith("Optimality Gap")])
+    report.tables["aggregates"] = aggregates
+    report.shown["aggregates"] = _show_aggregates(aggregates, 3 if normalized else 1)
+
+    pairs = list(options.pairs) or (list(itertools.combinations(methods, 2)) if 2 <= len(methods) <= 6 else [])
+    if pairs:
+        try:
+            improvement = probability_of_improvement(scores, pairs, column, options.reps, options.seed)
+            report.tables["probability_of_improvement"] = improvement
+            report.shown["probability_of_improvement"] = pd.DataFrame({
+                "X": improvement["X"], "Y": improvement["Y"], "P(X > Y)": improvement["P(X > Y)"].map(lambda x: fmt(x, 3)),
+                "95% CI": [f"[{a:.3f}, {b:.3f}]" for a, b in zip(improvement["low"], improvement["high"])]})  # fmt: skip
+            report.figures["probability_of_improvement"] = figures.improvement_plot(improvement, figure_dir)
+        except ValueError as exc:
+            report.notes.append(f"Probability of improvement not computed: {exc}")
+
+    references = list(SOURCES) if "auto" in options.references else [r for r in options.references if r != "none"]
+    if references:
+        log(f"reference comparison: {', '.join(references)}")
+        verdicts = compare_to_references(frame, references, _families(env_ids), options.protocol, options.last_n,
+                                         options.seed)  # fmt: skip
+        if verdicts.empty:
+            report.notes.append(f"No reference row matched any (algorithm, env) cell in: {', '.join(references)}.")
+        else:
+            report.tables["reference_verdicts"] = verdicts
+            report.shown["reference_verdicts"] = _show_verdicts(verdicts)
+
+    log("figures")
+    report.figures["learning_curves"] = figures.learning_curves(frame, figure_dir, metric, reps=options.reps // 2,
+                                                                seed=options.seed)  # fmt: skip
+    report.figures["aggregate_intervals"] = figures.aggregate_intervals(aggregates, figure_dir)
+    if pooled:
+        values = scores[column].to_numpy(float)
+        thresholds = np.linspace(values.min(), values.max(), 50)
+        profiles = performance_profiles(scores, thresholds, column, options.reps, options.seed)
+        label = "normalised score tau" if normalized else "score tau"
+        report.figures["performance_profiles"] = figures.performance_profile_plot(profiles, figure_dir, label)
+        if frame["metric"].eq("eval/episodic_return").any():
+            curves = sample_efficiency(frame[frame["env_id"].isin(env_ids)], bounds=bounds, reps=max(200, options.reps // 4),
+                                       seed=options.seed)  # fmt: skip
+            report.figures["sample_efficiency"] = figures.sample_efficiency_plot(curves, figure_dir)
+    else:
+        report.notes.append("Performance profiles and sample-efficiency curves pool envs, so they need --normalize "
+                            "(or a single env).")  # fmt: skip
+    variants = figures.variant_comparison(scores, figure_dir, column, options.reps, options.seed)
+    if variants:
+        report.figures["variant_comparison"] = variants
+    return report
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    cells = [[str(c).replace("|", "\\|") for c in row] for row in table.astype(str).to_numpy()]
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells]) + "\n"
+
+
+def latex_table(table: pd.DataFrame) -> str:
+    def escape(text: object) -> str:
+        out = str(text).replace("\\", r"\textbackslash{}")
+        for char in "&%$#_{}":
+            out = out.replace(char, "\\" + char)
+        return out.replace("±", r"$\pm$").replace("–", "--").replace("·", r"$\cdot$").replace("~", r"\textasciitilde{}")
+
+    lines = [r"\begin{tabular}{" + "l" * len(table.columns) + "}", r"\toprule",
+             " & ".join(escape(c) for c in table.columns) + r" \\", r"\midrule"]  # fmt: skip
+    lines += [" & ".join(escape(c) for c in row) + r" \\" for row in table.astype(str).to_numpy()]
+    return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
+
+
+def text_table(table: pd.DataFrame, max_width: int = 48) -> str:
+    """Aligned plain-text table for the terminal (long cells cut with an ellipsis)."""
+    cut = table.astype(str).map(lambda s: s if len(s) <= max_width else s[: max_width - 1] + "…")
+    widths = [max(len(str(c)), *(len(v) for v in cut[c])) for c in cut.columns]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(cut.columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cut.to_numpy()]
+    return "\n".join(lines)
+
+
+TITLES = {"scores": "Scores per cell", "reference_verdicts": "Reference comparison",
+          "aggregates": "Aggregates (rliable, 95% stratified bootstrap CIs)",
+          "probability_of_improvement": "Probability of improvement"}  # fmt: skip
+FIGURE_TITLES = {"learning_curves": "Learning curves (mean over seeds, 95% bootstrap band)",
+                 "aggregate_intervals": "Aggregate intervals", "performance_profiles": "Performance profiles",
+                 "sample_efficiency": "Sample efficiency (IQM over runs and envs)",
+                 "probability_of_improvement": "Probability of improvement",
+                 "variant_comparison": "Hyperparameter variants"}  # fmt: skip
+CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border-bottom:1px solid #ddd;padding:4px 10px;
+text-align:left}th{background:#f4f4f4}img{max-width:100%;border:1px solid #eee;margin:0.5em 0}.meta{color:#555}
+td.reproduced{color:#176c2c;font-weight:600}td.below{color:#a31515;font-weight:600}td.above{color:#1b4fa0;font-weight:600}"""
+
+
+def html_table(table: pd.DataFrame) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
+    body = []
+    for row in table.astype(str).to_numpy():
+        cells = [f'<td class="{html.escape(v)}">{html.escape(v)}</td>' if c == "verdict" else f"<td>{html.escape(v)}</td>"
+                 for c, v in zip(table.columns, row)]  # fmt: skip
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def render_html(report: Report) -> str:
+    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>rlgrid report</title><style>{CSS}</style>"
+             "</head><body><h1>rlgrid report</h1>"]  # fmt: skip
+    parts += [f'<p class="meta">{html.escape(line)}</p>' for line in report.header]
+    for name, shown in report.shown.items():
+        parts.append(f"<h2>{TITLES.get(name, name)}</h2>{html_table(shown)}")
+    for name, paths in report.figures.items():
+        png = next(p for p in paths if p.suffix == ".png")
+        data = base64.b64encode(png.read_bytes()).decode()
+        title = FIGURE_TITLES.get(name, name)
+        parts.append(f'<h2>{html.escape(title)}</h2><img alt="{html.escape(title)}" src="data:image/png;base64,{data}">')
+    if report.notes:
+        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in report.notes) + "</ul>")
+    return "".join(parts) + "</body></html>\n"
+
+
+def write_report(report: Report) -> list[Path]:
+    out, written = report.out_dir, []
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    for name, table in report.tables.items():
+        table.to_csv(out / "tables" / f"{name}.csv", index=False)
+        written.append(out / "tables" / f"{name}.csv")
+    markdown = ["# rlgrid report", ""] + [f"{line}  " for line in report.header] + [""]
+    for name, shown in report.shown.items():
+        (out / "tables" / f"{name}.md").write_text(markdown_table(shown))
+        (out / "tables" / f"{name}.tex").write_text(latex_table(shown))
+        markdown += [f"## {TITLES.get(name, name)}", "", markdown_table(shown)]
+    for name, paths in report.figures.items():
+        png = next(p for p in paths if p.suffix == ".png")
+        markdown += [f"## {FIGURE_TITLES.get(name, name)}", "", f"![{name}]({png.relative_to(out)})", ""]
+    if report.notes:
+        markdown += ["## Notes", ""] + [f"- {n}" for n in report.notes]
+    (out / "report.md").write_text("\n".join(markdown) + "\n")
+    (out / "report.html").write_text(render_html(report))
+    return written + [out / "report.md", out / "report.html"]
+
+
+DESCRIPTION = """\
+Write a report of finished runs: tables (Markdown, LaTeX, CSV), figures (PNG and PDF) and a standalone
+report.html (figures embedded, opens offline); the main table and the reference verdicts are printed.
+
+RUNS are run directories or folders holding them (e.g. runs/quickstart); incomplete runs are left out
+unless --include-incomplete. Protocols: eval-last (mean of the last N deterministic evaluations),
+train-last100 (mean of the last 100 training episodes, CleanRL's), eval-max (max over evaluations of the
+seed-average, TD3 Table 1's). Reference verdicts always use the protocol of the reference they compare to.
+"""
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="rlgrid report", description=DESCRIPTION, allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("runs", nargs="*", type=Path, help="run directories or folders of them")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="eval-last", help="final-score protocol (default eval-last)")
+    parser.add_argument("--last-n", type=int, default=10, help="evaluations averaged by eval-last (default 10)")
+    parser.add_argument("--reference", action="append", default=None, metavar="NAME|FILE",
+                        help=f"reference table to compare with (repeatable): auto (default: every shipped source), none, "
+                             f"a shipped name ({', '.join(SOURCES)}) or a CSV in the same format whose algorithm "
+                             f"column uses our algorithm names")  # fmt: skip
+    parser.add_argument("--normalize", default="none", metavar="KIND",
+                        help="none (default), human (Atari), d4rl (MuJoCo), or TABLE:LOW_ALGO:HIGH_ALGO to min-max "
+                             "normalise by two algorithms' rows of a reference table")  # fmt: skip
+    parser.add_argument("--pair", action="append", default=[], metavar="X,Y",
+                        help="P(X > Y) for methods X and Y (repeatable; default: all pairs)")  # fmt: skip
+    parser.add_argument("--include-incomplete", action="store_true", help="keep runs that did not finish")
+    parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (same seed, same intervals)")
+    parser.add_argument("--wandb-project", default=None, help="also load the runs of this W&B project (needs network)")
+    parser.add_argument("--wandb-entity", default=None)
+    parser.add_argument("--wandb-group", default=None)
+    return parser.parse_args(argv)
+
+
+def options_from_args(args: argparse.Namespace) -> ReportOptions:
+    """Check every option before anything is loaded or computed; ValueError says what is wrong."""
+    from analysis.scores import load_reference
+
+    problems = []
+    if not args.runs and not args.wandb_project:
+        problems.append("give run directories (e.g. runs/quickstart) or --wandb-project")
+    for path in args.runs:
+        if not path.exists():
+            hint = f" (did you mean runs/{path}?)" if Path("runs", path).exists() else ""
+            problems.append(f"no such run directory or folder: {path}{hint}")
+    references = tuple(args.reference or ["auto"])
+    for name in references:
+        if name not in ("auto", "none") and name not in SOURCES:
+            try:
+                load_reference(name)
+            except FileNotFoundError as exc:
+                problems.append(str(exc))
+    pairs = []
+    for pair in args.pair:
+        if pair.count(",") != 1:
+            problems.append(f"--pair {pair!r}: expected X,Y (two method names)")
+        else:
+            pairs.append(tuple(pair.split(",")))
+    if args.normalize not in ("none", "human", "d4rl") and args.normalize.count(":") < 2:
+        problems.append(f"--normalize {args.normalize!r}: use none, human, d4rl or TABLE:LOW_ALGO:HIGH_ALGO")
+    if args.last_n < 1 or args.reps < 100:
+        problems.append("--last-n must be >= 1 and --reps >= 100")
+    if args.out.exists() and not args.out.is_dir():
+        problems.append(f"--out {args.out} exists and is not a folder")
+    if problems:
+        raise ValueError("\n  ".join(["bad report options:", *problems]))
+    return ReportOptions(args.protocol, args.last_n, references, args.normalize, tuple(pairs), args.reps, args.seed)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    try:
+        options = options_from_args(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    log = lambda message: print(f"[{time.perf_counter() - start:6.1f}s] {message}", file=sys.stderr, flush=True)  # noqa: E731
+    frames = []
+    if args.runs:
+        log(f"loading runs from {', '.join(map(str, args.runs))}")
+        frames.append(load_runs(args.runs, include_incomplete=args.include_incomplete))
+    if args.wandb_project:
+        log(f"loading W&B project {args.wandb_project}")
+        frames.append(load_wandb(args.wandb_project, args.wandb_entity, args.wandb_group,
+                                 include_incomplete=args.include_incomplete))  # fmt: skip
+    frame = pd.concat(frames, ignore_index=True)
+    if frame.empty:
+        print("error: no finished runs found (unfinished ones are kept with --include-incomplete)", file=sys.stderr)
+        return 1
+    n_runs = frame["run_id"].nunique()
+    try:
+        report = build_report(frame, args.out, options, log)
+    except (ValueError, KeyError) as exc:
+        print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+    suites = ", ".join(sorted(frame["suite"].unique()))
+    incomplete = int((~frame.groupby("run_id")["complete"].first()).sum())
+    source = ", ".join(map(str, args.runs)) or args.wandb_project
+    kept = f"; {incomplete} of them incomplete (kept by --include-incomplete)" if incomplete else ""
+    protocol = options.protocol + (f" (last {options.last_n} evaluations)" if options.protocol == "eval-last" else "")
+    report.header = [f"{n_runs} runs from {source} (suites: {suites}){kept}",
+                     f"protocol: {protocol}; normalisation: {options.normalize}; "
+                     f"bootstrap: {options.reps} resamples, seed {options.seed}",
+                     f"generated {time.strftime('%Y-%m-%d %H:%M:%S')}"]  # fmt: skip
+    write_report(report)
+    print(f"\n{TITLES['scores']} ({options.protocol})\n{text_table(report.shown['scores'])}")
+    if "reference_verdicts" in report.shown:
+        shown = report.shown["reference_verdicts"].drop(columns=["statistic", "note"])
+        print(f"\n{TITLES['reference_verdicts']} (statistics and notes in the report)\n{text_table(shown)}")
+    for note in report.notes:
+        print(f"note: {note}")
+    log(f"report written: {args.out / 'report.html'} (tables in {args.out / 'tables'}, figures in {args.out / 'figures'})")
+    return 0

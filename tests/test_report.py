@@ -1,0 +1,136 @@
+"""`rlgrid report` as a user runs it: outputs, numbers, the standalone HTML rendered in headless Chromium, bad input."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("rliable")
+from analysis.load import load_runs  # noqa: E402
+from analysis.scores import per_run_scores  # noqa: E402
+from experiments.cli import main  # noqa: E402
+from experiments.execute import RunOptions, execute_run  # noqa: E402
+from experiments.runs import RunSpec  # noqa: E402
+from tests.helpers import write_synthetic_runs  # noqa: E402
+
+CELLS = {("ppo", "default", "Hopper-v5"): 2400.0, ("ppo", "default", "Walker2d-v5"): 2800.0,
+         ("ppo", "lr_x3", "Hopper-v5"): 1200.0, ("ppo", "lr_x3", "Walker2d-v5"): 1500.0,
+         ("sac", "default", "Hopper-v5"): 3000.0, ("sac", "default", "Walker2d-v5"): 4000.0}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def synthetic_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    write_synthetic_runs(root, CELLS, seeds=[1, 2, 3, 4], points=30, total_steps=1_000_000, noise=100.0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def report_dir(synthetic_runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    assert main(["report", str(synthetic_runs), "--out", str(out), "--normalize", "d4rl", "--reps", "500"]) == 0
+    return out
+
+
+def test_report_writes_tables_figures_and_html(report_dir, capsys):
+    for name in ("scores", "aggregates", "probability_of_improvement", "reference_verdicts"):
+        for ext in ("csv", "md", "tex"):
+            assert (report_dir / "tables" / f"{name}.{ext}").stat().st_size > 50, (name, ext)
+    for name in ("learning_curves", "aggregate_intervals", "performance_profiles", "sample_efficiency",
+                 "probability_of_improvement", "variant_comparison"):  # fmt: skip
+        png, pdf = (report_dir / "figures" / f"{name}.{ext}" for ext in ("png", "pdf"))
+        assert png.stat().st_size > 5000 and pdf.exists(), name
+    assert len(pd.read_csv(report_dir / "tables" / "probability_of_improvement.csv")) == 3, "every pair of 3 methods"
+    markdown = (report_dir / "report.md").read_text()
+    assert "## Reference comparison" in markdown and "](figures/learning_curves.png)" in markdown
+    latex = (report_dir / "tables" / "scores.tex").read_text()
+    assert latex.startswith(r"\begin{tabular}") and r"ppo[lr\_x3]" in latex and r"\bottomrule" in latex
+
+
+def test_report_numbers_are_the_runs_numbers(report_dir, synthetic_runs):
+    scores = pd.read_csv(report_dir / "tables" / "scores.csv").set_index(["method", "env_id"])
+    expected = per_run_scores(load_runs(synthetic_runs), "eval-last", 10).groupby(["variant", "env_id"])["score"].mean()
+    assert np.isclose(scores.loc[("ppo[lr_x3]", "Hopper-v5"), "score"], expected.loc[("lr_x3", "Hopper-v5")])
+    assert (scores["seeds"] == 4).all() and (scores["steps"] == 1_000_000).all()
+    assert ((scores["ci_low"] <= scores["score"]) & (scores["score"] <= scores["ci_high"])).all()
+    # D4RL normalisation of Hopper: (score + 20.27) / (3234.3 + 20.27)
+    hopper = scores.loc[("sac", "Hopper-v5")]
+    assert np.isclose(hopper["normalized"], (hopper["score"] + 20.272305) / (3234.3 + 20.272305))
+    aggregates = pd.read_csv(report_dir / "tables" / "aggregates.csv").set_index("method")
+    assert aggregates.loc["sac", "IQM low"] > aggregates.loc["ppo[lr_x3]", "IQM high"], "clearly separated methods"
+    verdicts = pd.read_csv(report_dir / "tables" / "reference_verdicts.csv")
+    cleanrl_ppo = verdicts[(verdicts["reference"] == "cleanrl_benchmarks") & (verdicts["variant"] == "default")
+                           & (verdicts["algo"] == "ppo")].set_index("env_id")  # fmt: skip
+    assert cleanrl_ppo.loc["Hopper-v5", "verdict"] == "reproduced"  # 2400 vs CleanRL's 2382.86 ± 271.74
+    assert cleanrl_ppo.loc["Hopper-v5", "versions"] == "ours v5, reference v4"
+
+
+def test_report_html_is_standalone_and_renders_in_a_headless_browser(report_dir, tmp_path):
+    page = (report_dir / "report.html").read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:|//|file:)""", page), "must open offline"
+    figures_in_page = page.count('src="data:image/png;base64,')
+    assert figures_in_page == 6 and page.count("<table>") == 4
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        if os.environ.get("RLGRID_REQUIRE_BROWSER"):
+            pytest.fail("RLGRID_REQUIRE_BROWSER is set but no chromium is installed")
+        pytest.skip("no chromium here (.ci/run installs it)")
+    # The page itself has no script; a copy gets one that counts images the browser actually decoded.
+    probe = ('<script>addEventListener("load",()=>{const i=[...document.images];document.body.dataset.decoded='
+             'i.filter(x=>x.complete&&x.naturalWidth>0).length+"/"+i.length;'
+             'document.body.dataset.tables=document.querySelectorAll("table tr").length});</script></body>')  # fmt: skip
+
+    def render(html: str) -> str:
+        path = tmp_path / "probe.html"
+        path.write_text(html.replace("</body>", probe))
+        command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                   "--virtual-time-budget=10000", "--dump-dom", path.as_uri()]  # fmt: skip
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
+
+    dom = render(page)
+    assert f'data-decoded="{figures_in_page}/{figures_in_page}"' in dom
+    assert int(re.search(r'data-tables="(\d+)"', dom).group(1)) > 20
+    broken = page.replace('src="data:image/png;base64,iVBOR', 'src="data:image/png;base64,AAAA', 1)
+    assert f'data-decoded="{figures_in_page - 1}/{figures_in_page}"' in render(broken), "the probe sees a broken image"
+
+
+def test_report_on_real_runs_without_normalisation(tmp_path, capsys):
+    tiny = {"total_timesteps": 1024, "num_envs": 2, "num_steps": 128, "update_epochs": 2, "num_minibatches": 4,
+            "eval_every": 256, "eval_episodes": 2}  # fmt: skip
+    for seed in (1, 2):
+        execute_run(RunSpec.create("ppo", "CartPole-v1", seed, tiny, suite="tiny"),
+                    RunOptions(runs_dir=tmp_path / "runs", progress=False))  # fmt: skip
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--reps", "200", "--last-n", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "Scores per cell (eval-last)" in printed and "CartPole-v1" in printed
+    assert "gymnasium reward_threshold" in printed, "CartPole-v1's threshold is a shipped reference"
+    scores = pd.read_csv(tmp_path / "out" / "tables" / "scores.csv")
+    assert scores.loc[0, "seeds"] == 2 and "normalized" not in scores
+    assert (tmp_path / "out" / "figures" / "learning_curves.png").exists()
+    assert not (tmp_path / "out" / "figures" / "variant_comparison.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["no/such/dir"], "no such run directory"),
+        (["RUNS", "--pair", "ppo"], "expected X,Y"),
+        (["RUNS", "--normalize", "zscore"], "--normalize 'zscore'"),
+        (["RUNS", "--reference", "no_such_table"], "no reference table 'no_such_table'"),
+        (["RUNS", "--reps", "10"], "--reps >= 100"),
+        (["RUNS", "--normalize", "human"], "no 'Random'/'Human' scores for Hopper-v5"),
+        (["RUNS", "--pair", "ppo,td3"], "unknown methods"),
+    ],
+)
+def test_bad_report_options_fail_clearly(synthetic_runs, tmp_path, capsys, args, message):
+    args = [str(synthetic_runs) if a == "RUNS" else a for a in args]
+    code = main(["report", *args, "--out", str(tmp_path / "out")])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "report.html").exists()
