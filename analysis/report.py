@@ -231,7 +231,8 @@ def text_table(table: pd.DataFrame, max_width: int = 48) -> str:
 
 TITLES = {"scores": "Scores per cell", "reference_verdicts": "Reference comparison",
           "aggregates": "Aggregates (rliable, 95% stratified bootstrap CIs)",
-          "probability_of_improvement": "Probability of improvement"}  # fmt: skip
+          "probability_of_improvement": "Probability of improvement", "best_trials": "Best trials (tuning)",
+          "trials": "All trials (tuning)"}  # fmt: skip
 FIGURE_TITLES = {"learning_curves": "Learning curves (mean over seeds, 95% bootstrap band)",
                  "aggregate_intervals": "Aggregate intervals", "performance_profiles": "Performance profiles",
                  "sample_efficiency": "Sample efficiency (IQM over runs and envs)",

@@ -236,13 +236,39 @@ def cmd_report(argv: list[str]) -> int:
         return int(exc.code or 0)
 
 
+def _needs_tuning(command: Any) -> Any:
+    def run(argv: list[str]) -> int:
+        try:
+            import optuna  # noqa: F401
+        except ImportError:
+            print("error: tuning needs Optuna: pip install -e '.[tuning]'", file=sys.stderr)
+            return 2
+        return command(argv)
+
+    return run
+
+
+def cmd_tune(argv: list[str]) -> int:
+    from experiments.tune_cli import cmd_tune as tune
+
+    return _needs_tuning(tune)(argv)
+
+
+def cmd_tune_report(argv: list[str]) -> int:
+    from experiments.tune_report import cmd_tune_report as tune_report
+
+    return _needs_tuning(tune_report)(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"train": cmd_train, "run": cmd_run, "report": cmd_report}
+    commands = {"train": cmd_train, "run": cmd_run, "report": cmd_report, "tune": cmd_tune, "tune-report": cmd_tune_report}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print("usage: rlgrid COMMAND ...\n\ncommands:\n  train   train one run (rlgrid train --help)"
               "\n  run     run a suite: a seeded grid (rlgrid run --help)"
-              "\n  report  tables, figures, reference verdicts and report.html from runs (rlgrid report --help)")  # fmt: skip
+              "\n  report  tables, figures, reference verdicts and report.html from runs (rlgrid report --help)"
+              "\n  tune    Optuna search over a study file, any number of workers (rlgrid tune --help)"
+              "\n  tune-report  best trials, search figures, best config as a suite (rlgrid tune-report --help)")  # fmt: skip
         if argv and argv[0] not in ("-h", "--help"):
             print(f"\nerror: unknown command {argv[0]!r}", file=sys.stderr)
             return 2

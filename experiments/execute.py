@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from algorithms.common import Checkpointer, ConsoleLogger, RunInterrupted
+from algorithms.common import Checkpointer, ConsoleLogger, RunInterrupted, RunPaused
 from envs import validate_env_id
 from experiments.registry import load_algorithm
 from experiments.runs import JsonlLogger, RunDirectory, RunSpec
@@ -37,6 +37,9 @@ class RunOptions:
     keep_checkpoints: int = 2
     progress: bool = True
     quiet_tracking: bool = False  # grid workers: no W&B console output (the grid prints one sync hint)
+    pause_at_step: int | None = None  # stop (checkpointed) at the first safe point at or after this step
+    wandb_group: str | None = None  # default: <suite>/<algo>/<env>
+    wandb_job_type: str = "train"
 
 
 class MultiLogger:
@@ -61,8 +64,9 @@ def validate_spec(spec: RunSpec) -> Any:
 
 
 def execute_run(spec: RunSpec, options: RunOptions) -> dict[str, Any]:
-    """Returns {"status": "done" | "skipped", "run_dir": ..., "result": ...}; raises on failure or interrupt
-    (after writing error.txt for failures; checkpoints make the next call resume)."""
+    """Returns {"status": "done" | "skipped", "run_dir": ..., "result": ...}, or {"status": "paused", "run_dir": ...,
+    "step": ...} when `options.pause_at_step` was reached; raises on failure or interrupt (after writing error.txt
+    for failures; checkpoints make the next call resume)."""
     config = validate_spec(spec)
     run_dir = RunDirectory(spec.run_dir(options.runs_dir))
     run_dir.create_or_check(spec, config)  # refuses a directory of another config before anything is written
@@ -81,6 +85,7 @@ def execute_run(spec: RunSpec, options: RunOptions) -> dict[str, Any]:
         every_steps=options.checkpoint_every_steps,
         every_seconds=options.checkpoint_every_seconds,
         metadata_fn=lambda: {"metrics_offset": jsonl.offset()},
+        pause_at_step=options.pause_at_step,
     )
     latest = checkpointer.latest()
     run_dir.truncate_metrics(latest["metadata"]["metrics_offset"] if latest else 0)
@@ -94,11 +99,14 @@ def execute_run(spec: RunSpec, options: RunOptions) -> dict[str, Any]:
         from experiments.tracking import WandbLogger, resolve_wandb_mode
 
         mode = resolve_wandb_mode(options.wandb_mode)
-        loggers.append(WandbLogger(spec, config, run_dir.path, mode, options.wandb_project, quiet=options.quiet_tracking))
+        loggers.append(WandbLogger(spec, config, run_dir.path, mode, options.wandb_project, job_type=options.wandb_job_type,
+                                   group=options.wandb_group, quiet=options.quiet_tracking))  # fmt: skip
     logger = MultiLogger(*loggers)
     checkpointer.handle_signals()
     try:
         result = load_algorithm(spec.algo).train(config, logger, checkpointer).to_dict()
+    except RunPaused:
+        return {"status": "paused", "run_dir": str(run_dir.path), "step": checkpointer.latest()["step"]}
     except RunInterrupted:
         raise
     except FloatingPointError as exc:

@@ -49,7 +49,7 @@ def wandb_run_id(spec: RunSpec) -> str:
 
 class WandbLogger:
     def __init__(self, spec: RunSpec, config: Any, run_dir: Path, mode: str, project: str | None = None,
-                 job_type: str = "train", quiet: bool = False) -> None:  # fmt: skip
+                 job_type: str = "train", group: str | None = None, quiet: bool = False) -> None:  # fmt: skip
         import wandb
 
         self.mode = mode
@@ -57,7 +57,7 @@ class WandbLogger:
                 "suite": spec.suite, "variant": spec.variant, "run_hash": spec.hash}  # fmt: skip
         self.run = wandb.init(
             project=project or f"rlgrid-{env_slug(spec.suite)}",
-            group=f"{spec.suite}/{spec.algo}/{spec.env_id}",
+            group=group or f"{spec.suite}/{spec.algo}/{spec.env_id}",
             job_type=job_type,
             name=f"{spec.algo}__{env_slug(spec.env_id)}__seed{spec.seed}__{spec.hash}",
             id=wandb_run_id(spec),

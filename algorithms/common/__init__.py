@@ -3,7 +3,7 @@
 Nothing here changes learning dynamics (see the sharing rule in DESIGN.md).
 """
 
-from algorithms.common.checkpoint import Checkpointer, RunInterrupted, restore_rng_state, rng_state
+from algorithms.common.checkpoint import Checkpointer, RunInterrupted, RunPaused, restore_rng_state, rng_state
 from algorithms.common.logging import ConsoleLogger, Logger, NullLogger, RecordingLogger, TrainResult
 from algorithms.common.seeding import seed_everything
 
@@ -14,6 +14,7 @@ __all__ = [
     "NullLogger",
     "RecordingLogger",
     "RunInterrupted",
+    "RunPaused",
     "TrainResult",
     "restore_rng_state",
     "rng_state",

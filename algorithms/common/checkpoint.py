@@ -26,6 +26,11 @@ class RunInterrupted(Exception):
     """Raised by `Checkpointer.save` after a stop was requested (SIGTERM/SIGINT): the state is safe on disk."""
 
 
+class RunPaused(RunInterrupted):
+    """Raised by `Checkpointer.save` once `pause_at_step` is reached: the run stops there, to be resumed later
+    (the tuner runs a trial's seeds in lockstep segments between evaluations, so it can prune mid-run)."""
+
+
 def rng_state() -> dict[str, Any]:
     """Capture python, numpy (global) and torch (CPU and CUDA) RNG states."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
@@ -49,6 +54,7 @@ class Checkpointer:
     first, and right away once a stop was requested (`handle_signals()` turns SIGTERM/SIGINT into such a
     request, so a preempted or Ctrl-C'd run saves at its next safe point and then raises RunInterrupted).
     `metadata_fn` adds caller data to every file (the runner records how far `metrics.jsonl` had got).
+    `pause_at_step`: save and raise RunPaused at the first safe point at or after that step.
     """
 
     def __init__(
@@ -58,6 +64,7 @@ class Checkpointer:
         every_steps: int | None = None,
         every_seconds: float | None = 300.0,
         metadata_fn: Callable[[], dict[str, Any]] | None = None,
+        pause_at_step: int | None = None,
     ) -> None:
         if keep_last < 1:
             raise ValueError(f"keep_last must be >= 1, got {keep_last}")
@@ -66,6 +73,7 @@ class Checkpointer:
         self.every_steps = every_steps
         self.every_seconds = every_seconds
         self.metadata_fn = metadata_fn
+        self.pause_at_step = pause_at_step
         self.stop_requested = False
         self._last_step: int | None = None
         self._last_time = time.monotonic()
@@ -79,7 +87,7 @@ class Checkpointer:
         signal.signal(signal.SIGINT, request_stop)
 
     def due(self, step: int) -> bool:
-        if self.stop_requested:
+        if self.stop_requested or (self.pause_at_step is not None and step >= self.pause_at_step):
             return True
         if self._last_step is None:
             self._last_step = step
@@ -111,6 +119,8 @@ class Checkpointer:
         self._last_step, self._last_time = step, time.monotonic()
         if self.stop_requested:
             raise RunInterrupted(f"stopped on request after saving a checkpoint at step {step:,}")
+        if self.pause_at_step is not None and step >= self.pause_at_step:
+            raise RunPaused(f"paused at step {step:,} (asked for {self.pause_at_step:,})")
         return path
 
     def latest(self) -> dict[str, Any] | None:

@@ -1,0 +1,128 @@
+"""`rlgrid tune` (start or join a search with N workers on an executor) and `rlgrid tune-report`."""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import sys
+from pathlib import Path
+from typing import Any
+
+from experiments.execute import RunOptions
+
+TUNE_DESCRIPTION = """\
+Search a study's hyperparameters with Optuna (STUDY: a study TOML file, or a study shipped in
+experiments/studies/, e.g. quickstart). The study file is validated completely before anything runs.
+
+The study lives in a storage under its name, so workers can join at any time and from anywhere: start
+`rlgrid tune` again (here, on other machines, as more Slurm jobs) and it adds workers to the same search.
+Storage: a journal file next to the study file by default (in RUNS_DIR/tune-<name>/ for shipped studies);
+--storage postgresql://user:pass@host/db for workers on several machines. Kill it at any moment: finished
+trials stay, a trial that was running is failed on the next start and the search goes on.
+
+Every trial's runs are rlgrid run directories in RUNS_DIR/tune-<name>/trial-<n>/ (`rlgrid report` reads
+them); with --track they are W&B runs in group tune/<name>, job_type trial. Open the study live with
+optuna-dashboard (pip install optuna-dashboard): optuna-dashboard <journal file or postgresql:// URL>.
+"""
+
+
+def _local_worker(study_ref: str, storage: str, n_trials: int | None, runs_dir: str, index: int, options: RunOptions) -> Any:
+    from experiments.tune import optuna_worker
+
+    return optuna_worker(study_ref, storage, n_trials, runs_dir, index, options)
+
+
+def launch(executor: str, workers: int, study_ref: str, storage: str, n_trials: int | None, runs_dir: Path,
+           options: RunOptions, args: argparse.Namespace) -> list[Any]:  # fmt: skip
+    """Start `workers` optuna_worker calls on the executor and wait for them; returns their summaries."""
+    calls = [(study_ref, storage, n_trials, str(runs_dir), i, options) for i in range(workers)]
+    if executor == "local" and workers == 1:
+        return [_local_worker(*calls[0])]
+    if executor == "local":
+        context = multiprocessing.get_context("spawn")  # a clean interpreter per worker: no inherited torch threads
+        with context.Pool(workers) as pool:
+            return pool.starmap(_local_worker, calls)
+    if executor == "ray":
+        import ray
+
+        ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=True)
+        remote = ray.remote(num_cpus=options.threads)(_local_worker)
+        try:
+            return ray.get([remote.remote(*call) for call in calls])
+        finally:
+            ray.shutdown()
+    import submitit
+
+    executor_obj = submitit.AutoExecutor(folder=runs_dir / "slurm-tune" / "%j", cluster=args.slurm_cluster)
+    parameters: dict[str, Any] = {"timeout_min": args.slurm_time_min, "cpus_per_task": options.threads}
+    if args.slurm_partition:
+        parameters["slurm_partition"] = args.slurm_partition
+    executor_obj.update_parameters(**parameters)
+    jobs = executor_obj.map_array(_local_worker, *zip(*calls))
+    return [job.result() for job in jobs]
+
+
+def cmd_tune(argv: list[str]) -> int:
+    from experiments.study import StudyError, load_study
+    from experiments.tune import counted, default_storage, load_or_create_study
+
+    parser = argparse.ArgumentParser(prog="rlgrid tune", description=TUNE_DESCRIPTION, allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("study", help="study file or shipped study name (e.g. quickstart, mujoco_ppo)")
+    parser.add_argument("--storage", default=None, help="journal file path or postgresql:// URL (default: see above)")
+    parser.add_argument("--workers", type=int, default=1, help="workers this command starts (default 1)")
+    parser.add_argument("--executor", choices=["local", "ray", "slurm"], default="local",
+                        help="local: worker processes here (default); ray: tasks on a Ray cluster; slurm: a job array")  # fmt: skip
+    parser.add_argument("--n-trials", type=int, default=None, help="trials the study stops at (default: the study file's)")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="root of run directories (default ./runs)")
+    parser.add_argument("--threads-per-run", type=int, default=1, help="torch threads per run (default 1)")
+    parser.add_argument("--track", action="store_true", help="mirror every trial run to W&B (group tune/<study>)")
+    parser.add_argument("--wandb-mode", choices=["online", "offline", "disabled"], default=None)
+    parser.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local one)")
+    parser.add_argument("--slurm-partition", default=None)
+    parser.add_argument("--slurm-time-min", type=int, default=240, help="time limit per worker job, minutes")
+    parser.add_argument("--slurm-cluster", default=None, choices=["slurm", "local", "debug"])
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        study = load_study(args.study)
+        if args.workers < 1 or args.threads_per_run < 1 or (args.n_trials is not None and args.n_trials < 1):
+            raise ValueError("--workers, --threads-per-run and --n-trials must be >= 1")
+        storage = args.storage or default_storage(study, args.runs_dir)
+        study_obj = load_or_create_study(study, storage)  # storage reachable, same study file: checked before any run
+    except (StudyError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # e.g. PostgreSQL not reachable
+        print(f"error: cannot open storage {storage!r}: {exc}", file=sys.stderr)
+        return 2
+    n_trials = args.n_trials or study.n_trials
+    done = len(counted(study_obj, include_running=False))
+    print(f"study {study.name}: {done}/{n_trials} trials done; storage {storage}; {args.workers} {args.executor} worker(s); "
+          f"{len(study.env_ids)} env(s) x {len(study.seeds)} seed(s) x {study.total_timesteps:,} steps per trial", flush=True)  # fmt: skip
+    options = RunOptions(runs_dir=args.runs_dir, track=args.track, wandb_mode=args.wandb_mode, threads=args.threads_per_run,
+                         quiet_tracking=True)  # fmt: skip
+    try:
+        launch(args.executor, args.workers, str(study.path), storage, args.n_trials, args.runs_dir, options, args)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished trials are kept; run the same command again to continue.", file=sys.stderr)
+        return 130
+    print(summary(load_or_create_study(study, storage), n_trials))
+    print(f"next: rlgrid tune-report {args.study} --out reports/tune-{study.name}"
+          + (f" --storage {storage}" if args.storage else ""))  # fmt: skip
+    return 0
+
+
+def summary(study_obj: Any, n_trials: int) -> str:
+    from optuna.trial import TrialState
+
+    trials = study_obj.get_trials(deepcopy=False)
+    states = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
+    lines = [f"{study_obj.study_name}: " + ", ".join(f"{n} {s}" for s, n in states.items() if n) + f" (target {n_trials})"]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if complete:
+        best = max(complete, key=lambda t: t.value)
+        lines.append(f"best: trial {best.number}, value {best.value:.4f}, params {best.params}")
+    return "\n".join(lines)
