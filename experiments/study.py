@@ -62,7 +62,8 @@ else:  # pragma: no cover
 
 STUDIES_DIR = Path(__file__).parent / "studies"
 TOP_LEVEL = {"name", "description", "algorithm", "env_ids", "seeds", "total_timesteps", "eval_every", "eval_episodes",
-             "n_trials", "objective", "aggregate", "normalize", "export_seeds", "sampler", "pruner", "fixed", "params"}  # fmt: skip
+             "n_trials", "objective", "aggregate", "normalize", "export_seeds", "sampler", "pruner", "fixed",
+             "params"}  # fmt: skip
 SAMPLERS = {"tpe": {"seed", "n_startup_trials", "multivariate", "constant_liar"}, "random": {"seed"},
             "cmaes": {"seed", "n_startup_trials", "sigma0"}, "gp": {"seed", "n_startup_trials"}}  # fmt: skip
 PRUNERS = {"median": {"n_startup_trials", "n_warmup_evals"}, "sha": {"min_resource", "reduction_factor"},
@@ -163,7 +164,9 @@ def _parse_params(algo: str, table: Any, fixed: dict[str, Any], problems: list[s
             problems.append(f"{where}: {algo} has no Config field {name!r}{_suggest(name, list(fields))}")
             continue
         if name in RUN_FIELDS or name in fixed:
-            problems.append(f"{where}: {name} is set by the study ({'fixed' if name in fixed else 'top level'}); not searchable")
+            problems.append(
+                f"{where}: {name} is set by the study ({'fixed' if name in fixed else 'top level'}); not searchable"
+            )
             continue
         if not isinstance(spec, dict):
             problems.append(f"{where}: need a table with a type")
@@ -227,7 +230,9 @@ def _parse_bounds(value: Any, env_ids: list[str], problems: list[str]) -> dict[s
     bounds = {}
     for env_id in env_ids:
         pair = value.get(env_id)
-        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, int | float) for x in pair) and pair[0] < pair[1]):
+        if not (
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, int | float) for x in pair) and pair[0] < pair[1]
+        ):
             problems.append(f"normalize.{env_id}: need [low, high] with low < high, got {pair!r}")
         else:
             bounds[env_id] = (float(pair[0]), float(pair[1]))
@@ -243,7 +248,9 @@ def _parse_options(kind: str, table: Any, known: dict[str, set[str]], default: s
         problems.append(f"{kind}.name: unknown {kind} {name!r}; choose one of {', '.join(known)}")
         return {"name": default}
     for key in set(table) - known[name]:
-        problems.append(f"{kind}.{key}: not an option of the {name} {kind} (options: {', '.join(sorted(known[name])) or 'none'})")
+        problems.append(
+            f"{kind}.{key}: not an option of the {name} {kind} (options: {', '.join(sorted(known[name])) or 'none'})"
+        )
     return {"name": name, **table}
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -193,6 +194,14 @@ class TrialRun:
         return self.record()
 
 
+def heartbeat_storage(study_obj: Any) -> Any | None:
+    """The study's storage if it keeps Optuna heartbeats (an RDBStorage made with heartbeat_interval), else None."""
+    import optuna
+
+    backend = getattr(study_obj._storage, "_backend", study_obj._storage)  # RDBStorage sits behind a cache
+    return backend if isinstance(backend, optuna.storages.RDBStorage) and backend.get_heartbeat_interval() else None
+
+
 class Heartbeat:
     """While a trial runs, a thread records that its worker is alive: a `heartbeat` user attribute (any storage)
     and Optuna's own heartbeat where the storage keeps them (PostgreSQL)."""
@@ -201,14 +210,14 @@ class Heartbeat:
         import threading
 
         self.storage, self.trial_id, self.every_s = study_obj._storage, trial._trial_id, every_s
-        self.rdb = hasattr(self.storage, "record_heartbeat") and self.storage.is_heartbeat_enabled()
+        self.rdb = heartbeat_storage(study_obj)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _beat(self) -> None:
         self.storage.set_trial_user_attr(self.trial_id, "heartbeat", time.time())
-        if self.rdb:
-            self.storage.record_heartbeat(self.trial_id)
+        if self.rdb is not None:
+            self.rdb.record_heartbeat(self.trial_id)
 
     def _run(self) -> None:
         while not self.stop.wait(self.every_s):
@@ -230,12 +239,11 @@ class Heartbeat:
 def fail_dead_trials(study_obj: Any, stale_after_s: float) -> list[int]:
     """Fail RUNNING trials whose worker is gone: same host and its process no longer exists, or no heartbeat
     for `stale_after_s`. Returns their numbers."""
+    import optuna
     from optuna.trial import TrialState
 
-    import optuna
-
     failed = []
-    if getattr(study_obj._storage, "is_heartbeat_enabled", lambda: False)():
+    if heartbeat_storage(study_obj) is not None:
         optuna.storages.fail_stale_trials(study_obj)  # Optuna's heartbeats (PostgreSQL)
     host = socket.gethostname()
     for trial in study_obj.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -258,12 +266,12 @@ def fail_dead_trials(study_obj: Any, stale_after_s: float) -> list[int]:
 
 
 def counted(study_obj: Any, include_running: bool) -> list[Any]:
-    """Trials that count towards n_trials (with RUNNING/WAITING ones if asked)."""
+    """Trials that count towards n_trials (with RUNNING ones if asked; enqueued WAITING ones are still to run)."""
     from optuna.trial import TrialState
 
-    states = {TrialState.COMPLETE, TrialState.PRUNED} | ({TrialState.RUNNING, TrialState.WAITING} if include_running else set())
-    return [t for t in study_obj.get_trials(deepcopy=False)
-            if t.state in states or (t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") in CONFIG_FAULTS)]  # fmt: skip
+    states = {TrialState.COMPLETE, TrialState.PRUNED} | ({TrialState.RUNNING} if include_running else set())
+    config_fault = lambda t: t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") in CONFIG_FAULTS  # noqa: E731
+    return [t for t in study_obj.get_trials(deepcopy=False) if t.state in states or config_fault(t)]
 
 
 def load_or_create_study(study: Study, storage_url: str, worker_index: int = 0) -> Any:
@@ -271,6 +279,10 @@ def load_or_create_study(study: Study, storage_url: str, worker_index: int = 0) 
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Heartbeats are recorded by our own thread (ask/tell, not Study.optimize); Wilcoxon and heartbeats are
+    # marked experimental: neither warning is news to a user.
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     storage = open_storage(storage_url)
     study_obj = optuna.create_study(study_name=study.name, storage=storage, direction="maximize", load_if_exists=True,
                                     sampler=make_sampler(study, worker_index), pruner=make_pruner(study))  # fmt: skip
@@ -282,6 +294,46 @@ def load_or_create_study(study: Study, storage_url: str, worker_index: int = 0) 
         raise ValueError(f"study {study.name!r} in {storage_url} was created from a different study file; "
                          "give this search another name (or another storage)")  # fmt: skip
     return study_obj
+
+
+def run_trial(study: Study, study_obj: Any, trial: Any, runs_dir: Path, options: RunOptions,
+              log: Callable[[str], None]) -> None:  # fmt: skip
+    """Sample, run and tell one trial: complete, pruned, or failed (config's fault, or re-raised interrupt)."""
+    from optuna.trial import TrialState
+
+    started = time.perf_counter()
+    params = sample_params(trial, study.params)
+    reported: list[int] = []
+
+    def prune(value: float, step: int) -> bool:
+        trial.report(value, step)
+        reported.append(step)
+        return trial.should_prune()
+
+    try:
+        with Heartbeat(study_obj, trial):
+            runner = TrialRun(study, trial, params, runs_dir, options)
+            trial.set_user_attr("run_dir", str(runner.root))
+            value = (runner.run_instances if study.pruner["name"] == "wilcoxon" else runner.run_lockstep)(prune)
+    except TrialConfigError as exc:
+        trial.set_user_attr("fail_reason", str(exc).split(":")[0])
+        trial.set_user_attr("error", str(exc))
+        study_obj.tell(trial, state=TrialState.FAIL)
+        log(f"trial {trial.number} failed: {exc}")
+        return
+    except BaseException as exc:  # interrupted or crashed: not a verdict on the config, the search redoes it
+        trial.set_user_attr("fail_reason", f"interrupted: {type(exc).__name__}")
+        study_obj.tell(trial, state=TrialState.FAIL)
+        raise
+    seconds = time.perf_counter() - started
+    if np.isnan(value):
+        study_obj.tell(trial, state=TrialState.PRUNED)
+        wilcoxon = study.pruner["name"] == "wilcoxon"
+        at = f"instance {reported[-1] + 1}/{len(runner.specs)}" if wilcoxon else f"evaluation {reported[-1]}/{study.n_evals}"
+        log(f"trial {trial.number} pruned after {at} ({seconds:.0f} s): {params}")
+    else:
+        study_obj.tell(trial, value)
+        log(f"trial {trial.number}: {value:.4f} ({seconds:.0f} s): {params}")
 
 
 def optuna_worker(study_ref: str, storage_url: str, n_trials: int | None = None, runs_dir: str | Path = "runs",
@@ -312,40 +364,12 @@ def optuna_worker(study_ref: str, storage_url: str, n_trials: int | None = None,
             trial.set_user_attr("fail_reason", "surplus: the study had its trials")
             study_obj.tell(trial, state=TrialState.FAIL)
             break
-        started = time.perf_counter()
-        params = sample_params(trial, study.params)
-
-        reported: list[int] = []
-
-        def prune(value: float, step: int) -> bool:
-            trial.report(value, step)
-            reported.append(step)
-            return trial.should_prune()
-
-        try:
-            with Heartbeat(study_obj, trial):
-                runner = TrialRun(study, trial, params, runs_dir, options)
-                trial.set_user_attr("run_dir", str(runner.root))
-                value = (runner.run_instances if study.pruner["name"] == "wilcoxon" else runner.run_lockstep)(prune)
-        except TrialConfigError as exc:
-            trial.set_user_attr("fail_reason", str(exc).split(":")[0])
-            trial.set_user_attr("error", str(exc))
-            study_obj.tell(trial, state=TrialState.FAIL)
-            log(f"[worker {worker_index}] trial {trial.number} failed: {exc}")
-        except BaseException as exc:  # interrupted or crashed: not a verdict on the config, the search redoes it
-            trial.set_user_attr("fail_reason", f"interrupted: {type(exc).__name__}")
-            study_obj.tell(trial, state=TrialState.FAIL)
-            raise
-        else:
-            minutes = (time.perf_counter() - started) / 60
-            if np.isnan(value):
-                study_obj.tell(trial, state=TrialState.PRUNED)
-                at = f"evaluation {reported[-1]}/{study.n_evals}" if study.pruner["name"] != "wilcoxon" else f"instance {reported[-1] + 1}"
-                log(f"[worker {worker_index}] trial {trial.number} pruned after {at} ({minutes:.1f} min): {params}")
-            else:
-                study_obj.tell(trial, value)
-                log(f"[worker {worker_index}] trial {trial.number}: {value:.4f} ({minutes:.1f} min): {params}")
+        run_trial(study, study_obj, trial, runs_dir, options, lambda message: log(f"[worker {worker_index}] {message}"))
         ran += 1
     done = counted(study_obj, include_running=False)
-    return {"worker": worker_index, "ran": ran, "counted": len(done),
-            "best": max((t.value for t in done if t.state == optuna.trial.TrialState.COMPLETE), default=None)}
+    return {
+        "worker": worker_index,
+        "ran": ran,
+        "counted": len(done),
+        "best": max((t.value for t in done if t.state == optuna.trial.TrialState.COMPLETE), default=None),
+    }

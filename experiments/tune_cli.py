@@ -45,12 +45,15 @@ def launch(executor: str, workers: int, study_ref: str, storage: str, n_trials: 
     if executor == "ray":
         import ray
 
-        ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=True)
+        started_here = not ray.is_initialized()
+        if started_here:
+            ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=True)
         remote = ray.remote(num_cpus=options.threads)(_local_worker)
         try:
             return ray.get([remote.remote(*call) for call in calls])
         finally:
-            ray.shutdown()
+            if started_here:
+                ray.shutdown()
     import submitit
 
     executor_obj = submitit.AutoExecutor(folder=runs_dir / "slurm-tune" / "%j", cluster=args.slurm_cluster)
@@ -72,7 +75,7 @@ def cmd_tune(argv: list[str]) -> int:
     parser.add_argument("--storage", default=None, help="journal file path or postgresql:// URL (default: see above)")
     parser.add_argument("--workers", type=int, default=1, help="workers this command starts (default 1)")
     parser.add_argument("--executor", choices=["local", "ray", "slurm"], default="local",
-                        help="local: worker processes here (default); ray: tasks on a Ray cluster; slurm: a job array")  # fmt: skip
+                        help="local: processes here (default); ray: tasks on a Ray cluster; slurm: a job array")  # fmt: skip
     parser.add_argument("--n-trials", type=int, default=None, help="trials the study stops at (default: the study file's)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="root of run directories (default ./runs)")
     parser.add_argument("--threads-per-run", type=int, default=1, help="torch threads per run (default 1)")
@@ -100,8 +103,9 @@ def cmd_tune(argv: list[str]) -> int:
         return 2
     n_trials = args.n_trials or study.n_trials
     done = len(counted(study_obj, include_running=False))
-    print(f"study {study.name}: {done}/{n_trials} trials done; storage {storage}; {args.workers} {args.executor} worker(s); "
-          f"{len(study.env_ids)} env(s) x {len(study.seeds)} seed(s) x {study.total_timesteps:,} steps per trial", flush=True)  # fmt: skip
+    per_trial = f"{len(study.env_ids)} env(s) x {len(study.seeds)} seed(s) x {study.total_timesteps:,} steps per trial"
+    print(f"study {study.name}: {done}/{n_trials} trials done; storage {storage}; {args.workers} {args.executor} "
+          f"worker(s); {per_trial}", flush=True)  # fmt: skip
     options = RunOptions(runs_dir=args.runs_dir, track=args.track, wandb_mode=args.wandb_mode, threads=args.threads_per_run,
                          quiet_tracking=True)  # fmt: skip
     try:

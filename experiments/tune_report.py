@@ -51,9 +51,10 @@ def trials_table(study_obj: Any) -> pd.DataFrame:
     rows = []
     for t in study_obj.get_trials(deepcopy=False):
         intermediate = t.intermediate_values
+        attrs = t.user_attrs
         rows.append({"trial": t.number, "state": t.state.name.lower(), "value": t.value,
                      "last_step": max(intermediate, default=None), **{f"param {k}": v for k, v in t.params.items()},
-                     "fail_reason": t.user_attrs.get("fail_reason", ""), "run_dir": t.user_attrs.get("run_dir", "")})  # fmt: skip
+                     "fail_reason": attrs.get("fail_reason", ""), "run_dir": attrs.get("run_dir", "")})  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -127,16 +128,18 @@ def cmd_tune_report(argv: list[str]) -> int:
         return 2
     storage = args.storage or default_storage(study, args.runs_dir)
     if "://" not in storage and not Path(storage).exists():
-        print(f"error: no study storage at {storage}; run `rlgrid tune {args.study}` first (or give --storage)", file=sys.stderr)
+        print(
+            f"error: no study storage at {storage}; run `rlgrid tune {args.study}` first (or give --storage)", file=sys.stderr
+        )
         return 2
     study_obj = load_or_create_study(study, storage)
     best = best_table(study_obj, args.top)
     if best.empty:
         print(f"error: study {study.name} has no complete trial yet", file=sys.stderr)
         return 1
+    objective = f"{study.objective} ({study.aggregate} over {len(study.env_ids)} env(s) x {len(study.seeds)} seed(s))"
     report = Report(args.out, header=[summary(study_obj, study.n_trials),
-                                      f"study file {study.path}; storage {storage}; objective {study.objective} "
-                                      f"({study.aggregate} over {len(study.env_ids)} env(s) x {len(study.seeds)} seed(s))"])  # fmt: skip
+                                      f"study file {study.path}; storage {storage}; objective {objective}"])  # fmt: skip
     report.tables["best_trials"] = report.shown["best_trials"] = best
     trials = trials_table(study_obj)
     report.tables["trials"] = trials
