@@ -48,6 +48,7 @@ class Report:
     figures: dict[str, list[Path]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     header: list[str] = field(default_factory=list)
+    title: str = "rlgrid report"
 
 
 def fmt(x: float, digits: int = 1) -> str:
@@ -237,7 +238,10 @@ FIGURE_TITLES = {"learning_curves": "Learning curves (mean over seeds, 95% boots
                  "aggregate_intervals": "Aggregate intervals", "performance_profiles": "Performance profiles",
                  "sample_efficiency": "Sample efficiency (IQM over runs and envs)",
                  "probability_of_improvement": "Probability of improvement",
-                 "variant_comparison": "Hyperparameter variants"}  # fmt: skip
+                 "variant_comparison": "Hyperparameter variants", "optimization_history": "Optimisation history",
+                 "intermediate_values": "Intermediate values (what the pruner saw)",
+                 "param_importances": "Parameter importances (fANOVA)", "parallel_coordinate": "Parallel coordinates",
+                 "slice": "Slice plots"}  # fmt: skip
 CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border-bottom:1px solid #ddd;padding:4px 10px;
 text-align:left}th{background:#f4f4f4}img{max-width:100%;border:1px solid #eee;margin:0.5em 0}.meta{color:#555}
@@ -255,8 +259,9 @@ def html_table(table: pd.DataFrame) -> str:
 
 
 def render_html(report: Report) -> str:
-    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>rlgrid report</title><style>{CSS}</style>"
-             "</head><body><h1>rlgrid report</h1>"]  # fmt: skip
+    title = html.escape(report.title)
+    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{title}</title><style>{CSS}</style>"
+             f"</head><body><h1>{title}</h1>"]  # fmt: skip
     parts += [f'<p class="meta">{html.escape(line)}</p>' for line in report.header]
     for name, shown in report.shown.items():
         parts.append(f"<h2>{TITLES.get(name, name)}</h2>{html_table(shown)}")
@@ -276,7 +281,7 @@ def write_report(report: Report) -> list[Path]:
     for name, table in report.tables.items():
         table.to_csv(out / "tables" / f"{name}.csv", index=False)
         written.append(out / "tables" / f"{name}.csv")
-    markdown = ["# rlgrid report", ""] + [f"{line}  " for line in report.header] + [""]
+    markdown = [f"# {report.title}", ""] + [f"{line}  " for line in report.header] + [""]
     for name, shown in report.shown.items():
         (out / "tables" / f"{name}.md").write_text(markdown_table(shown))
         (out / "tables" / f"{name}.tex").write_text(latex_table(shown))

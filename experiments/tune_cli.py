@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from algorithms.common import RunInterrupted
 from experiments.execute import RunOptions
 
 TUNE_DESCRIPTION = """\
@@ -110,7 +111,7 @@ def cmd_tune(argv: list[str]) -> int:
                          quiet_tracking=True)  # fmt: skip
     try:
         launch(args.executor, args.workers, str(study.path), storage, args.n_trials, args.runs_dir, options, args)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RunInterrupted):
         print("\ninterrupted: finished trials are kept; run the same command again to continue.", file=sys.stderr)
         return 130
     print(summary(load_or_create_study(study, storage), n_trials))

@@ -138,12 +138,14 @@ def cmd_tune_report(argv: list[str]) -> int:
         print(f"error: study {study.name} has no complete trial yet", file=sys.stderr)
         return 1
     objective = f"{study.objective} ({study.aggregate} over {len(study.env_ids)} env(s) x {len(study.seeds)} seed(s))"
-    report = Report(args.out, header=[summary(study_obj, study.n_trials),
+    report = Report(args.out, title=f"rlgrid tune report: {study.name}", header=[summary(study_obj, study.n_trials),
                                       f"study file {study.path}; storage {storage}; objective {objective}"])  # fmt: skip
     report.tables["best_trials"] = report.shown["best_trials"] = best
     trials = trials_table(study_obj)
     report.tables["trials"] = trials
-    report.shown["trials"] = trials.drop(columns=["run_dir"]).fillna("")
+    report.shown["trials"] = (
+        trials.drop(columns=["run_dir"]).map(lambda v: f"{v:.4g}" if isinstance(v, float) else v).fillna("")
+    )
     report.figures, report.notes = optuna_figures(study_obj, args.out / "figures")
     exported = export_suite(study, study_obj.best_trial, args.out / f"tuned-{study.name}.toml")
     report.notes.append(f"Best config exported as a suite: {exported} (rlgrid run {exported})")
