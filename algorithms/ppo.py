@@ -34,6 +34,7 @@ from envs import evaluate, make_vec_env
 SMOKE = {"total_timesteps": 1024, "num_envs": 2, "num_steps": 128, "update_epochs": 2, "num_minibatches": 4,
          "eval_every": 512, "eval_episodes": 2}  # fmt: skip
 """Tiny settings for the contract tests (with a discrete and a continuous `env_id`)."""
+ACTION_SPACES = ("discrete", "continuous")
 
 
 @dataclass(frozen=True)

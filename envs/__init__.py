@@ -36,6 +36,15 @@ def env_family(env_id: str) -> str:
     return "minatar" if "minatar" in entry.lower() else "other"
 
 
+def action_kind(env_id: str) -> str:
+    """ "discrete" or "continuous": what an algorithm's ACTION_SPACES is checked against before a run starts."""
+    env = gym.make(env_id, disable_env_checker=True)
+    try:
+        return "continuous" if isinstance(env.action_space, gym.spaces.Box) else "discrete"
+    finally:
+        env.close()
+
+
 def validate_env_id(env_id: str) -> None:
     """Raise ValueError (with the closest registered ids) unless `env_id` can be built here."""
     try:

@@ -54,11 +54,13 @@ def config_fields(config_cls: type) -> dict[str, FieldInfo]:
     """Fields of a Config dataclass with resolved types and their docstrings (the string under each field)."""
     hints = typing.get_type_hints(config_cls)
     docs: dict[str, str] = {}
-    body = ast.parse(inspect.getsource(config_cls)).body[0].body
-    for node, following in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
-                docs[node.target.id] = str(following.value.value).strip()
+    # Base classes first, so a subclass (e.g. double_dqn's Config over dqn's) overrides what it redefines.
+    for cls in reversed([c for c in config_cls.__mro__ if dataclasses.is_dataclass(c)]):
+        body = ast.parse(inspect.getsource(cls)).body[0].body
+        for node, following in zip(body, body[1:]):
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                if isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
+                    docs[node.target.id] = str(following.value.value).strip()
     return {f.name: FieldInfo(f.name, hints[f.name], f.default, docs.get(f.name, "")) for f in dataclasses.fields(config_cls)}
 
 
@@ -124,3 +126,13 @@ def make_config(algo: str, overrides: dict[str, Any]) -> Any:
         return module.Config(**values)
     except ValueError as exc:
         raise ValueError(f"invalid {algo} config: {exc}") from None
+
+
+def check_action_space(algo: str, env_id: str) -> None:
+    """ValueError when `algo` cannot act in `env_id` (e.g. DQN on a continuous-action task)."""
+    from envs import action_kind
+
+    supported = load_algorithm(algo).ACTION_SPACES
+    kind = action_kind(env_id)
+    if kind not in supported:
+        raise ValueError(f"{algo} needs {' or '.join(supported)} actions; {env_id} has {kind} actions")

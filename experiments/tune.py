@@ -259,9 +259,12 @@ def fail_dead_trials(study_obj: Any, stale_after_s: float) -> list[int]:
         last = attrs.get("heartbeat", trial.datetime_start.timestamp() if trial.datetime_start else time.time())
         dead = dead or time.time() - float(last) > stale_after_s
         if dead:
-            study_obj._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "worker died")
-            study_obj._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-            failed.append(trial.number)
+            try:
+                study_obj._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "worker died")
+                study_obj._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+                failed.append(trial.number)
+            except optuna.exceptions.UpdateFinishedTrialError:  # another worker starting now failed it first
+                continue
     return failed
 
 

@@ -103,7 +103,7 @@ def copy_runs(finished_run: Path, dest: Path) -> tuple[Path, Path]:
 # (id, algo, changes to TINY, extra args, words the message must contain)
 BAD_INPUTS = [
     ("algo-typo", "ppoo", {}, (), ["unknown algorithm 'ppoo'", "Did you mean 'ppo'?", "Known algorithms:", "ppo"]),
-    ("algo-unknown", "no-such-algorithm", {}, (), ["unknown algorithm 'no-such-algorithm'", "Known algorithms: ppo"]),
+    ("algo-unknown", "no-such-algorithm", {}, (), ["no-such-algorithm", "Known algorithms:", "dqn", "ppo"]),
     ("field-typo", "ppo", {}, ("--learning-rat", "0.1"), ["no Config field 'learning_rat'", "Did you mean 'learning_rate'?"]),
     ("field-typo-inline", "ppo", {}, ("--learning-rat=0.1",), ["no Config field 'learning_rat'", "'learning_rate'"]),
     ("int-type", "ppo", {"num_steps": "abc"}, (), ["num_steps expects an integer", "'abc'"]),
@@ -217,3 +217,15 @@ def test_finished_run_is_skipped_untouched(tmp_path, capsys, finished_run):
     for name in ("metrics.jsonl", "result.json"):  # the two the brief names, explicitly
         rel = str((run_dir / name).relative_to(runs_dir))
         assert after[rel] == before[rel]
+
+
+def test_an_algorithm_on_an_action_space_it_cannot_handle_is_refused_before_anything_runs(tmp_path, capsys):
+    runs_dir = tmp_path / "runs"
+    code, _, err = run_cli(["train", "dqn", "--env-id", "Pendulum-v1", "--runs-dir", str(runs_dir), "--quiet"], capsys)
+    assert code == 2 and "dqn needs discrete actions; Pendulum-v1 has continuous actions" in err
+    assert_no_run_directory(runs_dir)
+    suite = tmp_path / "mixed.toml"
+    suite.write_text('algorithms = ["ppo", "td3"]\nenv_ids = ["CartPole-v1", "Pendulum-v1"]\nseeds = [1]\n')
+    code, _, err = run_cli(["run", str(suite), "--runs-dir", str(runs_dir)], capsys)
+    assert code == 2 and "td3 x CartPole-v1 x default: td3 needs continuous actions" in err
+    assert_no_run_directory(runs_dir)

@@ -16,51 +16,62 @@ from helpers import deterministic_metrics
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _command(runs_dir: Path, env_id: str, extra: list[str]) -> list[str]:
-    return [sys.executable, "-m", "experiments", "train", "ppo", "--env-id", env_id, "--seed", "5",
-            "--runs-dir", str(runs_dir), "--quiet", "--threads", "1", "--checkpoint-every-steps", "1", *extra]  # fmt: skip
+def _command(runs_dir: Path, algo: str, env_id: str, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "experiments", "train", algo, "--env-id", env_id, "--seed", "5",
+            "--runs-dir", str(runs_dir), "--quiet", "--threads", "1", *extra]  # fmt: skip
 
 
-def _metrics(runs_dir: Path) -> list[dict]:
-    (run_dir,) = runs_dir.glob("single/ppo/*/seed5-*")
+def _metrics(runs_dir: Path, algo: str) -> list[dict]:
+    (run_dir,) = runs_dir.glob(f"single/{algo}/*/seed5-*")
     assert (run_dir / "DONE").exists()
     return deterministic_metrics(run_dir)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "env_id, extra",
+    "algo, env_id, extra",
     [
-        ("CartPole-v1", ["--total-timesteps", "16384", "--num-envs", "4", "--num-steps", "256", "--num-minibatches", "8",
-                         "--update-epochs", "4", "--eval-every", "4096", "--eval-episodes", "3"]),
-        pytest.param("Hopper-v5", ["--total-timesteps", "8192", "--num-steps", "512", "--num-minibatches", "8",
-                                   "--update-epochs", "2", "--eval-every", "2048", "--eval-episodes", "2"],
-                     marks=pytest.mark.mujoco),
+        ("ppo", "CartPole-v1", ["--total-timesteps", "16384", "--num-envs", "4", "--num-steps", "256",
+                                "--num-minibatches", "8", "--update-epochs", "4", "--eval-every", "4096",
+                                "--eval-episodes", "3", "--checkpoint-every-steps", "1"]),
+        pytest.param("ppo", "Hopper-v5", ["--total-timesteps", "8192", "--num-steps", "512", "--num-minibatches", "8",
+                                          "--update-epochs", "2", "--eval-every", "2048", "--eval-episodes", "2",
+                                          "--checkpoint-every-steps", "1"], marks=pytest.mark.mujoco),
+        # Off-policy: the replay memory (wrapped around: capacity 3000 < 12000 steps) is restored from its file.
+        ("dqn", "CartPole-v1", ["--total-timesteps", "12000", "--learning-starts", "1000", "--buffer-size", "3000",
+                                "--train-frequency", "4", "--target-network-frequency", "200", "--eval-every", "3000",
+                                "--eval-episodes", "3", "--checkpoint-every-steps", "2000"]),
+        ("td3", "Pendulum-v1", ["--total-timesteps", "2400", "--learning-starts", "400", "--buffer-size", "1500",
+                                "--batch-size", "64", "--eval-every", "800", "--eval-episodes", "2",
+                                "--checkpoint-every-steps", "700"]),
+        ("sac", "Pendulum-v1", ["--total-timesteps", "2400", "--learning-starts", "400", "--buffer-size", "1500",
+                                "--batch-size", "64", "--eval-every", "800", "--eval-episodes", "2",
+                                "--checkpoint-every-steps", "700"]),
     ],
 )  # fmt: skip
-def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, env_id, extra):
+def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, algo, env_id, extra):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
-    subprocess.run(_command(reference_dir, env_id, extra), check=True, env=env, cwd=tmp_path, timeout=600)
+    subprocess.run(_command(reference_dir, algo, env_id, extra), check=True, env=env, cwd=tmp_path, timeout=600)
 
-    process = subprocess.Popen(_command(killed_dir, env_id, extra), env=env, cwd=tmp_path,
+    process = subprocess.Popen(_command(killed_dir, algo, env_id, extra), env=env, cwd=tmp_path,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     deadline = time.monotonic() + 300
-    while not list(killed_dir.glob("single/ppo/*/*/checkpoints/ckpt-*.pt")):
+    while not list(killed_dir.glob(f"single/{algo}/*/*/checkpoints/ckpt-*[0-9].pt")):
         assert process.poll() is None, f"run ended before its first checkpoint: {process.stderr.read().decode()}"
         assert time.monotonic() < deadline
         time.sleep(0.02)
     time.sleep(0.3)  # let it run on past the checkpoint, so there is work to lose and redo
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
-    (run_dir,) = killed_dir.glob("single/ppo/*/seed5-*")
+    (run_dir,) = killed_dir.glob(f"single/{algo}/*/seed5-*")
     assert not (run_dir / "DONE").exists(), "the run finished before it was killed; make it longer"
     partial_lines = len((run_dir / "metrics.jsonl").read_text().splitlines())
 
-    resumed = subprocess.run(_command(killed_dir, env_id, extra), env=env, cwd=tmp_path, capture_output=True, text=True,
+    resumed = subprocess.run(_command(killed_dir, algo, env_id, extra), env=env, cwd=tmp_path, capture_output=True, text=True,
                              timeout=600)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
-    reference, result = _metrics(reference_dir), _metrics(killed_dir)
+    reference, result = _metrics(reference_dir, algo), _metrics(killed_dir, algo)
     assert 0 < partial_lines < len(reference)
     assert len(result) == len(reference)
     assert result == reference

@@ -102,19 +102,28 @@ class Checkpointer:
             return []
         return sorted(p for p in self.directory.iterdir() if _NAME.match(p.name))
 
-    def save(self, step: int, state: dict[str, Any]) -> Path:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        payload = {"step": step, "saved_at": time.time(), "state": state}
-        if self.metadata_fn is not None:
-            payload["metadata"] = self.metadata_fn()
-        path = self.directory / f"ckpt-{step:012d}.pt"
+    def _write(self, path: Path, payload: Any) -> None:
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+
+    def save(self, step: int, state: dict[str, Any], extras: dict[str, Any] | None = None) -> Path:
+        """Write the checkpoint atomically. `extras` (e.g. a replay buffer) go to files of their own,
+        `ckpt-<step>.<name>.pt`, written before the checkpoint that refers to them and pruned with it."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"ckpt-{step:012d}.pt"
+        for name, extra in (extras or {}).items():
+            self._write(path.with_name(f"{path.stem}.{name}.pt"), extra)
+        payload = {"step": step, "saved_at": time.time(), "state": state, "extras": sorted(extras or {})}
+        if self.metadata_fn is not None:
+            payload["metadata"] = self.metadata_fn()
+        self._write(path, payload)
         for old in self.paths()[: -self.keep_last]:
+            for extra in self.directory.glob(f"{old.stem}.*.pt"):
+                extra.unlink(missing_ok=True)
             old.unlink(missing_ok=True)
         self._last_step, self._last_time = step, time.monotonic()
         if self.stop_requested:
@@ -122,6 +131,11 @@ class Checkpointer:
         if self.pause_at_step is not None and step >= self.pause_at_step:
             raise RunPaused(f"paused at step {step:,} (asked for {self.pause_at_step:,})")
         return path
+
+    def load_extra(self, name: str) -> Any:
+        """The extra `name` saved with the newest checkpoint (call after `load()`)."""
+        newest = self.paths()[-1]
+        return torch.load(newest.with_name(f"{newest.stem}.{name}.pt"), map_location="cpu", weights_only=False)
 
     def latest(self) -> dict[str, Any] | None:
         """The newest checkpoint's payload (`step`, `state`, `metadata`), or None."""

@@ -1,0 +1,276 @@
+"""Deep Deterministic Policy Gradient (DDPG).
+
+Papers: Lillicrap et al. (2016), "Continuous control with deep reinforcement learning", ICLR,
+arXiv:1509.02971 -- Algorithm 1: a critic Q(s, a) learned by TD towards y = r + gamma Q'(s', mu'(s')) with
+target networks mu', Q' tracking by Polyak averaging, an actor mu(s) following the deterministic policy
+gradient (Silver et al. 2014, eq. 6) through the critic, exploration noise on the actions.
+
+The defaults are CleanRL's `ddpg_continuous_action.py` setting, which is the TD3 paper's "Our DDPG"
+re-tuning rather than Lillicrap's: 256-256 ReLU MLPs, Adam 3e-4 for both, batch 256, tau 0.005, Gaussian
+exploration noise 0.1, actor and targets updated every 2nd critic update, 25k random steps first.
+Deviations from Lillicrap et al., each taken from that re-tuning: Gaussian instead of Ornstein-Uhlenbeck
+noise, no L2 weight decay on the critic, no batch normalisation, the learning rates and tau above.
+Time-limit truncation is not termination: the target bootstraps from the true final observation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from algorithms.common import Checkpointer, Logger, NullLogger, TrainResult, restore_rng_state, rng_state, seed_everything
+from algorithms.common.replay import ReplayBuffer
+from envs import evaluate, make_vec_env
+
+SMOKE = {"total_timesteps": 600, "learning_starts": 200, "buffer_size": 1000, "batch_size": 32, "eval_every": 300,
+         "eval_episodes": 2}  # fmt: skip
+"""Tiny settings for the contract tests."""
+ACTION_SPACES = ("continuous",)  # deterministic policy gradient: Box actions
+
+
+@dataclass(frozen=True)
+class Config:
+    env_id: str = "Hopper-v5"
+    """gymnasium environment id (Box actions)"""
+    seed: int = 1
+    """seed of every RNG of the run (env copy i gets seed + i)"""
+    total_timesteps: int = 1_000_000
+    """environment steps, summed over env copies"""
+    num_envs: int = 1
+    """parallel env copies"""
+    learning_rate: float = 3e-4
+    """Adam learning rate of actor and critic"""
+    buffer_size: int = 1_000_000
+    """replay capacity in transitions"""
+    gamma: float = 0.99
+    """discount factor"""
+    tau: float = 0.005
+    """target smoothing coefficient (Polyak averaging)"""
+    batch_size: int = 256
+    """transitions per gradient step"""
+    exploration_noise: float = 0.1
+    """std of the Gaussian exploration noise, in units of the action half-range"""
+    learning_starts: int = 25_000
+    """environment steps of uniform random actions before learning"""
+    policy_frequency: int = 2
+    """critic updates per actor and target update"""
+    hidden_size: int = 256
+    """width of the two hidden layers of actor and critic"""
+    eval_every: int = 50_000
+    """environment steps between deterministic evaluations (0: only at the end)"""
+    eval_episodes: int = 10
+    """episodes per evaluation"""
+    device: str = "cpu"
+    """torch device"""
+    compile: bool = False
+    """torch.compile the update and acting functions"""
+    torch_deterministic: bool = True
+    """deterministic torch kernels"""
+
+    def __post_init__(self) -> None:
+        if min(self.total_timesteps, self.num_envs, self.buffer_size, self.batch_size, self.policy_frequency,
+               self.hidden_size) < 1:  # fmt: skip
+            raise ValueError("total_timesteps, num_envs, buffer_size, batch_size, policy_frequency and hidden_size "
+                             "must be >= 1")  # fmt: skip
+        if not 0 < self.gamma <= 1 or not 0 < self.tau <= 1 or self.learning_rate <= 0:
+            raise ValueError(f"need 0 < gamma <= 1, 0 < tau <= 1, learning_rate > 0; got {self.gamma}, {self.tau}, "
+                             f"{self.learning_rate}")  # fmt: skip
+        if min(self.exploration_noise, self.learning_starts, self.eval_every) < 0:
+            raise ValueError("exploration_noise, learning_starts and eval_every must be >= 0")
+        if self.eval_episodes < 1:
+            raise ValueError("eval_episodes must be >= 1")
+
+
+# --- networks ----------------------------------------------------------------------------------------
+class QNetwork(nn.Module):
+    """Q(s, a): a 3-layer ReLU MLP on the concatenated observation and action."""
+
+    def __init__(self, in_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, 1))  # fmt: skip
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+        """(B, obs), (B, act) -> (B,). `frozen`: gradients reach the inputs but not the weights."""
+        x = torch.cat([obs, actions], -1)
+        if not frozen:
+            return self.net(x).squeeze(-1)
+        for layer in self.net:
+            x = F.linear(x, layer.weight.detach(), layer.bias.detach()) if isinstance(layer, nn.Linear) else layer(x)
+        return x.squeeze(-1)
+
+
+class Actor(nn.Module):
+    """mu(s): a 3-layer ReLU MLP with a tanh output scaled to the action box."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden: int, low: np.ndarray, high: np.ndarray) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, action_dim), nn.Tanh())  # fmt: skip
+        self.register_buffer("action_scale", torch.as_tensor((high - low) / 2.0, dtype=torch.float32))
+        self.register_buffer("action_bias", torch.as_tensor((high + low) / 2.0, dtype=torch.float32))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs) * self.action_scale + self.action_bias
+
+
+# --- pure maths --------------------------------------------------------------------------------------
+def q_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q: torch.Tensor, gamma: float) -> torch.Tensor:
+    """y = r + gamma (1 - terminated) Q'(s', mu'(s')) (Lillicrap et al., Algorithm 1); truncation bootstraps."""
+    return rewards + gamma * (1.0 - terminated) * next_q
+
+
+def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """target <- tau * source + (1 - tau) * target, in one fused op over all parameters."""
+    with torch.no_grad():
+        torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
+
+
+# --- training ----------------------------------------------------------------------------------------
+def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | None = None) -> TrainResult:
+    logger = logger or NullLogger()
+    seed_everything(cfg.seed, cfg.torch_deterministic)
+    device = torch.device(cfg.device)
+    envs, first_obs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed)
+    try:
+        # 1. Actor, critic, their targets, optimizers, replay memory (Algorithm 1, "initialize").
+        if not envs.is_continuous:
+            raise ValueError(f"DDPG needs continuous (Box) actions; {cfg.env_id} has {envs.single_action_space}")
+        obs_dim = int(np.prod(envs.single_observation_space.shape))
+        action_shape = envs.single_action_space.shape
+        action_dim, N = int(np.prod(action_shape)), cfg.num_envs
+        low_np, high_np = envs.single_action_space.low, envs.single_action_space.high
+        actor = Actor(obs_dim, action_dim, cfg.hidden_size, low_np, high_np).to(device)
+        qf = QNetwork(obs_dim + action_dim, cfg.hidden_size).to(device)
+        actor_target = Actor(obs_dim, action_dim, cfg.hidden_size, low_np, high_np).to(device)
+        qf_target = QNetwork(obs_dim + action_dim, cfg.hidden_size).to(device)
+        actor_target.load_state_dict(actor.state_dict())
+        qf_target.load_state_dict(qf.state_dict())
+        fused = device.type in ("cpu", "cuda")
+        q_optimizer = torch.optim.Adam(qf.parameters(), lr=cfg.learning_rate, fused=fused)
+        actor_optimizer = torch.optim.Adam(actor.parameters(), lr=cfg.learning_rate, fused=fused)
+        buffer = ReplayBuffer(cfg.buffer_size, envs.single_observation_space.shape, action_shape, torch.float32, device)
+        low, high = torch.as_tensor(low_np, device=device), torch.as_tensor(high_np, device=device)
+        scale = actor.action_scale
+
+        def update_critic(obs, actions, rewards, next_obs, terminated) -> tuple[torch.Tensor, torch.Tensor]:
+            """One step on (Q(s,a) - y)^2; returns (loss, Q values (B,))."""
+            with torch.no_grad():
+                target = q_target(rewards, terminated, qf_target(next_obs, actor_target(next_obs)), cfg.gamma)
+            q_values = qf(obs, actions)
+            loss = F.mse_loss(q_values, target)
+            q_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            q_optimizer.step()
+            return loss.detach(), q_values.detach()
+
+        def update_actor(obs: torch.Tensor) -> torch.Tensor:
+            """Deterministic policy gradient: ascend Q(s, mu(s)) (Silver et al. 2014, eq. 6)."""
+            loss = -qf(obs, actor(obs), frozen=True).mean()  # the critic's weight gradients would be discarded
+            actor_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            actor_optimizer.step()
+            return loss.detach()
+
+        def explore(obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+            return torch.max(torch.min(actor(obs) + noise * scale, high), low)
+
+        if cfg.compile:
+            update_critic, update_actor, explore = map(torch.compile, (update_critic, update_actor, explore))
+
+        def deterministic_policy(obs: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return actor(torch.as_tensor(obs, device=device)).cpu().numpy()
+
+        # 2. State: fresh, or restored from the newest checkpoint (replay memory included).
+        next_obs, global_step, updates = first_obs, 0, 0
+        eval_history: list[tuple[int, float]] = []
+        recent_returns: deque[float] = deque(maxlen=100)
+        random_actions = np.random.default_rng(cfg.seed)  # the uniform warm-up actions
+        state = checkpoint.load() if checkpoint is not None else None
+        if state is not None:
+            restorable = {"actor": actor, "qf": qf, "actor_target": actor_target, "qf_target": qf_target,
+                          "q_optimizer": q_optimizer, "actor_optimizer": actor_optimizer, "envs": envs}  # fmt: skip
+            for key, module in restorable.items():
+                module.load_state_dict(state[key])
+            buffer.load_state_dict(checkpoint.load_extra("replay"))
+            next_obs, global_step, updates = state["next_obs"], state["global_step"], state["updates"]
+            eval_history, recent_returns = state["eval_history"], deque(state["recent_returns"], maxlen=100)
+            random_actions.bit_generator.state = state["random_actions"]
+            restore_rng_state(state["rng"])
+
+        def run_evaluation(step: int) -> None:
+            index = len(eval_history)  # evaluation seeds are fixed per (run seed, index), unaffected by resume
+            returns = evaluate(envs, deterministic_policy, cfg.eval_episodes, seed=10**6 + cfg.seed * 10**4 + index * 97)
+            eval_history.append((step, float(returns.mean())))
+            logger.log(step, {"eval/episodic_return": float(returns.mean()), "eval/episodic_return_std": float(returns.std())})
+
+        start_time, start_step = time.perf_counter(), global_step
+        while global_step < cfg.total_timesteps:
+            # 3. Act: uniform random before learning starts, then mu(s) + N(0, sigma) clipped to the box.
+            global_step += N
+            if global_step <= cfg.learning_starts:
+                actions = random_actions.uniform(low_np, high_np, (N, action_dim)).astype(np.float32)
+            else:
+                with torch.inference_mode():
+                    noise = torch.randn(N, action_dim, device=device) * cfg.exploration_noise
+                    actions = explore(torch.from_numpy(next_obs).to(device), noise).cpu().numpy()
+            obs = next_obs
+            next_obs, rewards, terminated, truncated, info = envs.step(actions)
+            buffer.add(obs, actions, rewards, info["final_obs"], terminated, truncated)
+            for _, episodic_return, length in info["episodes"]:
+                recent_returns.append(episodic_return)
+                logger.log(global_step, {"charts/episodic_return": episodic_return, "charts/episodic_length": length})
+
+            # 4. Critic every step; actor and targets every policy_frequency-th step.
+            if global_step > cfg.learning_starts:
+                for _ in range(N):  # one update per environment step, as in the paper
+                    batch = buffer.sample(cfg.batch_size)
+                    q_loss, q_values = update_critic(*batch[:5])
+                    updates += 1
+                    if updates % cfg.policy_frequency == 0:
+                        actor_loss = update_actor(batch.obs)
+                        soft_update(actor_target, actor, cfg.tau)
+                        soft_update(qf_target, qf, cfg.tau)
+                if updates % 100 < N and updates >= cfg.policy_frequency:  # CleanRL logs every 100 steps
+                    sps = (global_step - start_step) / (time.perf_counter() - start_time)
+                    logger.log(global_step, {"losses/qf1_loss": q_loss.item(), "losses/qf1_values": q_values.mean().item(),
+                                             "losses/actor_loss": actor_loss.item(), "charts/SPS": sps})  # fmt: skip
+
+            # 5. Evaluate, checkpoint.
+            if cfg.eval_every and global_step % cfg.eval_every < N:
+                run_evaluation(global_step)
+            if checkpoint is not None and checkpoint.due(global_step):
+                checkpoint.save(global_step, {
+                    "actor": actor.state_dict(), "qf": qf.state_dict(), "actor_target": actor_target.state_dict(),
+                    "qf_target": qf_target.state_dict(), "q_optimizer": q_optimizer.state_dict(),
+                    "actor_optimizer": actor_optimizer.state_dict(), "envs": envs.state_dict(), "next_obs": next_obs,
+                    "global_step": global_step, "updates": updates, "eval_history": eval_history,
+                    "recent_returns": list(recent_returns), "random_actions": random_actions.bit_generator.state,
+                    "rng": rng_state(),
+                }, extras={"replay": buffer.state_dict()})  # fmt: skip
+
+        if not eval_history or eval_history[-1][0] != global_step:
+            run_evaluation(global_step)
+        elapsed = time.perf_counter() - start_time
+        return TrainResult(global_step=global_step, wall_time_s=elapsed,
+                           steps_per_second=(global_step - start_step) / elapsed if elapsed > 0 else 0.0,
+                           final_eval_return=eval_history[-1][1], eval_returns=eval_history,
+                           last_episodic_returns=list(recent_returns))  # fmt: skip
+    finally:
+        envs.close()
+
+
+if __name__ == "__main__":
+    import tyro
+
+    from algorithms.common import ConsoleLogger
+
+    config = tyro.cli(Config)
+    train(config, ConsoleLogger(total_steps=config.total_timesteps))

@@ -1,0 +1,279 @@
+"""Deep Q-Network (DQN), and Double DQN through `double_q` (the `double_dqn` algorithm sets it).
+
+Papers: Mnih et al. (2015), "Human-level control through deep reinforcement learning", Nature 518:529 --
+Algorithm 1: epsilon-greedy acting, experience replay, a target network Q^ copied every C steps, the
+target y = r + gamma * max_a' Q^(s', a'). Double DQN: van Hasselt, Guez, Silver (2016), "Deep Reinforcement
+Learning with Double Q-learning", AAAI -- eq. 4: the online network selects a' = argmax Q(s', .), the
+target network evaluates it, y = r + gamma * Q^(s', a').
+
+The defaults are CleanRL's `dqn.py` classic-control setting (MLP 120-84, Adam 2.5e-4, buffer 10k,
+batch 128, target copied every 500 steps, epsilon 1 -> 0.05 over half the run, a gradient step every 10
+env steps after 10k steps, MSE loss). Deviations, each on purpose:
+- Time-limit truncation is not termination: the target bootstraps from the true final observation of a
+  truncated episode (`terminated` only zeroes it); CleanRL's buffer stores the final observation too but
+  treats truncation like termination in gymnasium < 1.0 code paths.
+- `loss`: "mse" (CleanRL's default) or "huber" (the Nature paper clips the TD error to [-1, 1], which is
+  the Huber loss with delta 1). `gradient_steps` > 1 takes several steps per update (RL Zoo's tuned setting).
+- Evaluation acts greedily (epsilon 0) on classic control; the Atari protocols add their own epsilon.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from algorithms.common import Checkpointer, Logger, NullLogger, TrainResult, restore_rng_state, rng_state, seed_everything
+from algorithms.common.replay import ReplayBuffer
+from envs import evaluate, make_vec_env
+
+SMOKE = {"total_timesteps": 1200, "learning_starts": 300, "buffer_size": 1000, "batch_size": 32, "train_frequency": 4,
+         "target_network_frequency": 100, "eval_every": 600, "eval_episodes": 2}  # fmt: skip
+"""Tiny settings for the contract tests."""
+ACTION_SPACES = ("discrete",)
+
+
+@dataclass(frozen=True)
+class Config:
+    env_id: str = "CartPole-v1"
+    """gymnasium environment id (Discrete actions)"""
+    seed: int = 1
+    """seed of every RNG of the run (env copy i gets seed + i)"""
+    total_timesteps: int = 500_000
+    """environment steps, summed over env copies"""
+    num_envs: int = 1
+    """parallel env copies"""
+    learning_rate: float = 2.5e-4
+    """Adam learning rate"""
+    buffer_size: int = 10_000
+    """replay capacity in transitions"""
+    gamma: float = 0.99
+    """discount factor"""
+    tau: float = 1.0
+    """target update: Q^ <- tau Q + (1 - tau) Q^ every target_network_frequency steps (1.0: a copy, as the paper)"""
+    target_network_frequency: int = 500
+    """environment steps between target updates (C in Algorithm 1)"""
+    batch_size: int = 128
+    """transitions per gradient step"""
+    start_e: float = 1.0
+    """exploration epsilon at the start"""
+    end_e: float = 0.05
+    """exploration epsilon at the end of the schedule"""
+    exploration_fraction: float = 0.5
+    """fraction of total_timesteps over which epsilon falls linearly from start_e to end_e"""
+    learning_starts: int = 10_000
+    """environment steps of random acting before learning"""
+    train_frequency: int = 10
+    """environment steps between updates"""
+    gradient_steps: int = 1
+    """gradient steps per update"""
+    double_q: bool = False
+    """Double DQN target: the online network selects a', the target network evaluates it"""
+    loss: str = "mse"
+    """TD loss: mse (CleanRL) or huber (the Nature paper's error clipping)"""
+    hidden_size_1: int = 120
+    """width of the first hidden layer"""
+    hidden_size_2: int = 84
+    """width of the second hidden layer"""
+    max_grad_norm: float | None = None
+    """clip the gradient norm (None: no clipping, as CleanRL)"""
+    eval_every: int = 50_000
+    """environment steps between deterministic (greedy) evaluations (0: only at the end)"""
+    eval_episodes: int = 10
+    """episodes per evaluation"""
+    device: str = "cpu"
+    """torch device"""
+    compile: bool = False
+    """torch.compile the update and acting functions"""
+    torch_deterministic: bool = True
+    """deterministic torch kernels"""
+
+    def __post_init__(self) -> None:
+        if min(self.total_timesteps, self.num_envs, self.buffer_size, self.batch_size, self.train_frequency,
+               self.target_network_frequency, self.gradient_steps, self.hidden_size_1, self.hidden_size_2) < 1:  # fmt: skip
+            raise ValueError("total_timesteps, num_envs, buffer_size, batch_size, train_frequency, "
+                             "target_network_frequency, gradient_steps and hidden sizes must be >= 1")  # fmt: skip
+        if not 0 < self.gamma <= 1 or not 0 < self.tau <= 1 or self.learning_rate <= 0:
+            raise ValueError(f"need 0 < gamma <= 1, 0 < tau <= 1, learning_rate > 0; got {self.gamma}, {self.tau}, "
+                             f"{self.learning_rate}")  # fmt: skip
+        if not 0 <= self.end_e <= self.start_e <= 1 or not 0 < self.exploration_fraction <= 1:
+            raise ValueError("need 0 <= end_e <= start_e <= 1 and 0 < exploration_fraction <= 1")
+        if self.loss not in ("mse", "huber"):
+            raise ValueError(f"loss must be 'mse' or 'huber', got {self.loss!r}")
+        if self.learning_starts < 0 or self.eval_every < 0 or self.eval_episodes < 1:
+            raise ValueError("learning_starts and eval_every must be >= 0, eval_episodes >= 1")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ValueError("max_grad_norm must be > 0 or None")
+
+
+# --- networks ----------------------------------------------------------------------------------------
+class QNetwork(nn.Module):
+    """Q(s, .): an MLP from observations to one value per action."""
+
+    def __init__(self, obs_dim: int, n_actions: int, hidden: tuple[int, int]) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(obs_dim, hidden[0]), nn.ReLU(), nn.Linear(hidden[0], hidden[1]), nn.ReLU(),
+                                 nn.Linear(hidden[1], n_actions))  # fmt: skip
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs.flatten(1))
+
+
+# --- pure maths --------------------------------------------------------------------------------------
+def linear_schedule(start: float, end: float, duration: float, t: float) -> float:
+    """Falls linearly from `start` at t=0 to `end` at t=duration, then stays at `end` (end <= start)."""
+    return max(end, start + (end - start) * t / duration)
+
+
+def q_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q_target: torch.Tensor, gamma: float,
+             next_q_online: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """The TD target y (B,) from next-state values (B, n_actions).
+
+    DQN: y = r + gamma (1 - terminated) max_a' Q^(s', a'). Double DQN (`next_q_online` given):
+    y = r + gamma (1 - terminated) Q^(s', argmax_a' Q(s', a')). Truncated transitions bootstrap."""
+    if next_q_online is None:
+        next_value = next_q_target.max(dim=1).values
+    else:
+        next_value = next_q_target.gather(1, next_q_online.argmax(dim=1, keepdim=True)).squeeze(1)
+    return rewards + gamma * (1.0 - terminated) * next_value
+
+
+def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """target <- tau * source + (1 - tau) * target, parameter by parameter (tau = 1: a copy)."""
+    with torch.no_grad():
+        for t, s in zip(target.parameters(), source.parameters()):
+            t.lerp_(s, tau)
+
+
+# --- training ----------------------------------------------------------------------------------------
+def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | None = None) -> TrainResult:
+    logger = logger or NullLogger()
+    seed_everything(cfg.seed, cfg.torch_deterministic)
+    device = torch.device(cfg.device)
+    envs, first_obs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed)
+    try:
+        # 1. Online and target networks, optimizer, replay memory D (Algorithm 1, lines 1-3).
+        if envs.is_continuous:
+            raise ValueError(f"DQN needs Discrete actions; {cfg.env_id} has {envs.single_action_space}")
+        obs_shape, n_actions, N = envs.single_observation_space.shape, int(envs.single_action_space.n), cfg.num_envs
+        hidden = (cfg.hidden_size_1, cfg.hidden_size_2)
+        q_network = QNetwork(int(np.prod(obs_shape)), n_actions, hidden).to(device)
+        target_network = QNetwork(int(np.prod(obs_shape)), n_actions, hidden).to(device)
+        target_network.load_state_dict(q_network.state_dict())
+        optimizer = torch.optim.Adam(q_network.parameters(), lr=cfg.learning_rate)
+        buffer = ReplayBuffer(cfg.buffer_size, obs_shape, (), torch.long, device)
+        action_rng = np.random.default_rng(cfg.seed)  # exploration draws (epsilon test and random actions)
+
+        def greedy(obs: torch.Tensor) -> torch.Tensor:
+            return q_network(obs).argmax(dim=1)
+
+        def update(obs, actions, rewards, next_obs, terminated) -> tuple[torch.Tensor, torch.Tensor]:
+            """One gradient step on the TD loss; returns (loss, mean Q of the taken actions)."""
+            with torch.no_grad():
+                online_next = q_network(next_obs) if cfg.double_q else None
+                target = q_target(rewards, terminated, target_network(next_obs), cfg.gamma, online_next)
+            q_taken = q_network(obs).gather(1, actions[:, None]).squeeze(1)
+            loss = F.mse_loss(q_taken, target) if cfg.loss == "mse" else F.smooth_l1_loss(q_taken, target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(q_network.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            return loss.detach(), q_taken.detach().mean()
+
+        if cfg.compile:
+            greedy, update = torch.compile(greedy), torch.compile(update)
+
+        def deterministic_policy(obs: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return q_network(torch.as_tensor(obs, device=device)).argmax(dim=1).cpu().numpy()
+
+        # 2. State: fresh, or restored from the newest checkpoint (replay memory included).
+        next_obs, global_step, updates = first_obs, 0, 0
+        eval_history: list[tuple[int, float]] = []
+        recent_returns: deque[float] = deque(maxlen=100)
+        state = checkpoint.load() if checkpoint is not None else None
+        if state is not None:
+            q_network.load_state_dict(state["q_network"])
+            target_network.load_state_dict(state["target_network"])
+            optimizer.load_state_dict(state["optimizer"])
+            envs.load_state_dict(state["envs"])
+            buffer.load_state_dict(checkpoint.load_extra("replay"))
+            next_obs, global_step, eval_history = state["next_obs"], state["global_step"], state["eval_history"]
+            updates = state["updates"]
+            recent_returns = deque(state["recent_returns"], maxlen=100)
+            action_rng.bit_generator.state = state["action_rng"]
+            restore_rng_state(state["rng"])
+
+        def run_evaluation(step: int) -> None:
+            index = len(eval_history)  # evaluation seeds are fixed per (run seed, index), unaffected by resume
+            returns = evaluate(envs, deterministic_policy, cfg.eval_episodes, seed=10**6 + cfg.seed * 10**4 + index * 97)
+            eval_history.append((step, float(returns.mean())))
+            logger.log(step, {"eval/episodic_return": float(returns.mean()), "eval/episodic_return_std": float(returns.std())})
+
+        start_time, start_step = time.perf_counter(), global_step
+        while global_step < cfg.total_timesteps:
+            # 3. Act epsilon-greedily and store the transition (Algorithm 1, "select a_t ... store in D").
+            global_step += N
+            epsilon = linear_schedule(cfg.start_e, cfg.end_e, cfg.exploration_fraction * cfg.total_timesteps, global_step)
+            explore = action_rng.random(N) < epsilon
+            actions = action_rng.integers(0, n_actions, N)
+            if not explore.all():
+                with torch.inference_mode():
+                    chosen = greedy(torch.from_numpy(next_obs).to(device)).cpu().numpy()
+                actions = np.where(explore, actions, chosen)
+            obs = next_obs
+            next_obs, rewards, terminated, truncated, info = envs.step(actions)
+            buffer.add(obs, actions, rewards, info["final_obs"], terminated, truncated)
+            for _, episodic_return, length in info["episodes"]:
+                recent_returns.append(episodic_return)
+                logger.log(global_step, {"charts/episodic_return": episodic_return, "charts/episodic_length": length})
+
+            # 4. Learn from minibatches of D every train_frequency steps; copy the target every C steps.
+            if global_step > cfg.learning_starts:
+                if global_step % cfg.train_frequency < N:
+                    for _ in range(cfg.gradient_steps):
+                        loss, q_mean = update(*buffer.sample(cfg.batch_size)[:5])
+                    updates += 1
+                    if updates % 100 == 1:  # CleanRL logs every 100 updates
+                        sps = (global_step - start_step) / (time.perf_counter() - start_time)
+                        logger.log(global_step, {"losses/td_loss": loss.item(), "losses/q_values": q_mean.item(),
+                                                 "charts/epsilon": epsilon, "charts/SPS": sps})  # fmt: skip
+                if global_step % cfg.target_network_frequency < N:
+                    soft_update(target_network, q_network, cfg.tau)
+
+            # 5. Evaluate, checkpoint.
+            if cfg.eval_every and global_step % cfg.eval_every < N:
+                run_evaluation(global_step)
+            if checkpoint is not None and checkpoint.due(global_step):
+                checkpoint.save(global_step, {
+                    "q_network": q_network.state_dict(), "target_network": target_network.state_dict(),
+                    "optimizer": optimizer.state_dict(), "envs": envs.state_dict(), "next_obs": next_obs,
+                    "global_step": global_step, "updates": updates, "eval_history": eval_history,
+                    "recent_returns": list(recent_returns),
+                    "action_rng": action_rng.bit_generator.state, "rng": rng_state(),
+                }, extras={"replay": buffer.state_dict()})  # fmt: skip
+
+        if not eval_history or eval_history[-1][0] != global_step:
+            run_evaluation(global_step)
+        elapsed = time.perf_counter() - start_time
+        return TrainResult(global_step=global_step, wall_time_s=elapsed,
+                           steps_per_second=(global_step - start_step) / elapsed if elapsed > 0 else 0.0,
+                           final_eval_return=eval_history[-1][1], eval_returns=eval_history,
+                           last_episodic_returns=list(recent_returns))  # fmt: skip
+    finally:
+        envs.close()
+
+
+if __name__ == "__main__":
+    import tyro
+
+    from algorithms.common import ConsoleLogger
+
+    config = tyro.cli(Config)
+    train(config, ConsoleLogger(total_steps=config.total_timesteps))

@@ -1,0 +1,363 @@
+"""Soft Actor-Critic (SAC) with twin soft Q-functions and automatic entropy temperature.
+
+Papers: Haarnoja, Zhou, Hartikainen, et al. (2018b), "Soft Actor-Critic Algorithms and Applications",
+arXiv:1812.05905 -- Algorithm 1: soft Q targets y = r + gamma (min_j Q'_j(s', a') - alpha log pi(a'|s')),
+a' ~ pi(.|s') (eq. 3 with the clipped double-Q trick), the policy loss E[alpha log pi(a|s) - min_j Q_j(s, a)]
+(eq. 7, reparameterised), and the temperature loss -alpha (log pi(a|s) + target entropy) (eq. 18).
+The policy is a tanh-squashed Gaussian; its log-density carries the change-of-variables correction
+(Haarnoja et al. 2018a, "Soft Actor-Critic: Off-Policy Maximum Entropy Deep RL with a Stochastic Actor",
+ICML, arXiv:1801.01290, Appendix C, eq. 21). `value_network=True` gives that first paper's variant: a
+separate soft state-value network V(s) trained towards E[min_j Q_j(s, a) - alpha log pi(a|s)] (eq. 5), whose
+Polyak-averaged target V' replaces the next-state term of the Q target (eq. 8); alpha is then fixed.
+
+The defaults are CleanRL's `sac_continuous_action.py` MuJoCo setting (256-256 ReLU MLPs, Adam 3e-4 for the
+policy and 1e-3 for the critics, batch 256, tau 0.005, target entropy -dim(A), 5k random steps first, the
+policy updated `policy_frequency` times every `policy_frequency` steps as in TD3's delay). Deviations:
+- Time-limit truncation is not termination: the target bootstraps from the true final observation.
+- The two critics are one module with stacked weights evaluated by batched matmuls (two independent
+  networks, one kernel per layer); the policy loss differentiates through the critics' values only, not
+  into their weights (their gradients would be discarded anyway).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from algorithms.common import Checkpointer, Logger, NullLogger, TrainResult, restore_rng_state, rng_state, seed_everything
+from algorithms.common.replay import ReplayBuffer
+from envs import evaluate, make_vec_env
+
+SMOKE = {"total_timesteps": 600, "learning_starts": 200, "buffer_size": 1000, "batch_size": 32, "eval_every": 300,
+         "eval_episodes": 2}  # fmt: skip
+"""Tiny settings for the contract tests."""
+ACTION_SPACES = ("continuous",)
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+@dataclass(frozen=True)
+class Config:
+    env_id: str = "Hopper-v5"
+    """gymnasium environment id (Box actions)"""
+    seed: int = 1
+    """seed of every RNG of the run (env copy i gets seed + i)"""
+    total_timesteps: int = 1_000_000
+    """environment steps, summed over env copies"""
+    num_envs: int = 1
+    """parallel env copies"""
+    buffer_size: int = 1_000_000
+    """replay capacity in transitions"""
+    gamma: float = 0.99
+    """discount factor"""
+    tau: float = 0.005
+    """target smoothing coefficient (Polyak averaging)"""
+    batch_size: int = 256
+    """transitions per gradient step"""
+    learning_starts: int = 5_000
+    """environment steps of uniform random actions before learning"""
+    policy_lr: float = 3e-4
+    """Adam learning rate of the policy (and of the temperature)"""
+    q_lr: float = 1e-3
+    """Adam learning rate of the soft Q-functions (and of V with value_network)"""
+    policy_frequency: int = 2
+    """the policy is updated policy_frequency times every policy_frequency steps"""
+    target_network_frequency: int = 1
+    """critic updates between target updates"""
+    alpha: float = 0.2
+    """entropy temperature (the start value with autotune)"""
+    autotune: bool = True
+    """learn alpha towards the target entropy -dim(A) (eq. 18); ignored with value_network"""
+    value_network: bool = False
+    """Haarnoja et al. 2018a: a separate soft V(s) and its target supply the next-state value"""
+    hidden_size: int = 256
+    """width of the two hidden layers of every network"""
+    eval_every: int = 50_000
+    """environment steps between deterministic evaluations (the mean action; 0: only at the end)"""
+    eval_episodes: int = 10
+    """episodes per evaluation"""
+    device: str = "cpu"
+    """torch device"""
+    compile: bool = False
+    """torch.compile the update and acting functions"""
+    torch_deterministic: bool = True
+    """deterministic torch kernels"""
+
+    def __post_init__(self) -> None:
+        if min(self.total_timesteps, self.num_envs, self.buffer_size, self.batch_size, self.policy_frequency,
+               self.target_network_frequency, self.hidden_size) < 1:  # fmt: skip
+            raise ValueError("total_timesteps, num_envs, buffer_size, batch_size, policy_frequency, "
+                             "target_network_frequency and hidden_size must be >= 1")  # fmt: skip
+        if not 0 < self.gamma <= 1 or not 0 < self.tau <= 1 or min(self.policy_lr, self.q_lr) <= 0 or self.alpha < 0:
+            raise ValueError("need 0 < gamma <= 1, 0 < tau <= 1, learning rates > 0 and alpha >= 0")
+        if self.learning_starts < 0 or self.eval_every < 0 or self.eval_episodes < 1:
+            raise ValueError("learning_starts and eval_every must be >= 0, eval_episodes >= 1")
+
+
+# --- networks ----------------------------------------------------------------------------------------
+class TwinQ(nn.Module):
+    """Q_1(s, a), Q_2(s, a): two independent 3-layer ReLU MLPs with stacked weights (2, in, out), evaluated
+    by one batched matmul per layer; initialised like two nn.Linear stacks."""
+
+    def __init__(self, in_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
+        for fan_in, fan_out in [(in_dim, hidden), (hidden, hidden), (hidden, 1)]:
+            layers = [nn.Linear(fan_in, fan_out) for _ in range(2)]
+            self.weights.append(nn.Parameter(torch.stack([layer.weight.T.detach() for layer in layers])))
+            self.biases.append(nn.Parameter(torch.stack([layer.bias.detach()[None] for layer in layers])))
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+        """(B, obs), (B, act) -> (2, B). `frozen`: gradients reach the inputs but not the weights."""
+        x = torch.cat([obs, actions], -1).expand(2, -1, -1)
+        for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            x = torch.baddbmm(bias.detach() if frozen else bias, x, weight.detach() if frozen else weight)
+            if i < len(self.weights) - 1:
+                x = F.relu(x)
+        return x.squeeze(-1)
+
+
+class Actor(nn.Module):
+    """pi(.|s): a Gaussian over pre-squash actions u with state-dependent mean and log-std (squashed by tanh
+    into [-1, 1], then scaled to the action box)."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden: int, low: np.ndarray, high: np.ndarray) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.mean, self.log_std = nn.Linear(hidden, action_dim), nn.Linear(hidden, action_dim)
+        self.register_buffer("action_scale", torch.as_tensor((high - low) / 2.0, dtype=torch.float32))
+        self.register_buffer("action_bias", torch.as_tensor((high + low) / 2.0, dtype=torch.float32))
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean (B, A), log_std (B, A)), log_std squashed into [LOG_STD_MIN, LOG_STD_MAX] as CleanRL."""
+        h = self.trunk(obs)
+        log_std = torch.tanh(self.log_std(h))
+        return self.mean(h), LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (log_std + 1)
+
+    def sample(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reparameterised a = tanh(mean + std * noise) * scale + bias and log pi(a|s); both (B, A), (B,)."""
+        mean, log_std = self(obs)
+        pre_squash = mean + log_std.exp() * noise
+        return (torch.tanh(pre_squash) * self.action_scale + self.action_bias,
+                squashed_gaussian_log_prob(pre_squash, mean, log_std, self.action_scale))  # fmt: skip
+
+    def mean_action(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self(obs)[0]) * self.action_scale + self.action_bias
+
+
+class ValueNetwork(nn.Module):
+    """V(s) of Haarnoja et al. 2018a: a 3-layer ReLU MLP."""
+
+    def __init__(self, obs_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, 1))  # fmt: skip
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs).squeeze(-1)
+
+
+# --- pure maths --------------------------------------------------------------------------------------
+def squashed_gaussian_log_prob(pre_squash: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor,
+                               scale: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """log pi(a|s) for a = tanh(u) * scale + bias, u ~ N(mean, std^2), summed over action dims: (B, A) -> (B,).
+
+    Change of variables (2018a, eq. 21): log pi(a) = log N(u) - sum_i log(scale_i (1 - tanh(u_i)^2)).
+    log(1 - tanh(u)^2) is computed as 2 (log 2 - u - softplus(-2u)), exact and stable for large |u|
+    (CleanRL adds 1e-6 inside the log instead)."""
+    gaussian = (-0.5 * ((pre_squash - mean) / log_std.exp()).pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+    log_det = (2.0 * (math.log(2.0) - pre_squash - F.softplus(-2.0 * pre_squash)) + torch.log(scale)).sum(-1)
+    return gaussian - log_det
+
+
+def soft_q_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q: torch.Tensor, next_log_prob: torch.Tensor,
+                  alpha: torch.Tensor | float, gamma: float) -> torch.Tensor:  # fmt: skip
+    """y = r + gamma (1 - terminated) (min_j Q'_j(s', a') - alpha log pi(a'|s')), next_q (2, B); truncation bootstraps."""
+    return rewards + gamma * (1.0 - terminated) * (next_q.min(dim=0).values - alpha * next_log_prob)
+
+
+def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """target <- tau * source + (1 - tau) * target, in one fused op over all parameters."""
+    with torch.no_grad():
+        torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
+
+
+# --- training ----------------------------------------------------------------------------------------
+def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | None = None) -> TrainResult:
+    logger = logger or NullLogger()
+    seed_everything(cfg.seed, cfg.torch_deterministic)
+    device = torch.device(cfg.device)
+    envs, first_obs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed)
+    try:
+        # 1. Policy, twin soft Q-functions and targets (or V and V' in the 2018a variant), temperature, replay.
+        if not envs.is_continuous:
+            raise ValueError(f"SAC needs continuous (Box) actions; {cfg.env_id} has {envs.single_action_space}")
+        obs_dim = int(np.prod(envs.single_observation_space.shape))
+        action_shape = envs.single_action_space.shape
+        action_dim, N = int(np.prod(action_shape)), cfg.num_envs
+        low_np, high_np = envs.single_action_space.low, envs.single_action_space.high
+        actor = Actor(obs_dim, action_dim, cfg.hidden_size, low_np, high_np).to(device)
+        qf = TwinQ(obs_dim + action_dim, cfg.hidden_size).to(device)
+        qf_target = TwinQ(obs_dim + action_dim, cfg.hidden_size).to(device)
+        qf_target.load_state_dict(qf.state_dict())
+        vf = ValueNetwork(obs_dim, cfg.hidden_size).to(device) if cfg.value_network else None
+        vf_target = ValueNetwork(obs_dim, cfg.hidden_size).to(device) if cfg.value_network else None
+        if vf is not None:
+            vf_target.load_state_dict(vf.state_dict())
+        fused = device.type in ("cpu", "cuda")
+        critic_params = list(qf.parameters()) + (list(vf.parameters()) if vf is not None else [])
+        q_optimizer = torch.optim.Adam(critic_params, lr=cfg.q_lr, fused=fused)
+        actor_optimizer = torch.optim.Adam(actor.parameters(), lr=cfg.policy_lr, fused=fused)
+        autotune = cfg.autotune and not cfg.value_network
+        log_alpha = torch.tensor(math.log(max(cfg.alpha, 1e-8)), device=device, requires_grad=autotune)
+        alpha_optimizer = torch.optim.Adam([log_alpha], lr=cfg.policy_lr) if autotune else None
+        target_entropy = -float(action_dim)
+        buffer = ReplayBuffer(cfg.buffer_size, envs.single_observation_space.shape, action_shape, torch.float32, device)
+
+        def update_critics(obs, actions, rewards, next_obs, terminated) -> tuple[torch.Tensor, torch.Tensor]:
+            """One step on the soft Bellman residuals (eq. 5 and 8 of 2018a with V; eq. 3 of 2018b without)."""
+            alpha = log_alpha.detach().exp()
+            with torch.no_grad():
+                if vf is None:
+                    next_actions, next_log_prob = actor.sample(next_obs, torch.randn_like(actions))
+                    target = soft_q_target(rewards, terminated, qf_target(next_obs, next_actions), next_log_prob, alpha,
+                                           cfg.gamma)  # fmt: skip
+                else:
+                    target = rewards + cfg.gamma * (1.0 - terminated) * vf_target(next_obs)
+            q_values = qf(obs, actions)
+            loss = F.mse_loss(q_values, target.expand(2, -1), reduction="none").mean(1).sum()
+            if vf is not None:  # V(s) towards E_a~pi[min_j Q_j(s, a) - alpha log pi(a|s)] (2018a, eq. 5)
+                with torch.no_grad():
+                    new_actions, log_prob = actor.sample(obs, torch.randn_like(actions))
+                    v_target = qf(obs, new_actions).min(dim=0).values - alpha * log_prob
+                loss = loss + F.mse_loss(vf(obs), v_target)
+            q_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            q_optimizer.step()
+            return loss.detach(), q_values.detach()
+
+        def update_actor(obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """Policy loss E[alpha log pi(a|s) - min_j Q_j(s, a)] (eq. 7), then the temperature (eq. 18)."""
+            actions, log_prob = actor.sample(obs, torch.randn(obs.shape[0], action_dim, device=device))
+            loss = (log_alpha.detach().exp() * log_prob - qf(obs, actions, frozen=True).min(dim=0).values).mean()
+            actor_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            actor_optimizer.step()
+            if alpha_optimizer is not None:
+                alpha_loss = (-log_alpha.exp() * (log_prob.detach() + target_entropy)).mean()
+                alpha_optimizer.zero_grad(set_to_none=True)
+                alpha_loss.backward()
+                alpha_optimizer.step()
+            return loss.detach(), log_prob.detach().mean()
+
+        def explore(obs: torch.Tensor) -> torch.Tensor:
+            return actor.sample(obs, torch.randn(obs.shape[0], action_dim, device=device))[0]
+
+        if cfg.compile:
+            update_critics, update_actor, explore = map(torch.compile, (update_critics, update_actor, explore))
+
+        def deterministic_policy(obs: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return actor.mean_action(torch.as_tensor(obs, device=device)).cpu().numpy()
+
+        # 2. State: fresh, or restored from the newest checkpoint (replay memory included).
+        next_obs, global_step, updates = first_obs, 0, 0
+        eval_history: list[tuple[int, float]] = []
+        recent_returns: deque[float] = deque(maxlen=100)
+        random_actions = np.random.default_rng(cfg.seed)  # the uniform warm-up actions
+        restorable = {"actor": actor, "qf": qf, "qf_target": qf_target, "q_optimizer": q_optimizer,
+                      "actor_optimizer": actor_optimizer, "envs": envs}  # fmt: skip
+        if vf is not None:
+            restorable.update(vf=vf, vf_target=vf_target)
+        if alpha_optimizer is not None:
+            restorable["alpha_optimizer"] = alpha_optimizer
+        state = checkpoint.load() if checkpoint is not None else None
+        if state is not None:
+            for key, module in restorable.items():
+                module.load_state_dict(state[key])
+            with torch.no_grad():
+                log_alpha.copy_(state["log_alpha"])
+            buffer.load_state_dict(checkpoint.load_extra("replay"))
+            next_obs, global_step, updates = state["next_obs"], state["global_step"], state["updates"]
+            eval_history, recent_returns = state["eval_history"], deque(state["recent_returns"], maxlen=100)
+            random_actions.bit_generator.state = state["random_actions"]
+            restore_rng_state(state["rng"])
+
+        def run_evaluation(step: int) -> None:
+            index = len(eval_history)  # evaluation seeds are fixed per (run seed, index), unaffected by resume
+            returns = evaluate(envs, deterministic_policy, cfg.eval_episodes, seed=10**6 + cfg.seed * 10**4 + index * 97)
+            eval_history.append((step, float(returns.mean())))
+            logger.log(step, {"eval/episodic_return": float(returns.mean()), "eval/episodic_return_std": float(returns.std())})
+
+        start_time, start_step = time.perf_counter(), global_step
+        while global_step < cfg.total_timesteps:
+            # 3. Act: uniform random before learning starts, then a ~ pi(.|s).
+            global_step += N
+            if global_step <= cfg.learning_starts:
+                actions = random_actions.uniform(low_np, high_np, (N, action_dim)).astype(np.float32)
+            else:
+                with torch.inference_mode():
+                    actions = explore(torch.from_numpy(next_obs).to(device)).cpu().numpy()
+            obs = next_obs
+            next_obs, rewards, terminated, truncated, info = envs.step(actions)
+            buffer.add(obs, actions, rewards, info["final_obs"], terminated, truncated)
+            for _, episodic_return, length in info["episodes"]:
+                recent_returns.append(episodic_return)
+                logger.log(global_step, {"charts/episodic_return": episodic_return, "charts/episodic_length": length})
+
+            # 4. Critics every step; the policy (and alpha) policy_frequency times every policy_frequency steps.
+            if global_step > cfg.learning_starts:
+                for _ in range(N):  # one critic update per environment step
+                    batch = buffer.sample(cfg.batch_size)
+                    q_loss, q_values = update_critics(*batch[:5])
+                    updates += 1
+                    if updates % cfg.policy_frequency == 0:
+                        for _ in range(cfg.policy_frequency):
+                            actor_loss, mean_log_prob = update_actor(batch.obs)
+                    if updates % cfg.target_network_frequency == 0:
+                        soft_update(qf_target, qf, cfg.tau)
+                        if vf is not None:
+                            soft_update(vf_target, vf, cfg.tau)
+                if updates % 100 < N and updates >= cfg.policy_frequency:  # CleanRL logs every 100 steps
+                    q_means = q_values.mean(1).tolist()
+                    sps = (global_step - start_step) / (time.perf_counter() - start_time)
+                    logger.log(global_step, {"losses/qf_loss": q_loss.item() / 2, "losses/qf1_values": q_means[0],
+                                             "losses/qf2_values": q_means[1], "losses/actor_loss": actor_loss.item(),
+                                             "losses/alpha": log_alpha.exp().item(),
+                                             "losses/entropy": -mean_log_prob.item(), "charts/SPS": sps})  # fmt: skip
+
+            # 5. Evaluate, checkpoint.
+            if cfg.eval_every and global_step % cfg.eval_every < N:
+                run_evaluation(global_step)
+            if checkpoint is not None and checkpoint.due(global_step):
+                checkpoint.save(global_step, {
+                    **{key: module.state_dict() for key, module in restorable.items()},
+                    "log_alpha": log_alpha.detach().clone(), "next_obs": next_obs, "global_step": global_step,
+                    "updates": updates, "eval_history": eval_history, "recent_returns": list(recent_returns),
+                    "random_actions": random_actions.bit_generator.state, "rng": rng_state(),
+                }, extras={"replay": buffer.state_dict()})  # fmt: skip
+
+        if not eval_history or eval_history[-1][0] != global_step:
+            run_evaluation(global_step)
+        elapsed = time.perf_counter() - start_time
+        return TrainResult(global_step=global_step, wall_time_s=elapsed,
+                           steps_per_second=(global_step - start_step) / elapsed if elapsed > 0 else 0.0,
+                           final_eval_return=eval_history[-1][1], eval_returns=eval_history,
+                           last_episodic_returns=list(recent_returns))  # fmt: skip
+    finally:
+        envs.close()
+
+
+if __name__ == "__main__":
+    import tyro
+
+    from algorithms.common import ConsoleLogger
+
+    config = tyro.cli(Config)
+    train(config, ConsoleLogger(total_steps=config.total_timesteps))
