@@ -13,8 +13,8 @@ steps first, 1M buffer). Deviations, each on purpose:
   time-limit correction for Hopper/Walker).
 - The two critics are one module holding both weight stacks and evaluated with batched matmuls: the same
   two independent networks (separate initialisation, separate parameters, one summed loss as in the paper's
-  code), with one kernel per layer instead of two. The actor loss differentiates through the critic's
-  value only, not into its weights (those gradients would be discarded).
+  code), with one kernel per layer instead of two. The actor loss evaluates Q_1 alone and differentiates
+  through its value only, not into its weights (those gradients would be discarded).
 """
 
 from __future__ import annotations
@@ -109,11 +109,20 @@ class TwinQ(nn.Module):
             self.weights.append(nn.Parameter(torch.stack([layer.weight.T.detach() for layer in layers])))
             self.biases.append(nn.Parameter(torch.stack([layer.bias.detach()[None] for layer in layers])))
 
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor, frozen: bool = False) -> torch.Tensor:
-        """(B, obs), (B, act) -> (2, B): both critics' values. `frozen`: gradients reach the inputs, not the weights."""
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """(B, obs), (B, act) -> (2, B): both critics' values."""
         x = torch.cat([obs, actions], -1).expand(2, -1, -1)  # (2, B, in)
         for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
-            x = torch.baddbmm(bias.detach() if frozen else bias, x, weight.detach() if frozen else weight)
+            x = torch.baddbmm(bias, x, weight)
+            if i < len(self.weights) - 1:
+                x = F.relu(x)
+        return x.squeeze(-1)
+
+    def q1(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Q_1 alone with frozen weights, (B,): the actor's loss, whose gradient must reach the actions only."""
+        x = torch.cat([obs, actions], -1)
+        for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            x = torch.addmm(bias[0].detach(), x, weight[0].detach())
             if i < len(self.weights) - 1:
                 x = F.relu(x)
         return x.squeeze(-1)
@@ -196,7 +205,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
 
         def update_actor(obs: torch.Tensor) -> torch.Tensor:
             """Deterministic policy gradient through Q_1 (Algorithm 1: grad of Q_theta1(s, mu(s)))."""
-            loss = -qf(obs, actor(obs), frozen=True)[0].mean()  # the critics' weight gradients would be discarded
+            loss = -qf.q1(obs, actor(obs)).mean()
             actor_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             actor_optimizer.step()

@@ -53,12 +53,14 @@ def test_ddpg_target_bootstraps_from_the_single_target_critic():
     torch.testing.assert_close(y, torch.tensor([3.0, 1.0]))
 
 
-def test_frozen_critics_pass_gradients_to_actions_but_not_to_weights():
+def test_the_actor_loss_reaches_the_actions_but_not_the_critic_weights():
     from algorithms import ddpg
 
-    for qf in (td3.TwinQ(4, 8), ddpg.QNetwork(4, 8)):
-        obs, actions = torch.randn(5, 2), torch.randn(5, 2, requires_grad=True)
-        values = qf(obs, actions, frozen=True)
+    obs, actions = torch.randn(5, 2), torch.randn(5, 2, requires_grad=True)
+    twin, single = td3.TwinQ(4, 8), ddpg.QNetwork(4, 8)
+    for values, critic, reference in ((twin.q1(obs, actions), twin, twin(obs, actions)[0]),
+                                      (single(obs, actions, frozen=True), single, single(obs, actions))):  # fmt: skip
+        torch.testing.assert_close(values, reference)  # Q_1 (td3) or the frozen critic (ddpg): the same values
+        actions.grad = None
         values.sum().backward()
-        assert actions.grad.abs().sum() > 0 and all(p.grad is None for p in qf.parameters())
-        torch.testing.assert_close(values, qf(obs, actions))  # the same values either way
+        assert actions.grad.abs().sum() > 0 and all(p.grad is None for p in critic.parameters())
