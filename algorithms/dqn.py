@@ -29,8 +29,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from algorithms.common import Checkpointer, Logger, NullLogger, TrainResult, restore_rng_state, rng_state, seed_everything
+from algorithms.common.evaluation import evaluate_and_log
 from algorithms.common.replay import ReplayBuffer
-from envs import evaluate, make_vec_env
+from envs import make_vec_env
 
 SMOKE = {"total_timesteps": 1200, "learning_starts": 300, "buffer_size": 1000, "batch_size": 32, "train_frequency": 4,
          "target_network_frequency": 100, "eval_every": 600, "eval_episodes": 2}  # fmt: skip
@@ -210,12 +211,6 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
             action_rng.bit_generator.state = state["action_rng"]
             restore_rng_state(state["rng"])
 
-        def run_evaluation(step: int) -> None:
-            index = len(eval_history)  # evaluation seeds are fixed per (run seed, index), unaffected by resume
-            returns = evaluate(envs, deterministic_policy, cfg.eval_episodes, seed=10**6 + cfg.seed * 10**4 + index * 97)
-            eval_history.append((step, float(returns.mean())))
-            logger.log(step, {"eval/episodic_return": float(returns.mean()), "eval/episodic_return_std": float(returns.std())})
-
         start_time, start_step = time.perf_counter(), global_step
         while global_step < cfg.total_timesteps:
             # 3. Act epsilon-greedily and store the transition (Algorithm 1, "select a_t ... store in D").
@@ -249,7 +244,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
 
             # 5. Evaluate, checkpoint.
             if cfg.eval_every and global_step % cfg.eval_every < N:
-                run_evaluation(global_step)
+                evaluate_and_log(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step)
             if checkpoint is not None and checkpoint.due(global_step):
                 checkpoint.save(global_step, {
                     "q_network": q_network.state_dict(), "target_network": target_network.state_dict(),
@@ -260,7 +255,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
                 }, extras={"replay": buffer.state_dict()})  # fmt: skip
 
         if not eval_history or eval_history[-1][0] != global_step:
-            run_evaluation(global_step)
+            evaluate_and_log(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step)
         elapsed = time.perf_counter() - start_time
         return TrainResult(global_step=global_step, wall_time_s=elapsed,
                            steps_per_second=(global_step - start_step) / elapsed if elapsed > 0 else 0.0,

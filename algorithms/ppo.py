@@ -29,7 +29,8 @@ import torch
 import torch.nn as nn
 
 from algorithms.common import Checkpointer, Logger, NullLogger, TrainResult, restore_rng_state, rng_state, seed_everything
-from envs import evaluate, make_vec_env
+from algorithms.common.evaluation import evaluate_and_log
+from envs import make_vec_env
 
 SMOKE = {"total_timesteps": 1024, "num_envs": 2, "num_steps": 128, "update_epochs": 2, "num_minibatches": 4,
          "eval_every": 512, "eval_episodes": 2}  # fmt: skip
@@ -293,12 +294,6 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
             eval_history, recent_returns = state["eval_history"], deque(state["recent_returns"], maxlen=100)
             restore_rng_state(state["rng"])
 
-        def run_evaluation(step: int) -> None:
-            index = len(eval_history)  # evaluation seeds are fixed per (run seed, index), unaffected by resume
-            returns = evaluate(envs, deterministic_policy, cfg.eval_episodes, seed=10**6 + cfg.seed * 10**4 + index * 97)
-            eval_history.append((step, float(returns.mean())))
-            logger.log(step, {"eval/episodic_return": float(returns.mean()), "eval/episodic_return_std": float(returns.std())})
-
         start_time, start_step = time.perf_counter(), global_step
         for iteration in range(start_iteration, cfg.num_iterations + 1):
             # 3. Learning rate: linear annealing to 0 over the iterations.
@@ -365,7 +360,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
                 "charts/SPS": (global_step - start_step) / (time.perf_counter() - start_time),
             })  # fmt: skip
             if cfg.eval_every and global_step // cfg.eval_every > (global_step - cfg.batch_size) // cfg.eval_every:
-                run_evaluation(global_step)
+                evaluate_and_log(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step)
             if checkpoint is not None and checkpoint.due(global_step):
                 checkpoint.save(global_step, {
                     "agent": agent.state_dict(), "optimizer": optimizer.state_dict(), "envs": envs.state_dict(),
@@ -374,7 +369,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
                 })  # fmt: skip
 
         if not eval_history or eval_history[-1][0] != global_step:
-            run_evaluation(global_step)
+            evaluate_and_log(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step)
         elapsed = time.perf_counter() - start_time
         return TrainResult(
             global_step=global_step,

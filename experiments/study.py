@@ -44,7 +44,6 @@ compares finished instances with the best trial's; the others prune between eval
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import sys
@@ -54,6 +53,7 @@ from typing import Any
 
 from envs import validate_env_id
 from experiments.registry import check_action_space, config_fields, convert_value, list_algorithms, load_algorithm, make_config
+from experiments.suite import resolve_named_file, suggest
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -129,19 +129,7 @@ class Study:
 
 
 def resolve_study_path(name_or_path: str) -> Path:
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    shipped = STUDIES_DIR / f"{name_or_path.removesuffix('.toml')}.toml"
-    if shipped.is_file():
-        return shipped
-    known = sorted(p.stem for p in STUDIES_DIR.glob("*.toml"))
-    raise ValueError(f"no study file {name_or_path!r}; shipped studies: {', '.join(known)}")
-
-
-def _suggest(name: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return resolve_named_file(name_or_path, STUDIES_DIR, "study", "studies")
 
 
 def _positive_int(data: dict[str, Any], key: str, problems: list[str], default: int | None = None) -> int:
@@ -161,7 +149,7 @@ def _parse_params(algo: str, table: Any, fixed: dict[str, Any], problems: list[s
     for name, spec in table.items():
         where = f"params.{name}"
         if name not in fields:
-            problems.append(f"{where}: {algo} has no Config field {name!r}{_suggest(name, list(fields))}")
+            problems.append(f"{where}: {algo} has no Config field {name!r}{suggest(name, list(fields))}")
             continue
         if name in RUN_FIELDS or name in fixed:
             problems.append(
@@ -261,7 +249,7 @@ def load_study(name_or_path: str) -> Study:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise StudyError(path, [f"not valid TOML: {exc}"]) from None
-    problems = [f"{key}: unknown key{_suggest(key, sorted(TOP_LEVEL))}" for key in data if key not in TOP_LEVEL]
+    problems = [f"{key}: unknown key{suggest(key, sorted(TOP_LEVEL))}" for key in data if key not in TOP_LEVEL]
     algo = data.get("algorithm")
     if algo not in list_algorithms():
         problems.append(f"algorithm: unknown algorithm {algo!r}; known: {', '.join(list_algorithms())}")
@@ -298,7 +286,7 @@ def load_study(name_or_path: str) -> Study:
     fixed = {}
     for key, value in fixed_raw.items() if isinstance(fixed_raw, dict) else []:
         if key not in fields:
-            problems.append(f"fixed.{key}: {algo} has no Config field {key!r}{_suggest(key, list(fields))}")
+            problems.append(f"fixed.{key}: {algo} has no Config field {key!r}{suggest(key, list(fields))}")
         elif key in RUN_FIELDS:
             problems.append(f"fixed.{key}: set {key} at the top level of the study")
         else:

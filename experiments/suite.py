@@ -60,19 +60,24 @@ class Suite:
     specs: tuple[RunSpec, ...]
 
 
-def resolve_suite_path(name_or_path: str) -> Path:
-    """A path to a TOML file, or the name of a suite shipped in experiments/suites/."""
+def resolve_named_file(name_or_path: str, directory: Path, kind: str, kinds: str) -> Path:
+    """A path to a TOML file, or the name of one shipped in `directory` (suites, studies)."""
     path = Path(name_or_path)
     if path.is_file():
         return path
-    shipped = SUITES_DIR / f"{name_or_path.removesuffix('.toml')}.toml"
+    shipped = directory / f"{name_or_path.removesuffix('.toml')}.toml"
     if shipped.is_file():
         return shipped
-    known = sorted(p.stem for p in SUITES_DIR.glob("*.toml"))
-    raise ValueError(f"no suite file {name_or_path!r}; shipped suites: {', '.join(known)}")
+    known = sorted(p.stem for p in directory.glob("*.toml"))
+    raise ValueError(f"no {kind} file {name_or_path!r}; shipped {kinds}: {', '.join(known)}")
 
 
-def _suggest(name: str, options: list[str]) -> str:
+def resolve_suite_path(name_or_path: str) -> Path:
+    return resolve_named_file(name_or_path, SUITES_DIR, "suite", "suites")
+
+
+def suggest(name: str, options: list[str]) -> str:
+    """' (did you mean X?)' for the closest option, or ''."""
     close = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -87,7 +92,7 @@ def load_suite(name_or_path: str) -> Suite:
     problems: list[str] = []
     for key in data:
         if key not in TOP_LEVEL:
-            problems.append(f"{key}: unknown key{_suggest(key, sorted(TOP_LEVEL))}")
+            problems.append(f"{key}: unknown key{suggest(key, sorted(TOP_LEVEL))}")
 
     known_algos = list(list_algorithms())
     algos = data.get("algorithms", [])
@@ -96,7 +101,7 @@ def load_suite(name_or_path: str) -> Suite:
         algos = []
     for i, algo in enumerate(algos):
         if algo not in known_algos:
-            problems.append(f"algorithms[{i}]: unknown algorithm {algo!r}{_suggest(str(algo), known_algos)}; "
+            problems.append(f"algorithms[{i}]: unknown algorithm {algo!r}{suggest(str(algo), known_algos)}; "
                             f"known: {', '.join(known_algos)}")  # fmt: skip
     algos = [a for a in algos if a in known_algos]
 
@@ -126,7 +131,7 @@ def load_suite(name_or_path: str) -> Suite:
         clean = {}
         for key, value in table.items():
             if key not in fields:
-                problems.append(f"{where}.{key}: {algo} has no Config field {key!r}{_suggest(key, list(fields))}")
+                problems.append(f"{where}.{key}: {algo} has no Config field {key!r}{suggest(key, list(fields))}")
             elif key in ("env_id", "seed"):
                 problems.append(f"{where}.{key}: set env ids and seeds with the top-level env_ids and seeds")
             else:
@@ -147,7 +152,7 @@ def load_suite(name_or_path: str) -> Suite:
         families = {}
         for family, sub in ((k, v) for k, v in table.items() if isinstance(v, dict)):
             if family not in ENV_FAMILIES:
-                problems.append(f"algo.{algo_name}.{family}: unknown env family{_suggest(family, list(ENV_FAMILIES))}")
+                problems.append(f"algo.{algo_name}.{family}: unknown env family{suggest(family, list(ENV_FAMILIES))}")
             else:
                 families[family] = check_fields(algo_name, sub, f"algo.{algo_name}.{family}")
         per_algo[algo_name] = (check_fields(algo_name, flat, f"algo.{algo_name}"), families)
