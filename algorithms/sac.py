@@ -17,6 +17,9 @@ policy updated `policy_frequency` times every `policy_frequency` steps as in TD3
 - The two critics are one module with stacked weights evaluated by batched matmuls (two independent
   networks, one kernel per layer); the policy loss differentiates through the critics' values only, not
   into their weights (their gradients would be discarded anyway).
+- The temperature loss (eq. 18) uses the log-probabilities of the policy step's own sample, as the authors'
+  softlearning code does; CleanRL draws a fresh sample from the updated policy for it (one more forward pass).
+  The policy and the temperature take one Adam step together (one optimizer, the same learning rate).
 """
 
 from __future__ import annotations
@@ -116,12 +119,13 @@ class TwinQ(nn.Module):
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor, frozen: bool = False) -> torch.Tensor:
         """(B, obs), (B, act) -> (2, B). `frozen`: gradients reach the inputs but not the weights."""
-        x = torch.cat([obs, actions], -1).expand(2, -1, -1)
-        for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
-            x = torch.baddbmm(bias.detach() if frozen else bias, x, weight.detach() if frozen else weight)
-            if i < len(self.weights) - 1:
-                x = F.relu(x)
-        return x.squeeze(-1)
+        weights, biases = self.weights, self.biases
+        if frozen:
+            weights, biases = [w.detach() for w in weights], [b.detach() for b in biases]
+        x = torch.cat([obs, actions], -1).expand(2, -1, -1)  # (2, B, in)
+        x = F.relu(torch.baddbmm(biases[0], x, weights[0]))  # (2, B, H)
+        x = F.relu(torch.baddbmm(biases[1], x, weights[1]))  # (2, B, H)
+        return (x * weights[2].mT).sum(-1) + biases[2].squeeze(-1)  # (2, B): a width-1 layer as a dot product
 
 
 class Actor(nn.Module):
@@ -131,15 +135,15 @@ class Actor(nn.Module):
     def __init__(self, obs_dim: int, action_dim: int, hidden: int, low: np.ndarray, high: np.ndarray) -> None:
         super().__init__()
         self.trunk = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
-        self.mean, self.log_std = nn.Linear(hidden, action_dim), nn.Linear(hidden, action_dim)
+        self.heads = nn.Linear(hidden, 2 * action_dim)  # mean and log-std heads side by side: one matmul
         self.register_buffer("action_scale", torch.as_tensor((high - low) / 2.0, dtype=torch.float32))
         self.register_buffer("action_bias", torch.as_tensor((high + low) / 2.0, dtype=torch.float32))
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean (B, A), log_std (B, A)), log_std squashed into [LOG_STD_MIN, LOG_STD_MAX] as CleanRL."""
-        h = self.trunk(obs)
-        log_std = torch.tanh(self.log_std(h))
-        return self.mean(h), LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (log_std + 1)
+        mean, log_std = self.heads(self.trunk(obs)).chunk(2, dim=-1)
+        log_std = torch.tanh(log_std)
+        return mean, LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (log_std + 1)
 
     def sample(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reparameterised a = tanh(mean + std * noise) * scale + bias and log pi(a|s); both (B, A), (B,)."""
@@ -214,10 +218,12 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
         fused = device.type in ("cpu", "cuda")
         critic_params = list(qf.parameters()) + (list(vf.parameters()) if vf is not None else [])
         q_optimizer = torch.optim.Adam(critic_params, lr=cfg.q_lr, fused=fused)
-        actor_optimizer = torch.optim.Adam(actor.parameters(), lr=cfg.policy_lr, fused=fused)
         autotune = cfg.autotune and not cfg.value_network
         log_alpha = torch.tensor(math.log(max(cfg.alpha, 1e-8)), device=device, requires_grad=autotune)
-        alpha_optimizer = torch.optim.Adam([log_alpha], lr=cfg.policy_lr) if autotune else None
+        # The temperature shares the policy's optimizer (same learning rate; Adam is per parameter, so this is the
+        # same update as a separate optimizer, with one backward pass and one fused step for both losses).
+        policy_params = list(actor.parameters()) + ([log_alpha] if autotune else [])
+        actor_optimizer = torch.optim.Adam(policy_params, lr=cfg.policy_lr, fused=fused)
         target_entropy = -float(action_dim)
         buffer = ReplayBuffer(cfg.buffer_size, envs.single_observation_space.shape, action_shape, torch.float32, device)
 
@@ -247,14 +253,12 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
             """Policy loss E[alpha log pi(a|s) - min_j Q_j(s, a)] (eq. 7), then the temperature (eq. 18)."""
             actions, log_prob = actor.sample(obs, torch.randn(obs.shape[0], action_dim, device=device))
             loss = (log_alpha.detach().exp() * log_prob - qf(obs, actions, frozen=True).min(dim=0).values).mean()
+            total = loss
+            if autotune:  # eq. 18 on the same sample's log pi (detached: this term moves alpha alone)
+                total = total + (-log_alpha.exp() * (log_prob.detach() + target_entropy)).mean()
             actor_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            total.backward()
             actor_optimizer.step()
-            if alpha_optimizer is not None:
-                alpha_loss = (-log_alpha.exp() * (log_prob.detach() + target_entropy)).mean()
-                alpha_optimizer.zero_grad(set_to_none=True)
-                alpha_loss.backward()
-                alpha_optimizer.step()
             return loss.detach(), log_prob.detach().mean()
 
         def explore(obs: torch.Tensor) -> torch.Tensor:
@@ -276,8 +280,6 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
                       "actor_optimizer": actor_optimizer, "envs": envs}  # fmt: skip
         if vf is not None:
             restorable.update(vf=vf, vf_target=vf_target)
-        if alpha_optimizer is not None:
-            restorable["alpha_optimizer"] = alpha_optimizer
         state = checkpoint.load() if checkpoint is not None else None
         if state is not None:
             for key, module in restorable.items():

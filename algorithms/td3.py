@@ -113,20 +113,16 @@ class TwinQ(nn.Module):
     def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """(B, obs), (B, act) -> (2, B): both critics' values."""
         x = torch.cat([obs, actions], -1).expand(2, -1, -1)  # (2, B, in)
-        for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
-            x = torch.baddbmm(bias, x, weight)
-            if i < len(self.weights) - 1:
-                x = F.relu(x)
-        return x.squeeze(-1)
+        x = F.relu(torch.baddbmm(self.biases[0], x, self.weights[0]))  # (2, B, H)
+        x = F.relu(torch.baddbmm(self.biases[1], x, self.weights[1]))  # (2, B, H)
+        return (x * self.weights[2].mT).sum(-1) + self.biases[2].squeeze(-1)  # (2, B): a width-1 layer as a dot product
 
     def q1(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Q_1 alone with frozen weights, (B,): the actor's loss, whose gradient must reach the actions only."""
-        x = torch.cat([obs, actions], -1)
-        for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
-            x = torch.addmm(bias[0].detach(), x, weight[0].detach())
-            if i < len(self.weights) - 1:
-                x = F.relu(x)
-        return x.squeeze(-1)
+        weights, biases = [w[0].detach() for w in self.weights], [b[0].detach() for b in self.biases]
+        x = F.relu(torch.addmm(biases[0], torch.cat([obs, actions], -1), weights[0]))  # (B, H)
+        x = F.relu(torch.addmm(biases[1], x, weights[1]))  # (B, H)
+        return x @ weights[2].squeeze(-1) + biases[2].squeeze()  # (B,)
 
 
 class Actor(nn.Module):
