@@ -26,6 +26,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from algorithms.common.checkpoint import newest_checkpoint_step
 from algorithms.common.logging import format_duration
 from experiments.execute import RunOptions
 from experiments.runs import RunDirectory, RunSpec
@@ -124,12 +125,21 @@ class GridRunner:
             entry["traceback"] = error
         self.outcomes[spec] = entry
 
+    def _checkpoint_dir(self, spec: RunSpec) -> Path:
+        return RunDirectory(spec.run_dir(self.run_options.runs_dir)).checkpoint_dir
+
     def summary(self, start: float, steps_before: dict[RunSpec, int]) -> dict[str, Any]:
         counts: dict[str, int] = {}
         for entry in self.outcomes.values():
             counts[entry["status"]] = counts.get(entry["status"], 0) + 1
-        new_steps = sum(max(0, e.get("global_step", 0) - steps_before.get(s, 0)) for s, e in self.outcomes.items()
-                        if e["status"] == "done" and not e.get("skipped"))  # fmt: skip
+        new_steps = 0
+        for spec, entry in self.outcomes.items():
+            if entry.get("skipped"):
+                continue
+            reached = entry.get("global_step", 0)
+            if entry["status"] != "done":  # an interrupted run's progress is its checkpoint at the interrupt
+                reached = newest_checkpoint_step(self._checkpoint_dir(spec))
+            new_steps += max(0, reached - steps_before.get(spec, 0))
         wall = time.time() - start
         return {
             "suite": self.suite_name,
@@ -152,8 +162,7 @@ class GridRunner:
                 self.outcomes[spec]["skipped"] = True
             else:
                 todo.append(spec)
-                checkpoints = sorted(RunDirectory(spec.run_dir(self.run_options.runs_dir)).checkpoint_dir.glob("ckpt-*.pt"))
-                steps_before[spec] = int(checkpoints[-1].stem.split("-")[1]) if checkpoints else 0
+                steps_before[spec] = newest_checkpoint_step(self._checkpoint_dir(spec))
         if self.grid.executor == "inline":
             self._run_inline(todo)
         elif self.grid.executor == "local":

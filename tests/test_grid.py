@@ -102,6 +102,12 @@ def test_shipped_suites_are_valid():
     assert {s.env_id for s in mujoco.specs} == {"Hopper-v5", "HalfCheetah-v5", "Walker2d-v5", "Ant-v5"}
     assert {s.seed for s in mujoco.specs} == set(range(1, 11))
     assert all(s.config().total_timesteps == 1_000_000 for s in mujoco.specs)
+    assert {s.algo for s in mujoco.specs} == {"td3", "ddpg", "sac", "ppo"}
+    cheetah = load_suite("halfcheetah_200k")
+    assert {(s.algo, s.env_id, s.seed) for s in cheetah.specs} == {
+        (algo, "HalfCheetah-v5", seed) for algo in ("sac", "td3") for seed in (1, 2, 3)
+    }
+    assert all(s.config().total_timesteps == 200_000 and s.config().eval_every == 10_000 for s in cheetah.specs)
 
 
 def test_dry_run_shows_states(tmp_path, capsys):
@@ -219,3 +225,29 @@ def test_diverging_run_is_recorded_with_its_step_not_retried_and_skipped_later(t
     capsys.readouterr()
     assert main(["run", str(path), "--runs-dir", str(runs), "--dry-run"]) == 0
     assert "1 diverged" in capsys.readouterr().out
+
+
+def test_grid_resumes_an_off_policy_run_whose_checkpoints_carry_a_replay_file(tmp_path, capsys):
+    # Off-policy checkpoints write the replay memory beside them (ckpt-<step>.replay.pt); the grid reads the
+    # newest checkpoint's step from the file names and must not mistake the replay file for a checkpoint.
+    path = write_suite(tmp_path, """
+algorithms = ["td3"]
+env_ids = ["Pendulum-v1"]
+seeds = [1]
+total_timesteps = 600
+eval_every = 300
+eval_episodes = 2
+[algo.td3]
+learning_starts = 200
+buffer_size = 1000
+batch_size = 32
+""")  # fmt: skip
+    args = ["run", str(path), "--runs-dir", str(tmp_path / "runs"), "--executor", "inline", "--checkpoint-every-steps", "200"]
+    assert main(args) == 0
+    (run_dir,) = (tmp_path / "runs" / "tiny" / "td3" / "Pendulum-v1").iterdir()
+    assert list((run_dir / "checkpoints").glob("ckpt-*.replay.pt")), "the replay memory is saved beside checkpoints"
+    (run_dir / "DONE").unlink()  # as if the process died after its last checkpoint, before marking the run done
+    capsys.readouterr()
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())
+    assert summary["counts"] == {"done": 1} and (run_dir / "DONE").exists()

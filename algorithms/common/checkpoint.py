@@ -22,6 +22,12 @@ import torch
 _NAME = re.compile(r"^ckpt-(\d{12})\.pt$")
 
 
+def newest_checkpoint_step(directory: Path) -> int:
+    """The env step of the newest checkpoint in `directory` (0 when there is none); extras files are not counted."""
+    steps = [int(m.group(1)) for p in Path(directory).glob("ckpt-*.pt") if (m := _NAME.match(p.name))]
+    return max(steps, default=0)
+
+
 class RunInterrupted(Exception):
     """Raised by `Checkpointer.save` after a stop was requested (SIGTERM/SIGINT): the state is safe on disk."""
 
