@@ -108,6 +108,8 @@ def test_shipped_suites_are_valid():
         (algo, "HalfCheetah-v5", seed) for algo in ("sac", "td3") for seed in (1, 2, 3)
     }
     assert all(s.config().total_timesteps == 200_000 and s.config().eval_every == 10_000 for s in cheetah.specs)
+    pg = load_suite("pg_hopper_1m")
+    assert {s.algo for s in pg.specs} == {"trpo", "a2c", "ppo_kl", "acktr", "ppo"} and len(pg.specs) == 15
 
 
 def test_dry_run_shows_states(tmp_path, capsys):

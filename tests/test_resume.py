@@ -37,6 +37,20 @@ def _metrics(runs_dir: Path, algo: str) -> list[dict]:
         pytest.param("ppo", "Hopper-v5", ["--total-timesteps", "8192", "--num-steps", "512", "--num-minibatches", "8",
                                           "--update-epochs", "2", "--eval-every", "2048", "--eval-episodes", "2",
                                           "--checkpoint-every-steps", "1"], marks=pytest.mark.mujoco),
+        ("npg", "CartPole-v1", ["--total-timesteps", "16384", "--num-envs", "4", "--num-steps", "256", "--vf-epochs", "2",
+                                "--eval-every", "4096", "--eval-episodes", "3", "--checkpoint-every-steps", "1"]),
+        ("trpo", "CartPole-v1", ["--total-timesteps", "16384", "--num-envs", "4", "--num-steps", "256", "--vf-epochs", "2",
+                                 "--eval-every", "4096", "--eval-episodes", "3", "--checkpoint-every-steps", "1"]),
+        # PPO-KL: beta (adapted after every update) is restored. With this small d_targ beta is 2-8 after the
+        # first update (never its start value 1), so a resume that lost it would log other numbers.
+        ("ppo_kl", "CartPole-v1", ["--total-timesteps", "16384", "--num-envs", "4", "--num-steps", "256",
+                                   "--num-minibatches", "8", "--update-epochs", "4", "--kl-target", "0.0005",
+                                   "--eval-every", "4096", "--eval-episodes", "3", "--checkpoint-every-steps", "1"]),
+        ("a2c", "CartPole-v1", ["--total-timesteps", "24000", "--num-envs", "4", "--num-steps", "5", "--eval-every", "6000",
+                                "--eval-episodes", "3", "--checkpoint-every-steps", "2000"]),
+        # ACKTR: the K-FAC running factors, their eigenbases and the momentum are restored with the optimizer.
+        ("acktr", "CartPole-v1", ["--total-timesteps", "24000", "--num-envs", "4", "--num-steps", "10", "--eval-every",
+                                  "6000", "--eval-episodes", "3", "--checkpoint-every-steps", "2000"]),
         # Off-policy: the replay memory (wrapped around: capacity 3000 < 12000 steps) is restored from its file.
         ("dqn", "CartPole-v1", ["--total-timesteps", "12000", "--learning-starts", "1000", "--buffer-size", "3000",
                                 "--train-frequency", "4", "--target-network-frequency", "200", "--eval-every", "3000",

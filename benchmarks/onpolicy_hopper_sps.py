@@ -1,16 +1,18 @@
-"""Steps per second of rlgrid's PPO on Hopper-v5, next to the raw env rate measured in the same run
-(and, if given the path, CleanRL's ppo_continuous_action.py with the same hyperparameters).
+"""Steps per second of rlgrid's on-policy algorithms on Hopper-v5, next to the raw env rate measured in the same
+run (and, if given the path, CleanRL's ppo_continuous_action.py with PPO's hyperparameters).
 
-    python benchmarks/ppo_hopper_sps.py [--steps 40960] [--threads 1] [--cleanrl /path/to/ppo_continuous_action.py]
+    python benchmarks/onpolicy_hopper_sps.py [--algos ppo trpo] [--steps 40960] [--threads 1] [--cleanrl PATH]
 
-All rates are cumulative over the same number of environment steps from the start of training (as
-CleanRL's printed SPS), on this machine, one after another so they do not compete for cores. CleanRL's
-script is not part of rlgrid: pass the path of a copy adapted to gymnasium >= 1.0 to include it.
+Every algorithm runs its default (MuJoCo) configuration without evaluation; PPO also runs with an evaluation
+every 20,480 steps to show what evaluation costs. Rates are cumulative over the same number of environment steps
+from the start of training (as CleanRL's printed SPS), on this machine, one after another so they do not compete
+for cores. CleanRL's script is not part of rlgrid: pass the path of a copy adapted to gymnasium >= 1.0.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import re
 import subprocess
@@ -21,8 +23,9 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from algorithms import ppo
 from algorithms.common import RecordingLogger
+
+ON_POLICY = ["ppo", "ppo_kl", "a2c", "acktr", "trpo", "npg", "reinforce"]
 
 
 def raw_env_rate(env_id: str, steps: int) -> float:
@@ -38,9 +41,10 @@ def raw_env_rate(env_id: str, steps: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
-def rlgrid_rate(env_id: str, steps: int, eval_every: int) -> float:
+def rlgrid_rate(algo: str, env_id: str, steps: int, eval_every: int) -> float:
+    module = importlib.import_module(f"algorithms.{algo}")
     logger = RecordingLogger()
-    ppo.train(ppo.Config(env_id=env_id, total_timesteps=steps, eval_every=eval_every), logger)
+    module.train(module.Config(env_id=env_id, total_timesteps=steps, eval_every=eval_every), logger)
     return logger.series("charts/SPS")[-1][1]
 
 
@@ -55,23 +59,27 @@ def cleanrl_rate(script: str, env_id: str, steps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--algos", nargs="+", default=ON_POLICY, choices=ON_POLICY)
     parser.add_argument("--env-id", default="Hopper-v5")
     parser.add_argument("--steps", type=int, default=40_960, help="env steps per measurement (multiple of 2048)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads for rlgrid's run")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for rlgrid's runs")
     parser.add_argument("--cleanrl", default=None, help="path to CleanRL's ppo_continuous_action.py (optional)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{args.env_id}, {args.steps:,} steps per measurement, torch {torch.__version__}, {os.cpu_count()} cores")
     rows = [("raw env.step (random actions)", raw_env_rate(args.env_id, args.steps))]
-    rows.append(("rlgrid ppo, default config, no evaluation", rlgrid_rate(args.env_id, args.steps, eval_every=0)))
-    rows.append(("rlgrid ppo, default config, eval every 20,480", rlgrid_rate(args.env_id, args.steps, eval_every=20_480)))
+    for algo in args.algos:
+        rows.append((f"rlgrid {algo}, default config, no evaluation", rlgrid_rate(algo, args.env_id, args.steps, 0)))
+        if algo == "ppo":
+            rows.append(("rlgrid ppo, default config, eval every 20,480", rlgrid_rate(algo, args.env_id, args.steps, 20_480)))
     if args.cleanrl:
         rows.append(("CleanRL ppo_continuous_action.py", cleanrl_rate(args.cleanrl, args.env_id, args.steps)))
     raw = rows[0][1]
     for name, rate in rows:
         print(f"{name:<48} {rate:>9,.0f} steps/s   {rate / raw:5.1%} of raw")
-    if args.cleanrl:
-        print(f"speed-up over CleanRL: {rows[1][1] / rows[-1][1]:.2f}x (no eval), {rows[2][1] / rows[-1][1]:.2f}x (with eval)")
+    if args.cleanrl and "ppo" in args.algos:
+        ppo_rate = dict(rows)["rlgrid ppo, default config, no evaluation"]
+        print(f"rlgrid ppo over CleanRL: {ppo_rate / rows[-1][1]:.2f}x (no evaluation)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,304 @@
+"""Advantage Actor-Critic (A2C): the synchronous form of A3C.
+
+Paper: Mnih, Badia, Mirza, Graves, Lillicrap, Harley, Silver, Kavukcuoglu (2016), "Asynchronous Methods for
+Deep Reinforcement Learning", ICML, arXiv:1602.01783 -- Algorithm S3 (advantage actor-critic): each actor runs
+t_max steps, forms n-step returns R_t = sum_{k<n} gamma^k r_{t+k} + gamma^n V(s_{t+n}) (eq. in section 4,
+"asynchronous advantage actor-critic"), and follows grad log pi(a_t|s_t) (R_t - V(s_t)) + beta grad H(pi(s_t))
+for the policy and grad (R_t - V(s_t))^2 for the value, with shared RMSProp (section 4, "Optimization").
+A2C replaces the asynchronous actor-learners by `num_envs` env copies stepped in lockstep whose t_max-step
+rollouts make one batch per synchronous update (the synchronous variant of OpenAI baselines and of Wu et al.
+2017, the ACKTR paper, which named it A2C).
+
+Defaults: the paper's t_max = 5 with 16 env copies (its 16 actor-learner threads), as baselines' and SB3's
+A2C (RMSProp lr 7e-4, decay alpha 0.99, eps 1e-5, value coefficient 0.5, gradient-norm clip 0.5; baselines
+anneals the learning rate linearly to 0, and so does this). Everything else follows the MuJoCo practice of
+this repository's PPO, since the default task is a MuJoCo one: separate tanh MLP actor and critic (64-64,
+orthogonal init, the same networks as PPO), a state-independent log-std for Box actions, observation and
+reward normalisation, no entropy bonus (the paper's beta = 0.01 is its Atari value; SB3 uses 0).
+Details and deviations:
+- Time-limit truncation is not termination: a truncated step bootstraps from V(true final observation).
+- gae_lambda = 1 gives exactly the paper's n-step returns (the GAE sum of TD errors telescopes to
+  R_t - V(s_t)); gae_lambda < 1 gives GAE (Schulman et al. 2016), as SB3 allows.
+- torch's RMSprop adds eps outside the square root and starts its mean square at 0; TensorFlow's (baselines)
+  adds it inside and starts at 1. `optimizer="adam"` swaps in Adam.
+- The rollout's log-probs and values are computed after the rollout in one batched pass (the policy is
+  fixed during it), which also builds the graph of the single gradient step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from algorithms.common import Checkpointer, Logger, NullLogger, TrainResult, restore_rng_state, rng_state, seed_everything
+from algorithms.common.evaluation import evaluate_and_log
+from algorithms.ppo import Agent, compute_gae, gaussian_entropy, gaussian_log_prob
+from envs import make_vec_env
+
+SMOKE = {"total_timesteps": 1000, "num_envs": 4, "num_steps": 5, "eval_every": 500, "eval_episodes": 2}
+"""Tiny settings for the contract tests (with a discrete and a continuous `env_id`)."""
+ACTION_SPACES = ("discrete", "continuous")
+LOG_EVERY = 100
+"""updates between loss logs (A2C updates every num_envs * num_steps steps, so every update would flood logs)"""
+
+
+@dataclass(frozen=True)
+class Config:
+    env_id: str = "Hopper-v5"
+    """gymnasium environment id"""
+    seed: int = 1
+    """seed of every RNG of the run (env copy i gets seed + i)"""
+    total_timesteps: int = 1_000_000
+    """environment steps, summed over env copies"""
+    num_envs: int = 16
+    """parallel env copies (the paper's actor-learner threads)"""
+    num_steps: int = 5
+    """steps per env copy in each rollout (t_max in the paper)"""
+    optimizer: str = "rmsprop"
+    """rmsprop (the paper) or adam"""
+    learning_rate: float = 7e-4
+    """learning rate (start value when annealed)"""
+    anneal_lr: bool = True
+    """anneal the learning rate linearly to 0 over training"""
+    rmsprop_alpha: float = 0.99
+    """RMSProp decay of the mean squared gradient"""
+    optimizer_eps: float = 1e-5
+    """epsilon of RMSProp/Adam"""
+    gamma: float = 0.99
+    """discount factor"""
+    gae_lambda: float = 1.0
+    """GAE lambda (1.0: the paper's n-step returns)"""
+    norm_adv: bool = False
+    """normalise the advantages of each batch"""
+    ent_coef: float = 0.0
+    """entropy bonus coefficient (beta in the paper)"""
+    vf_coef: float = 0.5
+    """value loss coefficient"""
+    max_grad_norm: float = 0.5
+    """global gradient-norm clip"""
+    normalize_obs: bool = True
+    """normalise observations by running mean/std"""
+    normalize_reward: bool = True
+    """scale rewards by the running std of the discounted return"""
+    hidden_size: int = 64
+    """units in each of the two hidden layers (actor and critic)"""
+    eval_every: int = 50_000
+    """environment steps between deterministic evaluations (0: only at the end)"""
+    eval_episodes: int = 10
+    """episodes per evaluation"""
+    device: str = "cpu"
+    """torch device (cpu, cuda, cuda:1, ...)"""
+    compile: bool = False
+    """wrap acting and the loss in torch.compile"""
+    torch_deterministic: bool = True
+    """ask torch for deterministic kernels"""
+
+    def __post_init__(self) -> None:
+        for name in ("total_timesteps", "num_envs", "num_steps", "hidden_size", "eval_episodes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
+            raise ValueError(f"need 0 < gamma <= 1 and 0 <= gae_lambda <= 1, got {self.gamma}, {self.gae_lambda}")
+        if self.optimizer not in ("rmsprop", "adam"):
+            raise ValueError(f"optimizer must be 'rmsprop' or 'adam', got {self.optimizer!r}")
+        if min(self.learning_rate, self.optimizer_eps, self.max_grad_norm) <= 0 or not 0 < self.rmsprop_alpha < 1:
+            raise ValueError("learning_rate, optimizer_eps and max_grad_norm must be > 0, rmsprop_alpha in (0, 1)")
+        if self.eval_every < 0 or self.ent_coef < 0 or self.vf_coef < 0:
+            raise ValueError("eval_every, ent_coef and vf_coef must be >= 0")
+        if self.total_timesteps < self.batch_size:
+            raise ValueError(f"total_timesteps = {self.total_timesteps} is less than one rollout ({self.batch_size})")
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def num_iterations(self) -> int:
+        return self.total_timesteps // self.batch_size
+
+
+# --- networks and maths ------------------------------------------------------------------------------
+def evaluate_actions(agent: Agent, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """log pi(a|s), the policy's entropy at s and V(s), all (B,), for obs (B, O) and actions (B, *A)."""
+    if agent.continuous:
+        mean = agent.actor(obs)
+        entropy = gaussian_entropy(agent.actor_logstd, obs.shape[0])
+        return gaussian_log_prob(actions, mean, agent.actor_logstd), entropy, agent.value(obs)
+    log_probs = torch.log_softmax(agent.actor(obs), -1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    return log_probs.gather(-1, actions[:, None]).squeeze(-1), entropy, agent.value(obs)
+
+
+def a2c_loss(
+    log_probs: torch.Tensor,
+    entropy: torch.Tensor,
+    values: torch.Tensor,
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+    ent_coef: float,
+    vf_coef: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Algorithm S3's gradients as one loss to minimise, and its terms [policy, value, entropy]. All inputs (B,).
+
+    policy: -mean(log pi(a|s) A) with A = R - V(s) held constant, so its gradient is -mean(grad log pi A);
+    value: mean((R - V(s))^2) with R constant; entropy: mean H(pi(s)), a bonus (subtracted).
+    """
+    pg_loss = -(log_probs * advantages.detach()).mean()
+    v_loss = (returns.detach() - values).pow(2).mean()
+    entropy_mean = entropy.mean()
+    loss = pg_loss + vf_coef * v_loss - ent_coef * entropy_mean
+    return loss, torch.stack([pg_loss, v_loss, entropy_mean]).detach()
+
+
+def make_actor(agent: Agent, continuous: bool, action_dim: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """act(obs (N, O), noise) -> actions (N, *A): Gaussian (noise (N, A) standard normal) or inverse-CDF categorical
+    sampling (noise (N, 1) uniform), so a rollout's randomness is drawn in one call."""
+
+    def act(obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        if continuous:
+            return agent.actor(obs) + torch.exp(agent.actor_logstd) * noise
+        cdf = torch.softmax(agent.actor(obs), -1).cumsum(-1)
+        return torch.searchsorted(cdf, noise).clamp_(max=action_dim - 1).squeeze(-1)
+
+    return act
+
+
+# --- training ----------------------------------------------------------------------------------------
+def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | None = None) -> TrainResult:
+    logger = logger or NullLogger()
+    seed_everything(cfg.seed, cfg.torch_deterministic)
+    device = torch.device(cfg.device)
+    envs, first_obs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed, normalize_obs=cfg.normalize_obs,
+                                   normalize_reward=cfg.normalize_reward, gamma=cfg.gamma)  # fmt: skip
+    try:
+        # 1. Actor-critic, optimizer, rollout storage (T = num_steps, N = num_envs).
+        obs_shape = envs.single_observation_space.shape
+        continuous = envs.is_continuous
+        action_shape = envs.single_action_space.shape if continuous else ()
+        action_dim = int(np.prod(action_shape)) if continuous else int(envs.single_action_space.n)
+        agent = Agent(int(np.prod(obs_shape)), action_dim, continuous, cfg.hidden_size).to(device)
+        if cfg.optimizer == "rmsprop":
+            optimizer = torch.optim.RMSprop(agent.parameters(), lr=cfg.learning_rate, alpha=cfg.rmsprop_alpha,
+                                            eps=cfg.optimizer_eps)  # fmt: skip
+        else:
+            optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=cfg.optimizer_eps)
+        T, N = cfg.num_steps, cfg.num_envs
+        obs_buf = np.zeros((T, N, *obs_shape), np.float32)
+        final_obs_buf = np.zeros((T, N, *obs_shape), np.float32)  # s_{t+1} as the env produced it
+        rewards_buf = np.zeros((T, N), np.float32)
+        terminated_buf = np.zeros((T, N), bool)
+        truncated_buf = np.zeros((T, N), bool)
+        actions_buf = torch.zeros((T, N, *action_shape), dtype=torch.float32 if continuous else torch.long)
+
+        act = make_actor(agent, continuous, action_dim)
+        loss_fn = a2c_loss
+        if cfg.compile:
+            act, loss_fn = torch.compile(act), torch.compile(a2c_loss)
+
+        def deterministic_policy(obs: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                out = agent.actor(torch.as_tensor(obs, device=device))
+                return (out if continuous else out.argmax(-1)).cpu().numpy()
+
+        # 2. State: fresh, or restored from the newest checkpoint.
+        next_obs = first_obs
+        global_step, start_iteration = 0, 1
+        eval_history: list[tuple[int, float]] = []
+        recent_returns: deque[float] = deque(maxlen=100)
+        state = checkpoint.load() if checkpoint is not None else None
+        if state is not None:
+            agent.load_state_dict(state["agent"])
+            optimizer.load_state_dict(state["optimizer"])
+            envs.load_state_dict(state["envs"])
+            next_obs = state["next_obs"]
+            global_step, start_iteration = state["global_step"], state["iteration"] + 1
+            eval_history, recent_returns = state["eval_history"], deque(state["recent_returns"], maxlen=100)
+            restore_rng_state(state["rng"])
+
+        start_time, start_step = time.perf_counter(), global_step
+        for iteration in range(start_iteration, cfg.num_iterations + 1):
+            # 3. Learning rate: linear annealing to 0 over the iterations.
+            if cfg.anneal_lr:
+                optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / cfg.num_iterations) * cfg.learning_rate
+
+            # 4. Rollout: t_max steps in each of the N env copies with the current policy (Algorithm S3, "repeat").
+            noise = torch.randn(T, N, action_dim) if continuous else torch.rand(T, N, 1)
+            for t in range(T):
+                global_step += N
+                obs_buf[t] = next_obs
+                with torch.inference_mode():
+                    action = act(torch.from_numpy(next_obs).to(device), noise[t].to(device)).cpu().numpy()
+                actions_buf[t] = torch.from_numpy(action)
+                next_obs, rewards_buf[t], terminated_buf[t], truncated_buf[t], info = envs.step(action)
+                final_obs_buf[t] = info["final_obs"]
+                for _, episodic_return, length in info["episodes"]:
+                    recent_returns.append(episodic_return)
+                    logger.log(global_step, {"charts/episodic_return": episodic_return, "charts/episodic_length": length})
+
+            # 5. n-step returns R_t (or GAE): bootstrap from V(s_{t+n}) at the rollout's end, from V(true final obs)
+            # at a truncation, from nothing at a termination (Algorithm S3, "R = 0 for terminal s_t").
+            obs = torch.from_numpy(obs_buf).to(device).reshape(T * N, -1)
+            actions = actions_buf.to(device).reshape(T * N, *action_shape)
+            log_probs, entropy, values = evaluate_actions(agent, obs, actions)
+            with torch.no_grad():
+                next_values = agent.value(torch.from_numpy(final_obs_buf).to(device))
+            terminated = torch.from_numpy(terminated_buf).to(device)
+            episode_ends = terminated | torch.from_numpy(truncated_buf).to(device)
+            advantages, returns = compute_gae(torch.from_numpy(rewards_buf).to(device), values.detach().reshape(T, N),
+                                              next_values, terminated, episode_ends, cfg.gamma, cfg.gae_lambda)  # fmt: skip
+            advantages, returns = advantages.reshape(-1), returns.reshape(-1)
+            if cfg.norm_adv:
+                advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+            # 6. One synchronous gradient step on policy, value and entropy terms (Algorithm S3, "perform update").
+            loss, stats = loss_fn(log_probs, entropy, values, advantages, returns, cfg.ent_coef, cfg.vf_coef)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm, foreach=True)
+            optimizer.step()
+
+            # 7. Log (every LOG_EVERY updates), evaluate, checkpoint.
+            if iteration % LOG_EVERY == 1:
+                pg_loss, v_loss, entropy_mean = stats.tolist()
+                if not np.isfinite([pg_loss, v_loss, entropy_mean]).all():
+                    raise FloatingPointError(f"non-finite loss at step {global_step}: policy {pg_loss}, value {v_loss}")
+                var_returns, residual = returns.var(), returns - values.detach()
+                explained_var = (1 - residual.var() / var_returns).item() if var_returns > 0 else float("nan")
+                logger.log(global_step, {
+                    "charts/learning_rate": optimizer.param_groups[0]["lr"], "losses/policy_loss": pg_loss,
+                    "losses/value_loss": v_loss, "losses/entropy": entropy_mean, "losses/explained_variance": explained_var,
+                    "charts/SPS": (global_step - start_step) / (time.perf_counter() - start_time),
+                })  # fmt: skip
+            if cfg.eval_every and global_step // cfg.eval_every > (global_step - cfg.batch_size) // cfg.eval_every:
+                evaluate_and_log(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step)
+            if checkpoint is not None and checkpoint.due(global_step):
+                checkpoint.save(global_step, {
+                    "agent": agent.state_dict(), "optimizer": optimizer.state_dict(), "envs": envs.state_dict(),
+                    "next_obs": next_obs, "global_step": global_step, "iteration": iteration,
+                    "eval_history": eval_history, "recent_returns": list(recent_returns), "rng": rng_state(),
+                })  # fmt: skip
+
+        if not eval_history or eval_history[-1][0] != global_step:
+            evaluate_and_log(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step)
+        elapsed = time.perf_counter() - start_time
+        return TrainResult(global_step=global_step, wall_time_s=elapsed,
+                           steps_per_second=(global_step - start_step) / elapsed if elapsed > 0 else 0.0,
+                           final_eval_return=eval_history[-1][1], eval_returns=eval_history,
+                           last_episodic_returns=list(recent_returns))  # fmt: skip
+    finally:
+        envs.close()
+
+
+if __name__ == "__main__":
+    import tyro
+
+    from algorithms.common import ConsoleLogger
+
+    config = tyro.cli(Config)
+    train(config, ConsoleLogger(total_steps=config.total_timesteps))

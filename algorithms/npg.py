@@ -1,0 +1,418 @@
+"""Natural Policy Gradient (NPG): the policy gradient preconditioned by the inverse Fisher matrix.
+
+Paper: Kakade (2001), "A Natural Policy Gradient", NIPS 14 -- the steepest-ascent direction under the Fisher
+metric is F(theta)^-1 grad eta(theta). Computed as the truncated natural gradient of TRPO's Appendix C (Schulman
+et al. 2015, arXiv:1502.05477; "TNPG" in Duan et al. 2016, arXiv:1604.06778): s ~= F^-1 g by a few
+conjugate-gradient iterations on Fisher-vector products, F being the Hessian of the mean KL between the old and
+the new policy over the batch's states, and the step theta += sqrt(2 delta / s^T F s) s, the one whose
+quadratic KL model equals the radius delta. No line search: that is what TRPO adds (`algorithms/trpo.py`).
+Advantages by GAE (Schulman et al. 2016, arXiv:1506.02438) from a value function fitted separately.
+
+Defaults: OpenAI baselines' `trpo_mpi` MuJoCo setting (`defaults.py`: delta 0.01, 10 CG iterations, damping
+0.1, gamma 0.99, lambda 0.98, value function fitted by Adam 1e-3 for 5 epochs of 64-sample minibatches,
+observation normalisation, advantages normalised per batch) with SB3-contrib TRPO's 2048-step batch and 64-64
+tanh networks (baselines: 1024 steps, 32-32). NPG and TRPO share them: the two differ only by the line search.
+
+Deviations from Kakade (2001), each on purpose:
+- Kakade steps alpha F^-1 g with a fixed learning rate; here the step is normalised to the KL radius delta
+  (TRPO Section 7; Rajeswaran, Lowrey, Todorov, Kakade 2017, arXiv:1703.02660), so delta means the same everywhere.
+- F^-1 g is not formed exactly: `cg_iters` CG iterations on (F + damping I) v, the Fisher-vector product taken
+  by double back-propagation through the closed-form mean KL (TRPO Appendix C).
+- Neural policy and value function, advantages normalised per batch, observation normalisation (baselines).
+- Time-limit truncation is not termination: a truncated step bootstraps from V(true final observation).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn.utils import parameters_to_vector
+
+from algorithms.common import Checkpointer, Logger, NullLogger, TrainResult, restore_rng_state, rng_state, seed_everything
+from algorithms.common.evaluation import evaluate_and_log
+from algorithms.ppo import compute_gae, gaussian_entropy, gaussian_log_prob, mlp
+from envs import make_vec_env
+
+SMOKE = {"total_timesteps": 1024, "num_envs": 2, "num_steps": 128, "vf_epochs": 2, "eval_every": 512, "eval_episodes": 2}
+"""Tiny settings for the contract tests (with a discrete and a continuous `env_id`)."""
+ACTION_SPACES = ("discrete", "continuous")
+
+
+@dataclass(frozen=True)
+class Config:
+    env_id: str = "Hopper-v5"
+    """gymnasium environment id"""
+    seed: int = 1
+    """seed of every RNG of the run (env copy i gets seed + i)"""
+    total_timesteps: int = 1_000_000
+    """environment steps, summed over env copies"""
+    num_envs: int = 1
+    """parallel env copies"""
+    num_steps: int = 2048
+    """steps per env copy in each rollout (one natural-gradient step per rollout)"""
+    gamma: float = 0.99
+    """discount factor"""
+    gae_lambda: float = 0.98
+    """GAE lambda"""
+    max_kl: float = 0.01
+    """KL radius delta: the step is scaled so that the quadratic model of the mean KL equals it (nats)"""
+    cg_iters: int = 10
+    """conjugate-gradient iterations for F^-1 g"""
+    cg_damping: float = 0.1
+    """damping lambda added to the Fisher matrix, (F + lambda I) v"""
+    norm_adv: bool = True
+    """normalise advantages over each batch"""
+    vf_learning_rate: float = 1e-3
+    """Adam learning rate of the value function"""
+    vf_epochs: int = 5
+    """passes over each rollout when fitting the value function"""
+    vf_minibatch_size: int = 64
+    """samples per Adam step of the value function"""
+    normalize_obs: bool = True
+    """normalise observations by running mean/std"""
+    normalize_reward: bool = False
+    """scale rewards by the running std of the discounted return"""
+    hidden_size: int = 64
+    """units in each of the two hidden layers (policy and value function)"""
+    eval_every: int = 50_000
+    """environment steps between deterministic evaluations (0: only at the end)"""
+    eval_episodes: int = 10
+    """episodes per evaluation"""
+    device: str = "cpu"
+    """torch device (cpu, cuda, cuda:1, ...)"""
+    compile: bool = False
+    """wrap acting and the value loss in torch.compile"""
+    torch_deterministic: bool = True
+    """ask torch for deterministic kernels"""
+
+    def __post_init__(self) -> None:
+        for name in ("total_timesteps", "num_envs", "num_steps", "cg_iters", "vf_epochs", "vf_minibatch_size",
+                     "hidden_size", "eval_episodes"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
+            raise ValueError(f"need 0 < gamma <= 1 and 0 <= gae_lambda <= 1, got {self.gamma}, {self.gae_lambda}")
+        if self.max_kl <= 0 or self.vf_learning_rate <= 0:
+            raise ValueError(f"max_kl and vf_learning_rate must be > 0, got {self.max_kl}, {self.vf_learning_rate}")
+        if self.cg_damping < 0 or self.eval_every < 0:
+            raise ValueError(f"cg_damping and eval_every must be >= 0, got {self.cg_damping}, {self.eval_every}")
+        if self.total_timesteps < self.batch_size:
+            raise ValueError(f"total_timesteps = {self.total_timesteps} is less than one rollout ({self.batch_size})")
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def num_iterations(self) -> int:
+        return self.total_timesteps // self.batch_size
+
+
+# --- networks ----------------------------------------------------------------------------------------
+class Policy(nn.Module):
+    """pi_theta(a|s): a tanh MLP giving categorical logits (Discrete) or the Gaussian mean (Box), with a learned
+    state-independent log-std. `forward` returns the distribution's parameters as one (B, D) tensor: the
+    log-probabilities (D = A) or [mean, log_std] (D = 2A), so the maths below are functions of plain tensors."""
+
+    def __init__(self, obs_dim: int, action_dim: int, continuous: bool, hidden: int) -> None:
+        super().__init__()
+        self.continuous = continuous
+        self.net = mlp(obs_dim, hidden, action_dim, out_std=0.01)
+        self.log_std = nn.Parameter(torch.zeros(1, action_dim)) if continuous else None
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        out = self.net(obs)
+        if self.continuous:
+            return torch.cat([out, self.log_std.expand_as(out)], -1)
+        return torch.log_softmax(out, -1)
+
+
+# --- pure maths --------------------------------------------------------------------------------------
+def log_prob(dist: torch.Tensor, actions: torch.Tensor, continuous: bool) -> torch.Tensor:
+    """log pi(a|s) from `Policy` outputs (B, D) and actions (B, A) or (B,): (B,)."""
+    if continuous:
+        mean, log_std = dist.chunk(2, -1)
+        return gaussian_log_prob(actions, mean, log_std)
+    return dist.gather(-1, actions[:, None]).squeeze(-1)
+
+
+def entropy(dist: torch.Tensor, continuous: bool) -> torch.Tensor:
+    """Entropy of each state's action distribution: (B,)."""
+    if continuous:
+        return gaussian_entropy(dist.chunk(2, -1)[1], dist.shape[0])
+    return -(dist.exp() * dist).sum(-1)
+
+
+def kl_divergence(old: torch.Tensor, new: torch.Tensor, continuous: bool) -> torch.Tensor:
+    """KL(pi_old(.|s) || pi_new(.|s)) per state, in closed form: (B,).
+
+    Gaussian: sum_i log(s'_i / s_i) + (s_i^2 + (m_i - m'_i)^2) / (2 s'_i^2) - 1/2; categorical: sum_a p (log p - log p')."""
+    if continuous:
+        old_mean, old_log_std = old.chunk(2, -1)
+        new_mean, new_log_std = new.chunk(2, -1)
+        var_ratio = torch.exp(2.0 * (old_log_std - new_log_std))
+        mean_term = (old_mean - new_mean).pow(2) * torch.exp(-2.0 * new_log_std)
+        return (new_log_std - old_log_std + 0.5 * (var_ratio + mean_term) - 0.5).sum(-1)
+    return (old.exp() * (old - new)).sum(-1)
+
+
+def surrogate(dist: torch.Tensor, actions: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
+              continuous: bool) -> torch.Tensor:  # fmt: skip
+    """L(theta) = mean_t pi_theta(a_t|s_t) / pi_old(a_t|s_t) A_t (TRPO eq. 14, sampled); its gradient at theta_old is g."""
+    return (torch.exp(log_prob(dist, actions, continuous) - old_log_probs) * advantages).mean()
+
+
+def flat_grad(output: torch.Tensor, params: list[torch.Tensor], **kwargs) -> torch.Tensor:
+    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(output, params, **kwargs)])
+
+
+def set_flat_params(module: nn.Module, flat: torch.Tensor) -> None:
+    """Copy a flat (P,) vector into the module's parameters, in `parameters()` order."""
+    with torch.no_grad():
+        offset = 0
+        for param in module.parameters():
+            param.copy_(flat[offset : offset + param.numel()].view_as(param))
+            offset += param.numel()
+
+
+def fisher_vector_product(mean_kl: torch.Tensor, params: list[torch.Tensor],
+                          damping: float) -> Callable[[torch.Tensor], torch.Tensor]:  # fmt: skip
+    """v -> (F + damping I) v, with F the Hessian of `mean_kl` = mean_s KL(pi_old || pi_theta) at theta = theta_old.
+
+    At theta_old the KL and its gradient vanish and its Hessian is the Fisher information matrix (TRPO Appendix C),
+    so F v = grad_theta (grad_theta KL . v): one backward pass through the graph of the KL gradient, built once."""
+    kl_grad = flat_grad(mean_kl, params, create_graph=True)
+
+    def product(vector: torch.Tensor) -> torch.Tensor:
+        return flat_grad(kl_grad @ vector, params, retain_graph=True) + damping * vector
+
+    return product
+
+
+def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iterations: int,
+                       residual_tol: float = 1e-10) -> torch.Tensor:  # fmt: skip
+    """Approximately solve A x = b for a symmetric positive-definite A given only x -> A x (Nocedal & Wright, Alg. 5.2),
+    stopping after `iterations` or once the squared residual |b - A x|^2 falls below `residual_tol`."""
+    x = torch.zeros_like(b)
+    residual, direction = b.clone(), b.clone()
+    rr = residual @ residual
+    for _ in range(iterations):
+        if rr < residual_tol:  # also guards b = 0 (e.g. all advantages equal), where alpha would be 0 / 0
+            break
+        a_direction = matvec(direction)
+        alpha = rr / (direction @ a_direction)
+        x += alpha * direction
+        residual -= alpha * a_direction
+        rr_next = residual @ residual
+        direction = residual + (rr_next / rr) * direction
+        rr = rr_next
+    return x
+
+
+def natural_step(policy: Policy, obs: torch.Tensor, actions: torch.Tensor, advantages: torch.Tensor, max_kl: float,
+                 cg_iters: int, cg_damping: float) -> tuple[torch.Tensor, ...]:  # fmt: skip
+    """The natural-gradient step at the policy's current parameters theta_old (batch of B samples, P parameters).
+
+    s ~= (F + damping I)^-1 g by CG, scaled by sqrt(2 delta / s^T (F + damping I) s): the damped quadratic model of
+    the mean KL is delta there, the undamped one s^T F s / 2 a little less (TRPO Appendix C's maximal step).
+    Returns (step (P,), expected improvement g . step, old distribution parameters (B, D), old log-probs (B,))."""
+    params = list(policy.parameters())
+    with torch.no_grad():
+        old_dist = policy(obs)
+        old_log_probs = log_prob(old_dist, actions, policy.continuous)
+    dist = policy(obs)
+    g = flat_grad(surrogate(dist, actions, old_log_probs, advantages, policy.continuous), params, retain_graph=True)
+    fvp = fisher_vector_product(kl_divergence(old_dist, dist, policy.continuous).mean(), params, cg_damping)
+    direction = conjugate_gradient(fvp, g, cg_iters)
+    shs = direction @ fvp(direction)
+    step = torch.sqrt(2.0 * max_kl / shs.clamp_min(1e-12)) * direction
+    return step, g @ step, old_dist, old_log_probs
+
+
+def evaluate_step(policy: Policy, obs: torch.Tensor, actions: torch.Tensor, advantages: torch.Tensor,
+                  old_dist: torch.Tensor, old_log_probs: torch.Tensor) -> tuple[float, float, float]:  # fmt: skip
+    """(surrogate L(theta), mean KL(pi_old || pi_theta), mean entropy) at the policy's current parameters."""
+    with torch.no_grad():
+        dist = policy(obs)
+        return (surrogate(dist, actions, old_log_probs, advantages, policy.continuous).item(),
+                kl_divergence(old_dist, dist, policy.continuous).mean().item(),
+                entropy(dist, policy.continuous).mean().item())  # fmt: skip
+
+
+def npg_update(policy: Policy, obs: torch.Tensor, actions: torch.Tensor, advantages: torch.Tensor, max_kl: float,
+               cg_iters: int, cg_damping: float) -> dict[str, float]:  # fmt: skip
+    """One NPG update, theta <- theta + sqrt(2 delta / s^T F s) s, taken whatever it does; returns its diagnostics."""
+    step, expected, old_dist, old_log_probs = natural_step(policy, obs, actions, advantages, max_kl, cg_iters, cg_damping)
+    old_surrogate = advantages.mean().item()  # ratio 1 at theta_old
+    set_flat_params(policy, parameters_to_vector(policy.parameters()).detach() + step)
+    new_surrogate, kl, ent = evaluate_step(policy, obs, actions, advantages, old_dist, old_log_probs)
+    return {"surrogate_improvement": new_surrogate - old_surrogate, "expected_improvement": expected.item(), "kl": kl,
+            "entropy": ent, "step_norm": step.norm().item()}  # fmt: skip
+
+
+def fit_value(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
+              obs: torch.Tensor, returns: torch.Tensor, epochs: int, minibatch_size: int) -> float:  # fmt: skip
+    """Regress V on the returns by Adam over shuffled minibatches; the mean loss of the last epoch."""
+    losses = []
+    for _ in range(epochs):
+        losses.clear()
+        permutation = torch.randperm(obs.shape[0], device=obs.device)
+        for start in range(0, obs.shape[0], minibatch_size):
+            mb = permutation[start : start + minibatch_size]
+            loss = loss_fn(obs[mb], returns[mb])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach())
+    return torch.stack(losses).mean().item()
+
+
+# --- training ----------------------------------------------------------------------------------------
+PolicyUpdate = Callable[[Policy, torch.Tensor, torch.Tensor, torch.Tensor, Config], dict[str, float]]
+"""policy_update(policy, obs (B, O), actions, advantages (B,), cfg) -> diagnostics: step 5 of `train`."""
+
+
+def natural_gradient_step(policy: Policy, obs: torch.Tensor, actions: torch.Tensor, advantages: torch.Tensor,
+                          cfg: Config) -> dict[str, float]:  # fmt: skip
+    return npg_update(policy, obs, actions, advantages, cfg.max_kl, cfg.cg_iters, cfg.cg_damping)
+
+
+def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | None = None,
+          policy_update: PolicyUpdate = natural_gradient_step) -> TrainResult:  # fmt: skip
+    """NPG; `policy_update` replaces the policy step (step 5) and nothing else: TRPO passes its line-searched step."""
+    logger = logger or NullLogger()
+    seed_everything(cfg.seed, cfg.torch_deterministic)
+    device = torch.device(cfg.device)
+    envs, first_obs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed, normalize_obs=cfg.normalize_obs,
+                                   normalize_reward=cfg.normalize_reward, gamma=cfg.gamma)  # fmt: skip
+    try:
+        # 1. Policy pi_theta and value function V_phi (separate networks; only V has an optimizer), rollout storage.
+        obs_shape = envs.single_observation_space.shape
+        continuous = envs.is_continuous
+        action_shape = envs.single_action_space.shape if continuous else ()
+        action_dim = int(np.prod(action_shape)) if continuous else int(envs.single_action_space.n)
+        obs_dim = int(np.prod(obs_shape))
+        policy = Policy(obs_dim, action_dim, continuous, cfg.hidden_size).to(device)
+        critic = mlp(obs_dim, cfg.hidden_size, 1, out_std=1.0).to(device)
+        vf_optimizer = torch.optim.Adam(critic.parameters(), lr=cfg.vf_learning_rate, fused=device.type in ("cpu", "cuda"))
+        T, N = cfg.num_steps, cfg.num_envs
+        obs_buf = np.zeros((T, N, *obs_shape), np.float32)
+        final_obs_buf = np.zeros((T, N, *obs_shape), np.float32)  # s_{t+1} as the env produced it
+        rewards_buf = np.zeros((T, N), np.float32)
+        terminated_buf = np.zeros((T, N), bool)
+        truncated_buf = np.zeros((T, N), bool)
+        actions_buf = torch.zeros((T, N, *action_shape), dtype=torch.float32 if continuous else torch.long)
+
+        def act(obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+            """Sample actions (N, *A) from pi_theta; `noise` is (N, A) standard normal or (N, 1) uniform."""
+            if continuous:
+                return policy.net(obs) + torch.exp(policy.log_std) * noise
+            cdf = torch.softmax(policy.net(obs), -1).cumsum(-1)  # inverse-CDF sampling from the categorical
+            return torch.searchsorted(cdf, noise[:, :1]).clamp_(max=action_dim - 1).squeeze(-1)
+
+        def value_loss_fn(obs: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
+            return 0.5 * (critic(obs).squeeze(-1) - returns).pow(2).mean()
+
+        if cfg.compile:
+            act = torch.compile(act)
+            value_loss_fn = torch.compile(value_loss_fn)
+
+        def deterministic_policy(obs: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                out = policy.net(torch.as_tensor(obs, device=device))
+                return (out if continuous else out.argmax(-1)).cpu().numpy()
+
+        # 2. State: fresh, or restored from the newest checkpoint.
+        next_obs = first_obs  # (N, *obs_shape) float32, numpy
+        global_step, start_iteration = 0, 1
+        eval_history: list[tuple[int, float]] = []
+        recent_returns: deque[float] = deque(maxlen=100)
+        state = checkpoint.load() if checkpoint is not None else None
+        if state is not None:
+            policy.load_state_dict(state["policy"])
+            critic.load_state_dict(state["critic"])
+            vf_optimizer.load_state_dict(state["vf_optimizer"])
+            envs.load_state_dict(state["envs"])
+            next_obs = state["next_obs"]
+            global_step, start_iteration = state["global_step"], state["iteration"] + 1
+            eval_history, recent_returns = state["eval_history"], deque(state["recent_returns"], maxlen=100)
+            restore_rng_state(state["rng"])
+
+        start_time, start_step = time.perf_counter(), global_step
+        for iteration in range(start_iteration, cfg.num_iterations + 1):
+            # 3. Rollout: T steps in N env copies with the current policy.
+            noise = torch.randn(T, N, action_dim) if continuous else torch.rand(T, N, 1)
+            for t in range(T):
+                global_step += N
+                obs_buf[t] = next_obs
+                with torch.inference_mode():
+                    action = act(torch.from_numpy(next_obs).to(device), noise[t].to(device)).cpu().numpy()
+                actions_buf[t] = torch.from_numpy(action)
+                next_obs, rewards_buf[t], terminated_buf[t], truncated_buf[t], info = envs.step(action)
+                final_obs_buf[t] = info["final_obs"]
+                for _, episodic_return, length in info["episodes"]:
+                    recent_returns.append(episodic_return)
+                    logger.log(global_step, {"charts/episodic_return": episodic_return, "charts/episodic_length": length})
+
+            # 4. Advantages by GAE with V_phi, bootstrapping from V(s_{t+1}) with s_{t+1} the true final observation
+            # where an episode ended (only termination zeroes it); normalised over the batch.
+            obs = torch.from_numpy(obs_buf).to(device)
+            with torch.no_grad():
+                values = critic(obs).squeeze(-1)
+                next_values = critic(torch.from_numpy(final_obs_buf).to(device)).squeeze(-1)
+            terminated = torch.from_numpy(terminated_buf).to(device)
+            episode_ends = terminated | torch.from_numpy(truncated_buf).to(device)
+            advantages, returns = compute_gae(torch.from_numpy(rewards_buf).to(device), values, next_values, terminated,
+                                              episode_ends, cfg.gamma, cfg.gae_lambda)  # fmt: skip
+            b_obs, b_actions = obs.reshape(-1, *obs_shape), actions_buf.to(device).reshape(-1, *action_shape)
+            b_advantages, b_returns, b_values = advantages.reshape(-1), returns.reshape(-1), values.reshape(-1)
+            if cfg.norm_adv:
+                b_advantages = (b_advantages - b_advantages.mean()) / (b_advantages.std() + 1e-8)
+
+            # 5. Natural-gradient step of the policy: theta += sqrt(2 delta / s^T F s) s, s ~= F^-1 g by CG.
+            stats = policy_update(policy, b_obs, b_actions, b_advantages, cfg)
+
+            # 6. Fit V_phi by Adam to the GAE returns A + V_old of this batch (after the policy step, as baselines).
+            v_loss = fit_value(value_loss_fn, vf_optimizer, b_obs, b_returns, cfg.vf_epochs, cfg.vf_minibatch_size)
+
+            # 7. Log, evaluate, checkpoint.
+            if not all(math.isfinite(v) for v in (*stats.values(), v_loss)):
+                raise FloatingPointError(f"non-finite update at step {global_step}: {stats}, value loss {v_loss}")
+            var_returns = b_returns.var()
+            explained_var = (1 - (b_returns - b_values).var() / var_returns).item() if var_returns > 0 else float("nan")
+            sps = (global_step - start_step) / (time.perf_counter() - start_time)
+            logger.log(global_step, {**{f"losses/{k}": v for k, v in stats.items()}, "losses/value_loss": v_loss,
+                                     "losses/explained_variance": explained_var, "charts/SPS": sps})  # fmt: skip
+            if cfg.eval_every and global_step // cfg.eval_every > (global_step - cfg.batch_size) // cfg.eval_every:
+                evaluate_and_log(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step)
+            if checkpoint is not None and checkpoint.due(global_step):
+                checkpoint.save(global_step, {
+                    "policy": policy.state_dict(), "critic": critic.state_dict(), "vf_optimizer": vf_optimizer.state_dict(),
+                    "envs": envs.state_dict(), "next_obs": next_obs, "global_step": global_step, "iteration": iteration,
+                    "eval_history": eval_history, "recent_returns": list(recent_returns), "rng": rng_state(),
+                })  # fmt: skip
+
+        if not eval_history or eval_history[-1][0] != global_step:
+            evaluate_and_log(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step)
+        elapsed = time.perf_counter() - start_time
+        return TrainResult(global_step=global_step, wall_time_s=elapsed, final_eval_return=eval_history[-1][1],
+                           steps_per_second=(global_step - start_step) / elapsed if elapsed > 0 else 0.0,
+                           eval_returns=eval_history, last_episodic_returns=list(recent_returns))  # fmt: skip
+    finally:
+        envs.close()
+
+
+if __name__ == "__main__":
+    import tyro
+
+    from algorithms.common import ConsoleLogger
+
+    config = tyro.cli(Config)
+    train(config, ConsoleLogger(total_steps=config.total_timesteps))

@@ -1,0 +1,288 @@
+"""REINFORCE: Monte-Carlo policy gradient with reward-to-go, optionally with a learned state-value baseline.
+
+Paper: Williams (1992), "Simple Statistical Gradient-Following Algorithms for Connectionist Reinforcement
+Learning", Machine Learning 8 -- the REINFORCE algorithms in their episodic form: the gradient of the
+expected return is estimated from whole episodes of the current policy as
+    g = 1/E sum_episodes sum_t grad log pi(a_t|s_t) (G_t - b(s_t)),
+with causality (G_t is the discounted reward-to-go from t, since rewards before t do not depend on a_t;
+the "reward-to-go" form of e.g. Sutton & Barto 2018, section 13.3) and a baseline b(s_t) that does not
+depend on a_t, which leaves the mean of g unchanged and lowers its variance (Williams' reinforcement
+baseline; the learned state value V(s_t) is Sutton & Barto's "REINFORCE with baseline", section 13.4).
+
+Each update collects `episodes_per_batch` whole episodes with the current policy, takes one Adam step on the
+policy along g, then fits V to the rewards-to-go by `value_iterations` Adam steps on the squared error.
+`baseline=False` is plain REINFORCE (b = 0, no value network). Details the paper leaves open:
+- Discount gamma = 0.99 (Williams' estimator is undiscounted; discounting lowers the variance on long tasks).
+- Truncated episodes (time limits): with a baseline, the reward-to-go is bootstrapped at the cut with
+  V(true final observation), so a time limit is not treated as the end of the task. Without a baseline there
+  is no value to bootstrap from: the reward-to-go stops at the cut, i.e. plain REINFORCE optimises the
+  time-limited return (which is what CartPole-v1 scores).
+- The baseline of a batch is V *before* it is fitted to that batch's returns: fitted after, V(s_t) would
+  depend on G_t and hence on a_t, and the estimator would no longer be unbiased.
+- With num_envs > 1 every copy runs episodes_per_batch / num_envs whole episodes; copies that finish their
+  share early keep stepping (a vector env cannot pause a copy) and those steps are counted but not used.
+  The default of one env copy wastes nothing. Batches never straddle an update, so every episode is
+  on-policy; the last, incomplete batch at the end of the budget is dropped.
+- Gaussian policy (Box actions) with a state-independent learned log-std; categorical over logits otherwise.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from algorithms.common import Checkpointer, Logger, NullLogger, TrainResult, restore_rng_state, rng_state, seed_everything
+from algorithms.common.evaluation import evaluate_and_log
+from envs import make_vec_env
+
+SMOKE = {"total_timesteps": 1200, "episodes_per_batch": 2, "num_envs": 2, "eval_every": 600, "eval_episodes": 2}
+"""Tiny settings for the contract tests (with a discrete and a continuous `env_id`)."""
+ACTION_SPACES = ("discrete", "continuous")
+
+
+@dataclass(frozen=True)
+class Config:
+    env_id: str = "CartPole-v1"
+    """gymnasium environment id"""
+    seed: int = 1
+    """seed of every RNG of the run (env copy i gets seed + i)"""
+    total_timesteps: int = 500_000
+    """environment steps, summed over env copies"""
+    num_envs: int = 1
+    """parallel env copies (each runs episodes_per_batch / num_envs whole episodes per batch)"""
+    episodes_per_batch: int = 8
+    """whole episodes per policy update"""
+    learning_rate: float = 1e-3
+    """Adam learning rate of the policy"""
+    gamma: float = 0.99
+    """discount factor of the reward-to-go"""
+    baseline: bool = True
+    """subtract a learned state value V(s_t) from the reward-to-go (False: plain REINFORCE)"""
+    value_learning_rate: float = 1e-3
+    """Adam learning rate of the value baseline"""
+    value_iterations: int = 10
+    """full-batch gradient steps on the value baseline per update"""
+    hidden_size: int = 64
+    """units in each of the two tanh hidden layers (policy and value)"""
+    eval_every: int = 50_000
+    """environment steps between deterministic evaluations (0: only at the end)"""
+    eval_episodes: int = 10
+    """episodes per evaluation"""
+    device: str = "cpu"
+    """torch device (cpu, cuda, cuda:1, ...)"""
+    compile: bool = False
+    """wrap acting in torch.compile"""
+    torch_deterministic: bool = True
+    """ask torch for deterministic kernels"""
+
+    def __post_init__(self) -> None:
+        for name in ("total_timesteps", "num_envs", "episodes_per_batch", "value_iterations", "hidden_size", "eval_episodes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.episodes_per_batch % self.num_envs:
+            raise ValueError(f"episodes_per_batch = {self.episodes_per_batch} is not divisible by num_envs = {self.num_envs}")
+        if not 0.0 < self.gamma <= 1.0:
+            raise ValueError(f"need 0 < gamma <= 1, got {self.gamma}")
+        if self.learning_rate <= 0 or self.value_learning_rate <= 0 or self.eval_every < 0:
+            raise ValueError("learning rates must be > 0 and eval_every >= 0")
+
+
+# --- networks ----------------------------------------------------------------------------------------
+def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+    layers = [nn.Linear(in_dim, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, out_dim)]
+    return nn.Sequential(*layers)
+
+
+class Policy(nn.Module):
+    """pi(a|s): categorical over the MLP's logits (Discrete), or Gaussian with the MLP's mean and a learned
+    state-independent log-std (Box)."""
+
+    def __init__(self, obs_dim: int, action_dim: int, continuous: bool, hidden: int) -> None:
+        super().__init__()
+        self.continuous = continuous
+        self.net = mlp(obs_dim, hidden, action_dim)
+        self.log_std = nn.Parameter(torch.zeros(action_dim)) if continuous else None
+
+    def log_prob_and_entropy(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log pi(a|s) and the policy's entropy at s, both (B,)."""
+        out = self.net(obs)
+        if self.continuous:
+            dist = torch.distributions.Normal(out, self.log_std.exp())
+            return dist.log_prob(actions).sum(-1), dist.entropy().sum(-1)
+        log_probs = torch.log_softmax(out, -1)
+        return log_probs.gather(-1, actions[:, None]).squeeze(-1), -(log_probs.exp() * log_probs).sum(-1)
+
+
+# --- pure maths --------------------------------------------------------------------------------------
+def rewards_to_go(rewards: torch.Tensor, episode_ends: torch.Tensor, bootstrap: torch.Tensor, gamma: float) -> torch.Tensor:
+    """G_t = r_t + gamma * G_{t+1} inside an episode, and G_t = r_t + gamma * bootstrap_t at its last step.
+
+    All (T, N), time first, one column per env copy. bootstrap_t is V(true final observation) where the
+    episode was truncated (and a value exists), 0 where it terminated.
+    """
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[0])
+    ends = episode_ends.to(rewards.dtype)
+    for t in reversed(range(rewards.shape[0])):
+        running = rewards[t] + gamma * (ends[t] * bootstrap[t] + (1.0 - ends[t]) * running)
+        returns[t] = running
+    return returns
+
+
+def reinforce_surrogate(
+    log_probs: torch.Tensor, returns: torch.Tensor, baselines: torch.Tensor, num_episodes: int
+) -> torch.Tensor:
+    """A loss whose gradient is minus the REINFORCE estimate g = 1/E sum_episodes sum_t grad log pi(a_t|s_t) (G_t - b_t).
+
+    log_probs (B,) carry the graph; returns G_t and baselines b_t (B,) are constants; B steps of E episodes.
+    """
+    return -(log_probs * (returns - baselines).detach()).sum() / num_episodes
+
+
+# --- training ----------------------------------------------------------------------------------------
+def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | None = None) -> TrainResult:
+    logger = logger or NullLogger()
+    seed_everything(cfg.seed, cfg.torch_deterministic)
+    device = torch.device(cfg.device)
+    envs, first_obs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed, gamma=cfg.gamma)
+    try:
+        # 1. Policy pi_theta, value baseline V_phi, one Adam optimizer each.
+        obs_shape = envs.single_observation_space.shape
+        continuous = envs.is_continuous
+        action_shape = envs.single_action_space.shape if continuous else ()
+        action_dim = int(np.prod(action_shape)) if continuous else int(envs.single_action_space.n)
+        obs_dim, N, share = int(np.prod(obs_shape)), cfg.num_envs, cfg.episodes_per_batch // cfg.num_envs
+        policy = Policy(obs_dim, action_dim, continuous, cfg.hidden_size).to(device)
+        value = mlp(obs_dim, cfg.hidden_size, 1).to(device)
+        policy_optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate)
+        value_optimizer = torch.optim.Adam(value.parameters(), lr=cfg.value_learning_rate)
+
+        def act(obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+            """Sample actions (N, *A); `noise` is (N, A) standard normal (Box) or (N, 1) uniform (Discrete)."""
+            if continuous:
+                return policy.net(obs) + policy.log_std.exp() * noise
+            cdf = torch.softmax(policy.net(obs), -1).cumsum(-1)  # inverse-CDF sampling from the categorical
+            return torch.searchsorted(cdf, noise).clamp_(max=action_dim - 1).squeeze(-1)
+
+        if cfg.compile:
+            act = torch.compile(act)
+
+        def deterministic_policy(obs: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                out = policy.net(torch.as_tensor(obs, device=device))
+                return (out if continuous else out.argmax(-1)).cpu().numpy()
+
+        # 2. State: fresh, or restored from the newest checkpoint.
+        next_obs, global_step, updates = first_obs, 0, 0
+        eval_history: list[tuple[int, float]] = []
+        recent_returns: deque[float] = deque(maxlen=100)
+        state = checkpoint.load() if checkpoint is not None else None
+        if state is not None:
+            policy.load_state_dict(state["policy"])
+            value.load_state_dict(state["value"])
+            policy_optimizer.load_state_dict(state["policy_optimizer"])
+            value_optimizer.load_state_dict(state["value_optimizer"])
+            envs.load_state_dict(state["envs"])
+            next_obs, global_step, updates = state["next_obs"], state["global_step"], state["updates"]
+            eval_history, recent_returns = state["eval_history"], deque(state["recent_returns"], maxlen=100)
+            restore_rng_state(state["rng"])
+
+        start_time, start_step = time.perf_counter(), global_step
+        while global_step < cfg.total_timesteps:
+            # 3. Run the current policy for whole episodes: `share` of them in each env copy. A copy that is
+            # mid-episode (it finished its share early last batch) starts over, so no episode spans two policies.
+            if N > 1:
+                next_obs = envs.reset()
+            batch_start = global_step
+            steps: list[tuple[np.ndarray, ...]] = []  # per vector step: obs, action, reward, term, trunc, final obs, used
+            finished = np.zeros(N, np.int64)
+            while (finished < share).any() and global_step < cfg.total_timesteps:
+                global_step += N
+                used = finished < share
+                noise = torch.randn(N, action_dim) if continuous else torch.rand(N, 1)
+                with torch.inference_mode():
+                    action = act(torch.from_numpy(next_obs).to(device), noise.to(device)).cpu().numpy()
+                obs = next_obs
+                next_obs, reward, terminated, truncated, info = envs.step(action)
+                steps.append((obs, action, reward, terminated, truncated, info["final_obs"], used))
+                finished += used & (terminated | truncated)
+                for _, episodic_return, length in info["episodes"]:
+                    recent_returns.append(episodic_return)
+                    logger.log(global_step, {"charts/episodic_return": episodic_return, "charts/episodic_length": length})
+            if (finished < share).any():
+                break  # the budget ran out mid-batch: no update from a partial batch
+
+            # 4. Rewards-to-go G_t of every step (T, N), bootstrapped with V(final obs) at truncations when there is
+            # a baseline; then keep the steps that belong to the batch's episodes (B of them).
+            obs_b, actions_b, rewards_b, term_b, trunc_b, final_b, used_b = (np.stack(x) for x in zip(*steps))
+            to_tensor = lambda x: torch.as_tensor(x, device=device)
+            terminated, truncated, used = to_tensor(term_b), to_tensor(trunc_b), to_tensor(used_b)
+            bootstrap = torch.zeros(terminated.shape, device=device)
+            if cfg.baseline:
+                with torch.no_grad():
+                    bootstrap = value(to_tensor(final_b)).squeeze(-1) * truncated
+            returns = rewards_to_go(to_tensor(rewards_b), terminated | truncated, bootstrap, cfg.gamma)[used]
+            obs, actions = to_tensor(obs_b)[used], to_tensor(actions_b)[used]
+            with torch.no_grad():  # b(s_t) from V before it is fitted to this batch (see the module docstring)
+                baselines = value(obs).squeeze(-1) if cfg.baseline else torch.zeros_like(returns)
+
+            # 5. One gradient step on the policy along the REINFORCE estimate.
+            log_probs, entropy = policy.log_prob_and_entropy(obs, actions)
+            policy_loss = reinforce_surrogate(log_probs, returns, baselines, cfg.episodes_per_batch)
+            policy_optimizer.zero_grad(set_to_none=True)
+            policy_loss.backward()
+            policy_optimizer.step()
+
+            # 6. Fit the baseline to the rewards-to-go (squared error, full batch).
+            value_loss = torch.zeros(())
+            for _ in range(cfg.value_iterations if cfg.baseline else 0):
+                value_loss = (value(obs).squeeze(-1) - returns).pow(2).mean()
+                value_optimizer.zero_grad(set_to_none=True)
+                value_loss.backward()
+                value_optimizer.step()
+            updates += 1
+
+            # 7. Log, evaluate, checkpoint.
+            pg_loss, v_loss = policy_loss.item(), value_loss.item()
+            if not np.isfinite([pg_loss, v_loss]).all():
+                raise FloatingPointError(f"non-finite loss at step {global_step}: policy {pg_loss}, value {v_loss}")
+            var_returns = returns.var()
+            explained_var = (1 - (returns - baselines).var() / var_returns).item() if var_returns > 0 else float("nan")
+            logger.log(global_step, {
+                "losses/policy_loss": pg_loss, "losses/value_loss": v_loss, "losses/entropy": entropy.mean().item(),
+                "losses/explained_variance": explained_var, "charts/batch_steps": float(len(returns)),
+                "charts/SPS": (global_step - start_step) / (time.perf_counter() - start_time),
+            })  # fmt: skip
+            if cfg.eval_every and global_step // cfg.eval_every > batch_start // cfg.eval_every:
+                evaluate_and_log(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step)
+            if checkpoint is not None and checkpoint.due(global_step):
+                checkpoint.save(global_step, {
+                    "policy": policy.state_dict(), "value": value.state_dict(),
+                    "policy_optimizer": policy_optimizer.state_dict(), "value_optimizer": value_optimizer.state_dict(),
+                    "envs": envs.state_dict(), "next_obs": next_obs, "global_step": global_step, "updates": updates,
+                    "eval_history": eval_history, "recent_returns": list(recent_returns), "rng": rng_state(),
+                })  # fmt: skip
+
+        if not eval_history or eval_history[-1][0] != global_step:
+            evaluate_and_log(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step)
+        elapsed = time.perf_counter() - start_time
+        return TrainResult(global_step=global_step, wall_time_s=elapsed,
+                           steps_per_second=(global_step - start_step) / elapsed if elapsed > 0 else 0.0,
+                           final_eval_return=eval_history[-1][1], eval_returns=eval_history,
+                           last_episodic_returns=list(recent_returns))  # fmt: skip
+    finally:
+        envs.close()
+
+
+if __name__ == "__main__":
+    import tyro
+
+    from algorithms.common import ConsoleLogger
+
+    config = tyro.cli(Config)
+    train(config, ConsoleLogger(total_steps=config.total_timesteps))
