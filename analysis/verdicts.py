@@ -6,7 +6,9 @@ source's, per env family where the source has several scripts) and by env name a
 the output). Our scores are recomputed under the source's protocol, whatever protocol the report uses
 elsewhere, so a verdict always compares like with like.
 
-Verdicts (`reproduced`, `below`, `above`; `inconclusive` with fewer than 2 seeds):
+Verdicts (`reproduced`, `below`, `above`; `inconclusive` with fewer than 2 seeds; `budget differs` when our step
+budget is more than 10% away from the reference's, where the test's statistic is still shown but the two numbers
+are not the same experiment, so neither `reproduced` nor `below` would be honest):
 - the reference gives a spread across seeds and its seed count: Welch's t-test of our per-seed scores
   against the reference mean, std (converted to ddof=1 where the source used ddof=0) and n, at the 5% level;
 - otherwise: our 95% bootstrap CI of the mean (for `eval-max`, of the max over steps of the seed-average)
@@ -207,9 +209,12 @@ def compare_to_references(frame: pd.DataFrame, references: list[str], families: 
             ours = group.sort_values("seed")["score"].to_numpy(float)
             ci = eval_max_ci(eval_curves(frame, cell), seed=seed) if cell_protocol == "eval-max" else None
             notes = []
+            outcome = verdict(ours, value, std, n_ref, ci)
             ref_budget = parse_steps(row["steps_or_frames"])
             if ref_budget and abs(ref_budget - budget) > 0.1 * ref_budget:
                 notes.append(f"budget differs: ours {budget:,.0f} steps, reference {ref_budget:,.0f}")
+                if outcome["verdict"] != "inconclusive":
+                    outcome["verdict"] = "budget differs"
             ref_version = _version(str(row["env_id"]), str(row["env_version_in_source"]))
             out.append({
                 "suite": suite, "algo": algo, "variant": variant, "env_id": env_id, "seeds": len(ours),
@@ -219,7 +224,7 @@ def compare_to_references(frame: pd.DataFrame, references: list[str], families: 
                 "reference_env": row["env_id"], "versions": f"ours {_version(env_id)}, reference {ref_version}",
                 "reference_env_version": row["env_version_in_source"], "reference_value": value,
                 "reference_std": float("nan") if std is None else std, "reference_n": n_ref, "budget": budget,
-                "reference_budget": ref_budget, **verdict(ours, value, std, n_ref, ci), "note": "; ".join(notes),
+                "reference_budget": ref_budget, **outcome, "note": "; ".join(notes),
                 "citation": row["citation"],
             })  # fmt: skip
     return pd.DataFrame(out)
