@@ -23,6 +23,7 @@ Details and deviations:
   adds it inside and starts at 1. `optimizer="adam"` swaps in Adam.
 - The rollout's log-probs and values are computed after the rollout in one batched pass (the policy is
   fixed during it), which also builds the graph of the single gradient step.
+`compile=True` wraps acting and the loss in torch.compile.
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ import torch
 import torch.nn as nn
 
 from algorithms.common import Checkpointer, Logger, NullLogger, TrainResult, restore_rng_state, rng_state, seed_everything
-from algorithms.common.evaluation import evaluate_and_log
+from algorithms.common.config import RunConfig
+from algorithms.common.evaluation import evaluate_and_log, finish_run
+from algorithms.common.logging import train_from_cli
+from algorithms.common.rollout import RolloutStorage
 from algorithms.ppo import Agent, compute_gae, gaussian_entropy, gaussian_log_prob
 from envs import make_vec_env
 
@@ -49,13 +53,7 @@ LOG_EVERY = 100
 
 
 @dataclass(frozen=True)
-class Config:
-    env_id: str = "Hopper-v5"
-    """gymnasium environment id"""
-    seed: int = 1
-    """seed of every RNG of the run (env copy i gets seed + i)"""
-    total_timesteps: int = 1_000_000
-    """environment steps, summed over env copies"""
+class Config(RunConfig):
     num_envs: int = 16
     """parallel env copies (the paper's actor-learner threads)"""
     num_steps: int = 5
@@ -88,19 +86,10 @@ class Config:
     """scale rewards by the running std of the discounted return"""
     hidden_size: int = 64
     """units in each of the two hidden layers (actor and critic)"""
-    eval_every: int = 50_000
-    """environment steps between deterministic evaluations (0: only at the end)"""
-    eval_episodes: int = 10
-    """episodes per evaluation"""
-    device: str = "cpu"
-    """torch device (cpu, cuda, cuda:1, ...)"""
-    compile: bool = False
-    """wrap acting and the loss in torch.compile"""
-    torch_deterministic: bool = True
-    """ask torch for deterministic kernels"""
 
     def __post_init__(self) -> None:
-        for name in ("total_timesteps", "num_envs", "num_steps", "hidden_size", "eval_episodes"):
+        super().__post_init__()
+        for name in ("num_envs", "num_steps", "hidden_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
@@ -109,8 +98,8 @@ class Config:
             raise ValueError(f"optimizer must be 'rmsprop' or 'adam', got {self.optimizer!r}")
         if min(self.learning_rate, self.optimizer_eps, self.max_grad_norm) <= 0 or not 0 < self.rmsprop_alpha < 1:
             raise ValueError("learning_rate, optimizer_eps and max_grad_norm must be > 0, rmsprop_alpha in (0, 1)")
-        if self.eval_every < 0 or self.ent_coef < 0 or self.vf_coef < 0:
-            raise ValueError("eval_every, ent_coef and vf_coef must be >= 0")
+        if self.ent_coef < 0 or self.vf_coef < 0:
+            raise ValueError("ent_coef and vf_coef must be >= 0")
         if self.total_timesteps < self.batch_size:
             raise ValueError(f"total_timesteps = {self.total_timesteps} is less than one rollout ({self.batch_size})")
 
@@ -189,12 +178,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
         else:
             optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=cfg.optimizer_eps)
         T, N = cfg.num_steps, cfg.num_envs
-        obs_buf = np.zeros((T, N, *obs_shape), np.float32)
-        final_obs_buf = np.zeros((T, N, *obs_shape), np.float32)  # s_{t+1} as the env produced it
-        rewards_buf = np.zeros((T, N), np.float32)
-        terminated_buf = np.zeros((T, N), bool)
-        truncated_buf = np.zeros((T, N), bool)
-        actions_buf = torch.zeros((T, N, *action_shape), dtype=torch.float32 if continuous else torch.long)
+        rollout = RolloutStorage(T, N, obs_shape, action_shape, continuous)
 
         act = make_actor(agent, continuous, action_dim)
         loss_fn = a2c_loss
@@ -231,27 +215,20 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
             noise = torch.randn(T, N, action_dim) if continuous else torch.rand(T, N, 1)
             for t in range(T):
                 global_step += N
-                obs_buf[t] = next_obs
                 with torch.inference_mode():
                     action = act(torch.from_numpy(next_obs).to(device), noise[t].to(device)).cpu().numpy()
-                actions_buf[t] = torch.from_numpy(action)
-                next_obs, rewards_buf[t], terminated_buf[t], truncated_buf[t], info = envs.step(action)
-                final_obs_buf[t] = info["final_obs"]
-                for _, episodic_return, length in info["episodes"]:
-                    recent_returns.append(episodic_return)
-                    logger.log(global_step, {"charts/episodic_return": episodic_return, "charts/episodic_length": length})
+                next_obs = rollout.step(envs, t, next_obs, action, recent_returns, logger, global_step)
 
             # 5. n-step returns R_t (or GAE): bootstrap from V(s_{t+n}) at the rollout's end, from V(true final obs)
             # at a truncation, from nothing at a termination (Algorithm S3, "R = 0 for terminal s_t").
-            obs = torch.from_numpy(obs_buf).to(device).reshape(T * N, -1)
-            actions = actions_buf.to(device).reshape(T * N, *action_shape)
+            batch = rollout.tensors(device)
+            obs = batch.obs.reshape(T * N, -1)
+            actions = batch.actions.reshape(T * N, *action_shape)
             log_probs, entropy, values = evaluate_actions(agent, obs, actions)
             with torch.no_grad():
-                next_values = agent.value(torch.from_numpy(final_obs_buf).to(device))
-            terminated = torch.from_numpy(terminated_buf).to(device)
-            episode_ends = terminated | torch.from_numpy(truncated_buf).to(device)
-            advantages, returns = compute_gae(torch.from_numpy(rewards_buf).to(device), values.detach().reshape(T, N),
-                                              next_values, terminated, episode_ends, cfg.gamma, cfg.gae_lambda)  # fmt: skip
+                next_values = agent.value(batch.final_obs)
+            advantages, returns = compute_gae(batch.rewards, values.detach().reshape(T, N), next_values, batch.terminated,
+                                              batch.episode_ends, cfg.gamma, cfg.gae_lambda)  # fmt: skip
             advantages, returns = advantages.reshape(-1), returns.reshape(-1)
             if cfg.norm_adv:
                 advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
@@ -284,21 +261,11 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
                     "eval_history": eval_history, "recent_returns": list(recent_returns), "rng": rng_state(),
                 })  # fmt: skip
 
-        if not eval_history or eval_history[-1][0] != global_step:
-            evaluate_and_log(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step)
-        elapsed = time.perf_counter() - start_time
-        return TrainResult(global_step=global_step, wall_time_s=elapsed,
-                           steps_per_second=(global_step - start_step) / elapsed if elapsed > 0 else 0.0,
-                           final_eval_return=eval_history[-1][1], eval_returns=eval_history,
-                           last_episodic_returns=list(recent_returns))  # fmt: skip
+        return finish_run(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step,
+                          start_step, start_time, recent_returns)  # fmt: skip
     finally:
         envs.close()
 
 
 if __name__ == "__main__":
-    import tyro
-
-    from algorithms.common import ConsoleLogger
-
-    config = tyro.cli(Config)
-    train(config, ConsoleLogger(total_steps=config.total_timesteps))
+    train_from_cli(Config, train)

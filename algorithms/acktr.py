@@ -30,6 +30,7 @@ Defaults: baselines' ACKTR (eta_max 0.25 annealed linearly to 0, kfac_clip 0.001
 - Time-limit truncation is not termination: a truncated step bootstraps from V(true final observation).
 Only fully connected layers have Kronecker factors so far; see `KFAC` for where a conv layer (Grosse &
 Martens 2016, "KFC") goes.
+`compile=True` wraps acting only (the K-FAC update runs eagerly: it records activations with hooks) in torch.compile.
 """
 
 from __future__ import annotations
@@ -46,7 +47,10 @@ import torch.nn as nn
 
 from algorithms.a2c import LOG_EVERY, a2c_loss, evaluate_actions, make_actor
 from algorithms.common import Checkpointer, Logger, NullLogger, TrainResult, restore_rng_state, rng_state, seed_everything
-from algorithms.common.evaluation import evaluate_and_log
+from algorithms.common.config import RunConfig
+from algorithms.common.evaluation import evaluate_and_log, finish_run
+from algorithms.common.logging import train_from_cli
+from algorithms.common.rollout import RolloutStorage
 from algorithms.ppo import Agent, compute_gae
 from envs import make_vec_env
 
@@ -56,13 +60,7 @@ ACTION_SPACES = ("discrete", "continuous")
 
 
 @dataclass(frozen=True)
-class Config:
-    env_id: str = "Hopper-v5"
-    """gymnasium environment id"""
-    seed: int = 1
-    """seed of every RNG of the run (env copy i gets seed + i)"""
-    total_timesteps: int = 1_000_000
-    """environment steps, summed over env copies"""
+class Config(RunConfig):
     num_envs: int = 16
     """parallel env copies"""
     num_steps: int = 20
@@ -97,27 +95,18 @@ class Config:
     """scale rewards by the running std of the discounted return"""
     hidden_size: int = 64
     """units in each of the two hidden layers (actor and critic)"""
-    eval_every: int = 50_000
-    """environment steps between deterministic evaluations (0: only at the end)"""
-    eval_episodes: int = 10
-    """episodes per evaluation"""
-    device: str = "cpu"
-    """torch device (cpu, cuda, cuda:1, ...)"""
-    compile: bool = False
-    """wrap acting in torch.compile (the K-FAC update runs eagerly: it records activations with hooks)"""
-    torch_deterministic: bool = True
-    """ask torch for deterministic kernels"""
 
     def __post_init__(self) -> None:
-        for name in ("total_timesteps", "num_envs", "num_steps", "kfac_inverse_every", "hidden_size", "eval_episodes"):
+        super().__post_init__()
+        for name in ("num_envs", "num_steps", "kfac_inverse_every", "hidden_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
             raise ValueError(f"need 0 < gamma <= 1 and 0 <= gae_lambda <= 1, got {self.gamma}, {self.gae_lambda}")
         if min(self.learning_rate, self.kl_clip, self.damping) <= 0 or not 0 <= self.stat_decay < 1:
             raise ValueError("learning_rate, kl_clip and damping must be > 0, stat_decay in [0, 1)")
-        if not 0 <= self.momentum < 1 or min(self.eval_every, self.ent_coef, self.vf_coef, self.vf_fisher_coef) < 0:
-            raise ValueError("momentum must be in [0, 1); eval_every, ent_coef, vf_coef, vf_fisher_coef >= 0")
+        if not 0 <= self.momentum < 1 or min(self.ent_coef, self.vf_coef, self.vf_fisher_coef) < 0:
+            raise ValueError("momentum must be in [0, 1); ent_coef, vf_coef, vf_fisher_coef >= 0")
         if self.total_timesteps < self.batch_size:
             raise ValueError(f"total_timesteps = {self.total_timesteps} is less than one rollout ({self.batch_size})")
 
@@ -280,12 +269,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
                          momentum=cfg.momentum, inverse_every=cfg.kfac_inverse_every,
                          diagonal_fisher={agent.actor_logstd: 2.0} if continuous else None)  # fmt: skip
         T, N = cfg.num_steps, cfg.num_envs
-        obs_buf = np.zeros((T, N, *obs_shape), np.float32)
-        final_obs_buf = np.zeros((T, N, *obs_shape), np.float32)  # s_{t+1} as the env produced it
-        rewards_buf = np.zeros((T, N), np.float32)
-        terminated_buf = np.zeros((T, N), bool)
-        truncated_buf = np.zeros((T, N), bool)
-        actions_buf = torch.zeros((T, N, *action_shape), dtype=torch.float32 if continuous else torch.long)
+        rollout = RolloutStorage(T, N, obs_shape, action_shape, continuous)
 
         act = make_actor(agent, continuous, action_dim)
         if cfg.compile:
@@ -321,27 +305,20 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
             noise = torch.randn(T, N, action_dim) if continuous else torch.rand(T, N, 1)
             for t in range(T):
                 global_step += N
-                obs_buf[t] = next_obs
                 with torch.inference_mode():
                     action = act(torch.from_numpy(next_obs).to(device), noise[t].to(device)).cpu().numpy()
-                actions_buf[t] = torch.from_numpy(action)
-                next_obs, rewards_buf[t], terminated_buf[t], truncated_buf[t], info = envs.step(action)
-                final_obs_buf[t] = info["final_obs"]
-                for _, episodic_return, length in info["episodes"]:
-                    recent_returns.append(episodic_return)
-                    logger.log(global_step, {"charts/episodic_return": episodic_return, "charts/episodic_length": length})
+                next_obs = rollout.step(envs, t, next_obs, action, recent_returns, logger, global_step)
 
             # 5. n-step returns (or GAE), bootstrapped from V(true final obs) at truncations, not at terminations.
-            obs = torch.from_numpy(obs_buf).to(device).reshape(T * N, -1)
-            actions = actions_buf.to(device).reshape(T * N, *action_shape)
+            batch = rollout.tensors(device)
+            obs = batch.obs.reshape(T * N, -1)
+            actions = batch.actions.reshape(T * N, *action_shape)
             with optimizer.record():
                 log_probs, entropy, values = evaluate_actions(agent, obs, actions)
             with torch.no_grad():
-                next_values = agent.value(torch.from_numpy(final_obs_buf).to(device))
-            terminated = torch.from_numpy(terminated_buf).to(device)
-            episode_ends = terminated | torch.from_numpy(truncated_buf).to(device)
-            advantages, returns = compute_gae(torch.from_numpy(rewards_buf).to(device), values.detach().reshape(T, N),
-                                              next_values, terminated, episode_ends, cfg.gamma, cfg.gae_lambda)  # fmt: skip
+                next_values = agent.value(batch.final_obs)
+            advantages, returns = compute_gae(batch.rewards, values.detach().reshape(T, N), next_values, batch.terminated,
+                                              batch.episode_ends, cfg.gamma, cfg.gae_lambda)  # fmt: skip
             advantages, returns = advantages.reshape(-1), returns.reshape(-1)
 
             # 6. Kronecker factors from the sampled log-likelihood: the policy at its own (on-policy) actions and
@@ -378,21 +355,11 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
                     "eval_history": eval_history, "recent_returns": list(recent_returns), "rng": rng_state(),
                 })  # fmt: skip
 
-        if not eval_history or eval_history[-1][0] != global_step:
-            evaluate_and_log(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step)
-        elapsed = time.perf_counter() - start_time
-        return TrainResult(global_step=global_step, wall_time_s=elapsed,
-                           steps_per_second=(global_step - start_step) / elapsed if elapsed > 0 else 0.0,
-                           final_eval_return=eval_history[-1][1], eval_returns=eval_history,
-                           last_episodic_returns=list(recent_returns))  # fmt: skip
+        return finish_run(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step,
+                          start_step, start_time, recent_returns)  # fmt: skip
     finally:
         envs.close()
 
 
 if __name__ == "__main__":
-    import tyro
-
-    from algorithms.common import ConsoleLogger
-
-    config = tyro.cli(Config)
-    train(config, ConsoleLogger(total_steps=config.total_timesteps))
+    train_from_cli(Config, train)

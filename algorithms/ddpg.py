@@ -11,6 +11,7 @@ exploration noise 0.1, actor and targets updated every 2nd critic update, 25k ra
 Deviations from Lillicrap et al., each taken from that re-tuning: Gaussian instead of Ornstein-Uhlenbeck
 noise, no L2 weight decay on the critic, no batch normalisation, the learning rates and tau above.
 Time-limit truncation is not termination: the target bootstraps from the true final observation.
+`compile=True` wraps the update and acting functions in torch.compile.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from algorithms.common import Checkpointer, Logger, NullLogger, TrainResult, restore_rng_state, rng_state, seed_everything
-from algorithms.common.evaluation import evaluate_and_log
+from algorithms.common.config import RunConfig
+from algorithms.common.evaluation import evaluate_and_log, finish_run, record_episodes
+from algorithms.common.logging import train_from_cli
 from algorithms.common.replay import ReplayBuffer
 from envs import make_vec_env
 
@@ -36,13 +39,7 @@ ACTION_SPACES = ("continuous",)  # deterministic policy gradient: Box actions
 
 
 @dataclass(frozen=True)
-class Config:
-    env_id: str = "Hopper-v5"
-    """gymnasium environment id (Box actions)"""
-    seed: int = 1
-    """seed of every RNG of the run (env copy i gets seed + i)"""
-    total_timesteps: int = 1_000_000
-    """environment steps, summed over env copies"""
+class Config(RunConfig):
     num_envs: int = 1
     """parallel env copies"""
     learning_rate: float = 3e-4
@@ -63,29 +60,18 @@ class Config:
     """critic updates per actor and target update"""
     hidden_size: int = 256
     """width of the two hidden layers of actor and critic"""
-    eval_every: int = 50_000
-    """environment steps between deterministic evaluations (0: only at the end)"""
-    eval_episodes: int = 10
-    """episodes per evaluation"""
-    device: str = "cpu"
-    """torch device"""
-    compile: bool = False
-    """torch.compile the update and acting functions"""
-    torch_deterministic: bool = True
-    """deterministic torch kernels"""
 
     def __post_init__(self) -> None:
-        if min(self.total_timesteps, self.num_envs, self.buffer_size, self.batch_size, self.policy_frequency,
+        super().__post_init__()
+        if min(self.num_envs, self.buffer_size, self.batch_size, self.policy_frequency,
                self.hidden_size) < 1:  # fmt: skip
-            raise ValueError("total_timesteps, num_envs, buffer_size, batch_size, policy_frequency and hidden_size "
+            raise ValueError("num_envs, buffer_size, batch_size, policy_frequency and hidden_size "
                              "must be >= 1")  # fmt: skip
         if not 0 < self.gamma <= 1 or not 0 < self.tau <= 1 or self.learning_rate <= 0:
             raise ValueError(f"need 0 < gamma <= 1, 0 < tau <= 1, learning_rate > 0; got {self.gamma}, {self.tau}, "
                              f"{self.learning_rate}")  # fmt: skip
-        if min(self.exploration_noise, self.learning_starts, self.eval_every) < 0:
-            raise ValueError("exploration_noise, learning_starts and eval_every must be >= 0")
-        if self.eval_episodes < 1:
-            raise ValueError("eval_episodes must be >= 1")
+        if min(self.exploration_noise, self.learning_starts) < 0:
+            raise ValueError("exploration_noise and learning_starts must be >= 0")
 
 
 # --- networks ----------------------------------------------------------------------------------------
@@ -219,9 +205,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
             obs = next_obs
             next_obs, rewards, terminated, truncated, info = envs.step(actions)
             buffer.add(obs, actions, rewards, info["final_obs"], terminated, truncated)
-            for _, episodic_return, length in info["episodes"]:
-                recent_returns.append(episodic_return)
-                logger.log(global_step, {"charts/episodic_return": episodic_return, "charts/episodic_length": length})
+            record_episodes(info["episodes"], recent_returns, logger, global_step)
 
             # 4. Critic every step; actor and targets every policy_frequency-th step.
             if global_step > cfg.learning_starts:
@@ -251,21 +235,11 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
                     "rng": rng_state(),
                 }, extras={"replay": buffer.state_dict()})  # fmt: skip
 
-        if not eval_history or eval_history[-1][0] != global_step:
-            evaluate_and_log(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step)
-        elapsed = time.perf_counter() - start_time
-        return TrainResult(global_step=global_step, wall_time_s=elapsed,
-                           steps_per_second=(global_step - start_step) / elapsed if elapsed > 0 else 0.0,
-                           final_eval_return=eval_history[-1][1], eval_returns=eval_history,
-                           last_episodic_returns=list(recent_returns))  # fmt: skip
+        return finish_run(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step,
+                          start_step, start_time, recent_returns)  # fmt: skip
     finally:
         envs.close()
 
 
 if __name__ == "__main__":
-    import tyro
-
-    from algorithms.common import ConsoleLogger
-
-    config = tyro.cli(Config)
-    train(config, ConsoleLogger(total_steps=config.total_timesteps))
+    train_from_cli(Config, train)

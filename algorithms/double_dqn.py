@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from algorithms import dqn
 from algorithms.common import Checkpointer, Logger, TrainResult
+from algorithms.common.logging import train_from_cli
 
 SMOKE = dqn.SMOKE
 """Tiny settings for the contract tests."""
@@ -31,9 +32,4 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
 
 
 if __name__ == "__main__":
-    import tyro
-
-    from algorithms.common import ConsoleLogger
-
-    config = tyro.cli(Config)
-    train(config, ConsoleLogger(total_steps=config.total_timesteps))
+    train_from_cli(Config, train)

@@ -15,6 +15,7 @@ env steps after 10k steps, MSE loss). Deviations, each on purpose:
 - `loss`: "mse" (CleanRL's default) or "huber" (the Nature paper clips the TD error to [-1, 1], which is
   the Huber loss with delta 1). `gradient_steps` > 1 takes several steps per update (RL Zoo's tuned setting).
 - Evaluation acts greedily (epsilon 0) on classic control; the Atari protocols add their own epsilon.
+`compile=True` wraps the update and acting functions in torch.compile.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from algorithms.common import Checkpointer, Logger, NullLogger, TrainResult, restore_rng_state, rng_state, seed_everything
-from algorithms.common.evaluation import evaluate_and_log
+from algorithms.common.config import RunConfig
+from algorithms.common.evaluation import evaluate_and_log, finish_run, record_episodes
+from algorithms.common.logging import train_from_cli
 from algorithms.common.replay import ReplayBuffer
 from envs import make_vec_env
 
@@ -40,11 +43,9 @@ ACTION_SPACES = ("discrete",)
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(RunConfig):
     env_id: str = "CartPole-v1"
     """gymnasium environment id (Discrete actions)"""
-    seed: int = 1
-    """seed of every RNG of the run (env copy i gets seed + i)"""
     total_timesteps: int = 500_000
     """environment steps, summed over env copies"""
     num_envs: int = 1
@@ -83,21 +84,12 @@ class Config:
     """width of the second hidden layer"""
     max_grad_norm: float | None = None
     """clip the gradient norm (None: no clipping, as CleanRL)"""
-    eval_every: int = 50_000
-    """environment steps between deterministic (greedy) evaluations (0: only at the end)"""
-    eval_episodes: int = 10
-    """episodes per evaluation"""
-    device: str = "cpu"
-    """torch device"""
-    compile: bool = False
-    """torch.compile the update and acting functions"""
-    torch_deterministic: bool = True
-    """deterministic torch kernels"""
 
     def __post_init__(self) -> None:
-        if min(self.total_timesteps, self.num_envs, self.buffer_size, self.batch_size, self.train_frequency,
+        super().__post_init__()
+        if min(self.num_envs, self.buffer_size, self.batch_size, self.train_frequency,
                self.target_network_frequency, self.gradient_steps, self.hidden_size_1, self.hidden_size_2) < 1:  # fmt: skip
-            raise ValueError("total_timesteps, num_envs, buffer_size, batch_size, train_frequency, "
+            raise ValueError("num_envs, buffer_size, batch_size, train_frequency, "
                              "target_network_frequency, gradient_steps and hidden sizes must be >= 1")  # fmt: skip
         if not 0 < self.gamma <= 1 or not 0 < self.tau <= 1 or self.learning_rate <= 0:
             raise ValueError(f"need 0 < gamma <= 1, 0 < tau <= 1, learning_rate > 0; got {self.gamma}, {self.tau}, "
@@ -106,8 +98,8 @@ class Config:
             raise ValueError("need 0 <= end_e <= start_e <= 1 and 0 < exploration_fraction <= 1")
         if self.loss not in ("mse", "huber"):
             raise ValueError(f"loss must be 'mse' or 'huber', got {self.loss!r}")
-        if self.learning_starts < 0 or self.eval_every < 0 or self.eval_episodes < 1:
-            raise ValueError("learning_starts and eval_every must be >= 0, eval_episodes >= 1")
+        if self.learning_starts < 0:
+            raise ValueError("learning_starts must be >= 0")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ValueError("max_grad_norm must be > 0 or None")
 
@@ -225,9 +217,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
             obs = next_obs
             next_obs, rewards, terminated, truncated, info = envs.step(actions)
             buffer.add(obs, actions, rewards, info["final_obs"], terminated, truncated)
-            for _, episodic_return, length in info["episodes"]:
-                recent_returns.append(episodic_return)
-                logger.log(global_step, {"charts/episodic_return": episodic_return, "charts/episodic_length": length})
+            record_episodes(info["episodes"], recent_returns, logger, global_step)
 
             # 4. Learn from minibatches of D every train_frequency steps; copy the target every C steps.
             if global_step > cfg.learning_starts:
@@ -254,21 +244,11 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
                     "action_rng": action_rng.bit_generator.state, "rng": rng_state(),
                 }, extras={"replay": buffer.state_dict()})  # fmt: skip
 
-        if not eval_history or eval_history[-1][0] != global_step:
-            evaluate_and_log(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step)
-        elapsed = time.perf_counter() - start_time
-        return TrainResult(global_step=global_step, wall_time_s=elapsed,
-                           steps_per_second=(global_step - start_step) / elapsed if elapsed > 0 else 0.0,
-                           final_eval_return=eval_history[-1][1], eval_returns=eval_history,
-                           last_episodic_returns=list(recent_returns))  # fmt: skip
+        return finish_run(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step,
+                          start_step, start_time, recent_returns)  # fmt: skip
     finally:
         envs.close()
 
 
 if __name__ == "__main__":
-    import tyro
-
-    from algorithms.common import ConsoleLogger
-
-    config = tyro.cli(Config)
-    train(config, ConsoleLogger(total_steps=config.total_timesteps))
+    train_from_cli(Config, train)

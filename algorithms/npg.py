@@ -20,6 +20,7 @@ Deviations from Kakade (2001), each on purpose:
   by double back-propagation through the closed-form mean KL (TRPO Appendix C).
 - Neural policy and value function, advantages normalised per batch, observation normalisation (baselines).
 - Time-limit truncation is not termination: a truncated step bootstraps from V(true final observation).
+`compile=True` wraps acting and the value loss in torch.compile.
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ import torch.nn as nn
 from torch.nn.utils import parameters_to_vector
 
 from algorithms.common import Checkpointer, Logger, NullLogger, TrainResult, restore_rng_state, rng_state, seed_everything
-from algorithms.common.evaluation import evaluate_and_log
+from algorithms.common.config import RunConfig
+from algorithms.common.evaluation import evaluate_and_log, finish_run
+from algorithms.common.logging import train_from_cli
+from algorithms.common.rollout import RolloutStorage
 from algorithms.ppo import compute_gae, gaussian_entropy, gaussian_log_prob, mlp
 from envs import make_vec_env
 
@@ -46,13 +50,7 @@ ACTION_SPACES = ("discrete", "continuous")
 
 
 @dataclass(frozen=True)
-class Config:
-    env_id: str = "Hopper-v5"
-    """gymnasium environment id"""
-    seed: int = 1
-    """seed of every RNG of the run (env copy i gets seed + i)"""
-    total_timesteps: int = 1_000_000
-    """environment steps, summed over env copies"""
+class Config(RunConfig):
     num_envs: int = 1
     """parallel env copies"""
     num_steps: int = 2048
@@ -81,28 +79,18 @@ class Config:
     """scale rewards by the running std of the discounted return"""
     hidden_size: int = 64
     """units in each of the two hidden layers (policy and value function)"""
-    eval_every: int = 50_000
-    """environment steps between deterministic evaluations (0: only at the end)"""
-    eval_episodes: int = 10
-    """episodes per evaluation"""
-    device: str = "cpu"
-    """torch device (cpu, cuda, cuda:1, ...)"""
-    compile: bool = False
-    """wrap acting and the value loss in torch.compile"""
-    torch_deterministic: bool = True
-    """ask torch for deterministic kernels"""
 
     def __post_init__(self) -> None:
-        for name in ("total_timesteps", "num_envs", "num_steps", "cg_iters", "vf_epochs", "vf_minibatch_size",
-                     "hidden_size", "eval_episodes"):  # fmt: skip
+        super().__post_init__()
+        for name in ("num_envs", "num_steps", "cg_iters", "vf_epochs", "vf_minibatch_size", "hidden_size"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
             raise ValueError(f"need 0 < gamma <= 1 and 0 <= gae_lambda <= 1, got {self.gamma}, {self.gae_lambda}")
         if self.max_kl <= 0 or self.vf_learning_rate <= 0:
             raise ValueError(f"max_kl and vf_learning_rate must be > 0, got {self.max_kl}, {self.vf_learning_rate}")
-        if self.cg_damping < 0 or self.eval_every < 0:
-            raise ValueError(f"cg_damping and eval_every must be >= 0, got {self.cg_damping}, {self.eval_every}")
+        if self.cg_damping < 0:
+            raise ValueError(f"cg_damping must be >= 0, got {self.cg_damping}")
         if self.total_timesteps < self.batch_size:
             raise ValueError(f"total_timesteps = {self.total_timesteps} is less than one rollout ({self.batch_size})")
 
@@ -303,12 +291,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
         critic = mlp(obs_dim, cfg.hidden_size, 1, out_std=1.0).to(device)
         vf_optimizer = torch.optim.Adam(critic.parameters(), lr=cfg.vf_learning_rate, fused=device.type in ("cpu", "cuda"))
         T, N = cfg.num_steps, cfg.num_envs
-        obs_buf = np.zeros((T, N, *obs_shape), np.float32)
-        final_obs_buf = np.zeros((T, N, *obs_shape), np.float32)  # s_{t+1} as the env produced it
-        rewards_buf = np.zeros((T, N), np.float32)
-        terminated_buf = np.zeros((T, N), bool)
-        truncated_buf = np.zeros((T, N), bool)
-        actions_buf = torch.zeros((T, N, *action_shape), dtype=torch.float32 if continuous else torch.long)
+        rollout = RolloutStorage(T, N, obs_shape, action_shape, continuous)
 
         def act(obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
             """Sample actions (N, *A) from pi_theta; `noise` is (N, A) standard normal or (N, 1) uniform."""
@@ -351,27 +334,20 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
             noise = torch.randn(T, N, action_dim) if continuous else torch.rand(T, N, 1)
             for t in range(T):
                 global_step += N
-                obs_buf[t] = next_obs
                 with torch.inference_mode():
                     action = act(torch.from_numpy(next_obs).to(device), noise[t].to(device)).cpu().numpy()
-                actions_buf[t] = torch.from_numpy(action)
-                next_obs, rewards_buf[t], terminated_buf[t], truncated_buf[t], info = envs.step(action)
-                final_obs_buf[t] = info["final_obs"]
-                for _, episodic_return, length in info["episodes"]:
-                    recent_returns.append(episodic_return)
-                    logger.log(global_step, {"charts/episodic_return": episodic_return, "charts/episodic_length": length})
+                next_obs = rollout.step(envs, t, next_obs, action, recent_returns, logger, global_step)
 
             # 4. Advantages by GAE with V_phi, bootstrapping from V(s_{t+1}) with s_{t+1} the true final observation
             # where an episode ended (only termination zeroes it); normalised over the batch.
-            obs = torch.from_numpy(obs_buf).to(device)
+            batch = rollout.tensors(device)
+            obs = batch.obs
             with torch.no_grad():
                 values = critic(obs).squeeze(-1)
-                next_values = critic(torch.from_numpy(final_obs_buf).to(device)).squeeze(-1)
-            terminated = torch.from_numpy(terminated_buf).to(device)
-            episode_ends = terminated | torch.from_numpy(truncated_buf).to(device)
-            advantages, returns = compute_gae(torch.from_numpy(rewards_buf).to(device), values, next_values, terminated,
-                                              episode_ends, cfg.gamma, cfg.gae_lambda)  # fmt: skip
-            b_obs, b_actions = obs.reshape(-1, *obs_shape), actions_buf.to(device).reshape(-1, *action_shape)
+                next_values = critic(batch.final_obs).squeeze(-1)
+            advantages, returns = compute_gae(batch.rewards, values, next_values, batch.terminated,
+                                              batch.episode_ends, cfg.gamma, cfg.gae_lambda)  # fmt: skip
+            b_obs, b_actions = obs.reshape(-1, *obs_shape), batch.actions.reshape(-1, *action_shape)
             b_advantages, b_returns, b_values = advantages.reshape(-1), returns.reshape(-1), values.reshape(-1)
             if cfg.norm_adv:
                 b_advantages = (b_advantages - b_advantages.mean()) / (b_advantages.std() + 1e-8)
@@ -399,20 +375,11 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
                     "eval_history": eval_history, "recent_returns": list(recent_returns), "rng": rng_state(),
                 })  # fmt: skip
 
-        if not eval_history or eval_history[-1][0] != global_step:
-            evaluate_and_log(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step)
-        elapsed = time.perf_counter() - start_time
-        return TrainResult(global_step=global_step, wall_time_s=elapsed, final_eval_return=eval_history[-1][1],
-                           steps_per_second=(global_step - start_step) / elapsed if elapsed > 0 else 0.0,
-                           eval_returns=eval_history, last_episodic_returns=list(recent_returns))  # fmt: skip
+        return finish_run(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step,
+                          start_step, start_time, recent_returns)  # fmt: skip
     finally:
         envs.close()
 
 
 if __name__ == "__main__":
-    import tyro
-
-    from algorithms.common import ConsoleLogger
-
-    config = tyro.cli(Config)
-    train(config, ConsoleLogger(total_steps=config.total_timesteps))
+    train_from_cli(Config, train)

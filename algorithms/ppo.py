@@ -16,6 +16,7 @@ Deviations from CleanRL, each on purpose:
 - Reward scaling resets its discounted return at every episode end (gymnasium's resets on termination only).
 - The Gaussian log-probability and entropy are written out instead of built through torch.distributions,
   and acting runs under inference_mode: the same numbers, less overhead per step.
+`compile=True` wraps acting and the loss in torch.compile.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ import torch
 import torch.nn as nn
 
 from algorithms.common import Checkpointer, Logger, NullLogger, TrainResult, restore_rng_state, rng_state, seed_everything
-from algorithms.common.evaluation import evaluate_and_log
+from algorithms.common.config import RunConfig
+from algorithms.common.evaluation import evaluate_and_log, finish_run
+from algorithms.common.logging import train_from_cli
+from algorithms.common.rollout import RolloutStorage
 from envs import make_vec_env
 
 SMOKE = {"total_timesteps": 1024, "num_envs": 2, "num_steps": 128, "update_epochs": 2, "num_minibatches": 4,
@@ -39,13 +43,7 @@ ACTION_SPACES = ("discrete", "continuous")
 
 
 @dataclass(frozen=True)
-class Config:
-    env_id: str = "Hopper-v5"
-    """gymnasium environment id"""
-    seed: int = 1
-    """seed of every RNG of the run (env copy i gets seed + i)"""
-    total_timesteps: int = 1_000_000
-    """environment steps, summed over env copies"""
+class Config(RunConfig):
     num_envs: int = 1
     """parallel env copies"""
     num_steps: int = 2048
@@ -82,28 +80,18 @@ class Config:
     """scale rewards by the running std of the discounted return"""
     hidden_size: int = 64
     """units in each of the two hidden layers (actor and critic)"""
-    eval_every: int = 50_000
-    """environment steps between deterministic evaluations (0: only at the end)"""
-    eval_episodes: int = 10
-    """episodes per evaluation"""
-    device: str = "cpu"
-    """torch device (cpu, cuda, cuda:1, ...)"""
-    compile: bool = False
-    """wrap acting and the loss in torch.compile"""
-    torch_deterministic: bool = True
-    """ask torch for deterministic kernels"""
 
     def __post_init__(self) -> None:
-        for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "hidden_size",
-                     "eval_episodes"):  # fmt: skip
+        super().__post_init__()
+        for name in ("num_envs", "num_steps", "num_minibatches", "update_epochs", "hidden_size"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
             raise ValueError(f"need 0 < gamma <= 1 and 0 <= gae_lambda <= 1, got {self.gamma}, {self.gae_lambda}")
         if self.learning_rate <= 0 or self.clip_coef <= 0 or self.max_grad_norm <= 0:
             raise ValueError("learning_rate, clip_coef and max_grad_norm must be > 0")
-        if self.eval_every < 0 or self.ent_coef < 0 or self.vf_coef < 0:
-            raise ValueError("eval_every, ent_coef and vf_coef must be >= 0")
+        if self.ent_coef < 0 or self.vf_coef < 0:
+            raise ValueError("ent_coef and vf_coef must be >= 0")
         if self.batch_size % self.num_minibatches:
             raise ValueError(f"num_envs * num_steps = {self.batch_size} is not divisible by num_minibatches = "
                              f"{self.num_minibatches}")  # fmt: skip
@@ -227,12 +215,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
         optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5, fused=device.type in ("cpu", "cuda"))
         T, N = cfg.num_steps, cfg.num_envs
         # Host-side rollout storage, filled step by step and moved to the device once per rollout.
-        obs_buf = np.zeros((T, N, *obs_shape), np.float32)
-        final_obs_buf = np.zeros((T, N, *obs_shape), np.float32)  # s_{t+1} as the env produced it
-        rewards_buf = np.zeros((T, N), np.float32)
-        terminated_buf = np.zeros((T, N), bool)
-        truncated_buf = np.zeros((T, N), bool)
-        actions_buf = torch.zeros((T, N, *action_shape), dtype=torch.float32 if continuous else torch.long)
+        rollout = RolloutStorage(T, N, obs_shape, action_shape, continuous)
 
         def act(obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
             """Sample actions (N, *A) from the current policy; `noise` is (N, A) standard normal or uniform."""
@@ -306,28 +289,20 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
             noise = torch.randn(T, N, action_dim) if continuous else torch.rand(T, N, 1)
             for t in range(T):
                 global_step += N
-                obs_buf[t] = next_obs
                 with torch.inference_mode():
                     action = act(torch.from_numpy(next_obs).to(device), noise[t].to(device)).cpu().numpy()
-                actions_buf[t] = torch.from_numpy(action)
-                next_obs, rewards_buf[t], terminated_buf[t], truncated_buf[t], info = envs.step(action)
-                final_obs_buf[t] = info["final_obs"]
-                for _, episodic_return, length in info["episodes"]:
-                    recent_returns.append(episodic_return)
-                    logger.log(global_step, {"charts/episodic_return": episodic_return, "charts/episodic_length": length})
+                next_obs = rollout.step(envs, t, next_obs, action, recent_returns, logger, global_step)
 
             # 5. Log-probs and values of the rollout; advantages by GAE, bootstrapping from V(s_{t+1}) with
             # s_{t+1} the true final observation where an episode ended (only termination zeroes it).
-            obs = torch.from_numpy(obs_buf).to(device)
-            actions = actions_buf.to(device)
+            batch = rollout.tensors(device)
+            obs, actions = batch.obs, batch.actions
             with torch.no_grad():
                 logprobs, _, values = policy_loss_terms(obs.reshape(T * N, -1), actions.reshape(T * N, *action_shape))
                 logprobs, values = logprobs.reshape(T, N), values.reshape(T, N)
-                next_values = agent.value(torch.from_numpy(final_obs_buf).to(device))
-            terminated = torch.from_numpy(terminated_buf).to(device)
-            episode_ends = terminated | torch.from_numpy(truncated_buf).to(device)
-            advantages, returns = compute_gae(torch.from_numpy(rewards_buf).to(device), values, next_values, terminated,
-                                              episode_ends, cfg.gamma, cfg.gae_lambda)  # fmt: skip
+                next_values = agent.value(batch.final_obs)
+            advantages, returns = compute_gae(batch.rewards, values, next_values, batch.terminated,
+                                              batch.episode_ends, cfg.gamma, cfg.gae_lambda)  # fmt: skip
 
             # 6. Optimise the surrogate for K epochs of minibatches (Algorithm 1, "optimize surrogate").
             b_obs, b_actions = obs.reshape(-1, *obs_shape), actions.reshape(-1, *action_shape)
@@ -368,25 +343,11 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
                     "eval_history": eval_history, "recent_returns": list(recent_returns), "rng": rng_state(),
                 })  # fmt: skip
 
-        if not eval_history or eval_history[-1][0] != global_step:
-            evaluate_and_log(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step)
-        elapsed = time.perf_counter() - start_time
-        return TrainResult(
-            global_step=global_step,
-            wall_time_s=elapsed,
-            steps_per_second=(global_step - start_step) / elapsed if elapsed > 0 else 0.0,
-            final_eval_return=eval_history[-1][1],
-            eval_returns=eval_history,
-            last_episodic_returns=list(recent_returns),
-        )
+        return finish_run(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step,
+                          start_step, start_time, recent_returns)  # fmt: skip
     finally:
         envs.close()
 
 
 if __name__ == "__main__":
-    import tyro
-
-    from algorithms.common import ConsoleLogger
-
-    config = tyro.cli(Config)
-    train(config, ConsoleLogger(total_steps=config.total_timesteps))
+    train_from_cli(Config, train)

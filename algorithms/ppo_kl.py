@@ -25,6 +25,7 @@ Choices the paper leaves open, and deviations, each on purpose:
 - No early stop of the epochs on KL (ppo.py's target_kl): the adaptive penalty is this variant's KL control.
 - Time-limit truncation is not termination: a truncated step bootstraps from V(true final observation).
 - Logged: `charts/kl_beta` (the beta an update used), `losses/kl` (its d, over the whole rollout).
+`compile=True` wraps acting and the loss in torch.compile.
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ import torch
 import torch.nn as nn
 
 from algorithms.common import Checkpointer, Logger, NullLogger, TrainResult, restore_rng_state, rng_state, seed_everything
-from algorithms.common.evaluation import evaluate_and_log
+from algorithms.common.config import RunConfig
+from algorithms.common.evaluation import evaluate_and_log, finish_run
+from algorithms.common.logging import train_from_cli
+from algorithms.common.rollout import RolloutStorage
 from algorithms.ppo import Agent, compute_gae, gaussian_entropy, gaussian_log_prob, value_loss
 from envs import make_vec_env
 
@@ -49,13 +53,7 @@ ACTION_SPACES = ("discrete", "continuous")
 
 
 @dataclass(frozen=True)
-class Config:
-    env_id: str = "Hopper-v5"
-    """gymnasium environment id"""
-    seed: int = 1
-    """seed of every RNG of the run (env copy i gets seed + i)"""
-    total_timesteps: int = 1_000_000
-    """environment steps, summed over env copies"""
+class Config(RunConfig):
     num_envs: int = 1
     """parallel env copies"""
     num_steps: int = 2048
@@ -96,28 +94,18 @@ class Config:
     """scale rewards by the running std of the discounted return"""
     hidden_size: int = 64
     """units in each of the two hidden layers (actor and critic)"""
-    eval_every: int = 50_000
-    """environment steps between deterministic evaluations (0: only at the end)"""
-    eval_episodes: int = 10
-    """episodes per evaluation"""
-    device: str = "cpu"
-    """torch device (cpu, cuda, cuda:1, ...)"""
-    compile: bool = False
-    """wrap acting and the loss in torch.compile"""
-    torch_deterministic: bool = True
-    """ask torch for deterministic kernels"""
 
     def __post_init__(self) -> None:
-        for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "hidden_size",
-                     "eval_episodes"):  # fmt: skip
+        super().__post_init__()
+        for name in ("num_envs", "num_steps", "num_minibatches", "update_epochs", "hidden_size"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
             raise ValueError(f"need 0 < gamma <= 1 and 0 <= gae_lambda <= 1, got {self.gamma}, {self.gae_lambda}")
         if self.learning_rate <= 0 or self.vf_clip_coef <= 0 or self.max_grad_norm <= 0 or self.kl_target <= 0:
             raise ValueError("learning_rate, vf_clip_coef, max_grad_norm and kl_target must be > 0")
-        if self.eval_every < 0 or self.ent_coef < 0 or self.vf_coef < 0 or self.kl_coef < 0:
-            raise ValueError("eval_every, ent_coef, vf_coef and kl_coef must be >= 0")
+        if self.ent_coef < 0 or self.vf_coef < 0 or self.kl_coef < 0:
+            raise ValueError("ent_coef, vf_coef and kl_coef must be >= 0")
         if self.adaptive_kl and self.kl_coef == 0:
             raise ValueError("adaptive_kl needs kl_coef > 0 (halving and doubling 0 leaves it at 0)")
         if self.batch_size % self.num_minibatches:
@@ -187,12 +175,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
         agent = Agent(int(np.prod(obs_shape)), action_dim, continuous, cfg.hidden_size).to(device)
         optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5, fused=device.type in ("cpu", "cuda"))
         T, N = cfg.num_steps, cfg.num_envs
-        obs_buf = np.zeros((T, N, *obs_shape), np.float32)
-        final_obs_buf = np.zeros((T, N, *obs_shape), np.float32)  # s_{t+1} as the env produced it
-        rewards_buf = np.zeros((T, N), np.float32)
-        terminated_buf = np.zeros((T, N), bool)
-        truncated_buf = np.zeros((T, N), bool)
-        actions_buf = torch.zeros((T, N, *action_shape), dtype=torch.float32 if continuous else torch.long)
+        rollout = RolloutStorage(T, N, obs_shape, action_shape, continuous)
 
         def act(obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
             """Sample actions (N, *A) from the current policy; `noise` is (N, A) standard normal or uniform."""
@@ -273,29 +256,22 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
             noise = torch.randn(T, N, action_dim) if continuous else torch.rand(T, N, 1)
             for t in range(T):
                 global_step += N
-                obs_buf[t] = next_obs
                 with torch.inference_mode():
                     action = act(torch.from_numpy(next_obs).to(device), noise[t].to(device)).cpu().numpy()
-                actions_buf[t] = torch.from_numpy(action)
-                next_obs, rewards_buf[t], terminated_buf[t], truncated_buf[t], info = envs.step(action)
-                final_obs_buf[t] = info["final_obs"]
-                for _, episodic_return, length in info["episodes"]:
-                    recent_returns.append(episodic_return)
-                    logger.log(global_step, {"charts/episodic_return": episodic_return, "charts/episodic_length": length})
+                next_obs = rollout.step(envs, t, next_obs, action, recent_returns, logger, global_step)
 
             # 5. pi_old on the rollout in one batched pass: its actor outputs (the KL's reference distribution),
             # log-probs and values; advantages by GAE, bootstrapping from V(true final obs) unless terminated.
-            b_obs = torch.from_numpy(obs_buf).to(device).reshape(T * N, *obs_shape)
-            b_actions = actions_buf.to(device).reshape(T * N, *action_shape)
+            batch = rollout.tensors(device)
+            b_obs = batch.obs.reshape(T * N, *obs_shape)
+            b_actions = batch.actions.reshape(T * N, *action_shape)
             with torch.no_grad():
                 b_old_out, b_logprobs, _ = policy_terms(b_obs, b_actions)  # (TN, A), (TN,)
                 old_logstd = agent.actor_logstd.detach().clone() if continuous else torch.zeros(())
                 values = agent.value(b_obs).reshape(T, N)
-                next_values = agent.value(torch.from_numpy(final_obs_buf).to(device))
-            terminated = torch.from_numpy(terminated_buf).to(device)
-            episode_ends = terminated | torch.from_numpy(truncated_buf).to(device)
-            advantages, returns = compute_gae(torch.from_numpy(rewards_buf).to(device), values, next_values, terminated,
-                                              episode_ends, cfg.gamma, cfg.gae_lambda)  # fmt: skip
+                next_values = agent.value(batch.final_obs)
+            advantages, returns = compute_gae(batch.rewards, values, next_values, batch.terminated,
+                                              batch.episode_ends, cfg.gamma, cfg.gae_lambda)  # fmt: skip
 
             # 6. Maximise L^KLPEN (eq. 8) with the current beta for K epochs of minibatches.
             b_advantages, b_returns, b_values = advantages.reshape(-1), returns.reshape(-1), values.reshape(-1)
@@ -341,25 +317,11 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
                     "eval_history": eval_history, "recent_returns": list(recent_returns), "rng": rng_state(),
                 })  # fmt: skip
 
-        if not eval_history or eval_history[-1][0] != global_step:
-            evaluate_and_log(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step)
-        elapsed = time.perf_counter() - start_time
-        return TrainResult(
-            global_step=global_step,
-            wall_time_s=elapsed,
-            steps_per_second=(global_step - start_step) / elapsed if elapsed > 0 else 0.0,
-            final_eval_return=eval_history[-1][1],
-            eval_returns=eval_history,
-            last_episodic_returns=list(recent_returns),
-        )
+        return finish_run(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step,
+                          start_step, start_time, recent_returns)  # fmt: skip
     finally:
         envs.close()
 
 
 if __name__ == "__main__":
-    import tyro
-
-    from algorithms.common import ConsoleLogger
-
-    config = tyro.cli(Config)
-    train(config, ConsoleLogger(total_steps=config.total_timesteps))
+    train_from_cli(Config, train)

@@ -24,6 +24,7 @@ policy along g, then fits V to the rewards-to-go by `value_iterations` Adam step
   The default of one env copy wastes nothing. Batches never straddle an update, so every episode is
   on-policy; the last, incomplete batch at the end of the budget is dropped.
 - Gaussian policy (Box actions) with a state-independent learned log-std; categorical over logits otherwise.
+`compile=True` wraps acting in torch.compile.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ import torch
 import torch.nn as nn
 
 from algorithms.common import Checkpointer, Logger, NullLogger, TrainResult, restore_rng_state, rng_state, seed_everything
-from algorithms.common.evaluation import evaluate_and_log
+from algorithms.common.config import RunConfig
+from algorithms.common.evaluation import evaluate_and_log, finish_run, record_episodes
+from algorithms.common.logging import train_from_cli
 from envs import make_vec_env
 
 SMOKE = {"total_timesteps": 1200, "episodes_per_batch": 2, "num_envs": 2, "eval_every": 600, "eval_episodes": 2}
@@ -46,11 +49,9 @@ ACTION_SPACES = ("discrete", "continuous")
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(RunConfig):
     env_id: str = "CartPole-v1"
     """gymnasium environment id"""
-    seed: int = 1
-    """seed of every RNG of the run (env copy i gets seed + i)"""
     total_timesteps: int = 500_000
     """environment steps, summed over env copies"""
     num_envs: int = 1
@@ -69,27 +70,18 @@ class Config:
     """full-batch gradient steps on the value baseline per update"""
     hidden_size: int = 64
     """units in each of the two tanh hidden layers (policy and value)"""
-    eval_every: int = 50_000
-    """environment steps between deterministic evaluations (0: only at the end)"""
-    eval_episodes: int = 10
-    """episodes per evaluation"""
-    device: str = "cpu"
-    """torch device (cpu, cuda, cuda:1, ...)"""
-    compile: bool = False
-    """wrap acting in torch.compile"""
-    torch_deterministic: bool = True
-    """ask torch for deterministic kernels"""
 
     def __post_init__(self) -> None:
-        for name in ("total_timesteps", "num_envs", "episodes_per_batch", "value_iterations", "hidden_size", "eval_episodes"):
+        super().__post_init__()
+        for name in ("num_envs", "episodes_per_batch", "value_iterations", "hidden_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.episodes_per_batch % self.num_envs:
             raise ValueError(f"episodes_per_batch = {self.episodes_per_batch} is not divisible by num_envs = {self.num_envs}")
         if not 0.0 < self.gamma <= 1.0:
             raise ValueError(f"need 0 < gamma <= 1, got {self.gamma}")
-        if self.learning_rate <= 0 or self.value_learning_rate <= 0 or self.eval_every < 0:
-            raise ValueError("learning rates must be > 0 and eval_every >= 0")
+        if self.learning_rate <= 0 or self.value_learning_rate <= 0:
+            raise ValueError("learning rates must be > 0")
 
 
 # --- networks ----------------------------------------------------------------------------------------
@@ -211,9 +203,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
                 next_obs, reward, terminated, truncated, info = envs.step(action)
                 steps.append((obs, action, reward, terminated, truncated, info["final_obs"], used))
                 finished += used & (terminated | truncated)
-                for _, episodic_return, length in info["episodes"]:
-                    recent_returns.append(episodic_return)
-                    logger.log(global_step, {"charts/episodic_return": episodic_return, "charts/episodic_length": length})
+                record_episodes(info["episodes"], recent_returns, logger, global_step)
             if (finished < share).any():
                 break  # the budget ran out mid-batch: no update from a partial batch
 
@@ -268,21 +258,11 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
                     "eval_history": eval_history, "recent_returns": list(recent_returns), "rng": rng_state(),
                 })  # fmt: skip
 
-        if not eval_history or eval_history[-1][0] != global_step:
-            evaluate_and_log(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step)
-        elapsed = time.perf_counter() - start_time
-        return TrainResult(global_step=global_step, wall_time_s=elapsed,
-                           steps_per_second=(global_step - start_step) / elapsed if elapsed > 0 else 0.0,
-                           final_eval_return=eval_history[-1][1], eval_returns=eval_history,
-                           last_episodic_returns=list(recent_returns))  # fmt: skip
+        return finish_run(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step,
+                          start_step, start_time, recent_returns)  # fmt: skip
     finally:
         envs.close()
 
 
 if __name__ == "__main__":
-    import tyro
-
-    from algorithms.common import ConsoleLogger
-
-    config = tyro.cli(Config)
-    train(config, ConsoleLogger(total_steps=config.total_timesteps))
+    train_from_cli(Config, train)

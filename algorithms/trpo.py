@@ -37,6 +37,7 @@ from torch.nn.utils import parameters_to_vector
 
 from algorithms import npg
 from algorithms.common import Checkpointer, Logger, TrainResult
+from algorithms.common.logging import train_from_cli
 from algorithms.npg import Policy, evaluate_step, natural_step, set_flat_params
 
 SMOKE = npg.SMOKE
@@ -113,9 +114,4 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
 
 
 if __name__ == "__main__":
-    import tyro
-
-    from algorithms.common import ConsoleLogger
-
-    config = tyro.cli(Config)
-    train(config, ConsoleLogger(total_steps=config.total_timesteps))
+    train_from_cli(Config, train)

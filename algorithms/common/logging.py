@@ -135,3 +135,16 @@ class ConsoleLogger:
         elif self.line_open:
             self.stream.write("\n")
             self.stream.flush()
+
+
+def train_from_cli(config_class: type, train: Any) -> None:
+    """The `__main__` of every algorithm file: parse `config_class` from the command line (tyro: `--help` lists
+    every field with its docstring) and train with a console progress display."""
+    import tyro
+
+    config = tyro.cli(config_class)
+    logger = ConsoleLogger(total_steps=config.total_timesteps)
+    try:
+        train(config, logger)
+    finally:
+        logger.close()
