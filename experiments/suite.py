@@ -188,4 +188,7 @@ def load_suite(name_or_path: str) -> Suite:
                 specs.extend(RunSpec.create(algo, env_id, s, overrides, suite=suite_name, variant=variant_name) for s in seeds)
     if problems:
         raise SuiteError(path, sorted(set(problems), key=problems.index))
+    # Seed-major order (a stable sort keeps algorithm, env and variant order within a seed): a grid stopped
+    # part-way has every cell at its first seeds, rather than some algorithms finished and others not started.
+    specs.sort(key=lambda spec: seeds.index(spec.seed))
     return Suite(name=suite_name, path=path, specs=tuple(specs))
