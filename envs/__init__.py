@@ -17,11 +17,22 @@ __all__ = ["EnvSpec", "RunningMeanStd", "VecEnv", "env_family", "evaluate", "mak
 ENV_FAMILIES = ("classic_control", "mujoco", "box2d", "toy_text", "atari", "minatar", "other")
 
 
+def _register_minatar(env_id: str) -> None:
+    """MinAtar's ids (`MinAtar/Breakout-v1`: minimal action set, as the MinAtar paper) exist once its gym module
+    registers them; do that on first use, when the package (the minatar extra) is installed."""
+    if env_id.startswith("MinAtar/") and env_id not in gym.registry:
+        try:
+            importlib.import_module("minatar.gym").register_envs()
+        except ImportError:
+            pass  # the lookup below fails with the closest ids, and the install hint comes from validate_env_id
+
+
 def _spec(env_id: str) -> gym.envs.registration.EnvSpec:
     """gym.spec that also accepts gymnasium's `module:EnvId` form (the module registers the env on import)."""
     if ":" in env_id:
         module, env_id = env_id.split(":", 1)
         importlib.import_module(module)
+    _register_minatar(env_id)
     return gym.spec(env_id)
 
 
@@ -38,6 +49,7 @@ def env_family(env_id: str) -> str:
 
 def action_kind(env_id: str) -> str:
     """ "discrete" or "continuous": what an algorithm's ACTION_SPACES is checked against before a run starts."""
+    _register_minatar(env_id)
     env = gym.make(env_id, disable_env_checker=True)
     try:
         return "continuous" if isinstance(env.action_space, gym.spaces.Box) else "discrete"
@@ -71,6 +83,7 @@ def make_vec_env(
     env_kwargs: dict[str, Any] | None = None,
 ) -> tuple[VecEnv, np.ndarray]:
     """Build `num_envs` seeded copies (copy i gets seed + i) and reset them; returns (envs, first obs)."""
+    _register_minatar(env_id)
     spec = EnvSpec(
         env_id=env_id,
         normalize_obs=normalize_obs,

@@ -15,7 +15,8 @@ def _random_actions(space: gym.Space, n: int, seed: int) -> list:
     return [space.sample() for _ in range(n)]
 
 
-@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1", "rlgrid-test/Count-v0"])
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1", "rlgrid-test/Count-v0",
+                                    pytest.param("MinAtar/Breakout-v1", marks=pytest.mark.minatar)])  # fmt: skip
 def test_matches_gymnasium_same_step_vector_env(env_id):
     """Our vector env without normalisation equals gymnasium's SyncVectorEnv in SAME_STEP mode."""
     num_envs = 3
@@ -140,3 +141,17 @@ def test_validate_env_id_suggests_close_ids():
     with pytest.raises(ValueError, match="CartPole-v1"):
         validate_env_id("CartPol-v1")
     validate_env_id("CartPole-v1")
+
+
+@pytest.mark.minatar
+def test_minatar_ids_register_on_first_use():
+    """MinAtar's five games, by the ids of its gym module, with their family and observation shape (10, 10, C)."""
+    from envs import env_family
+
+    for game, channels in (("Asterix", 4), ("Breakout", 4), ("Freeway", 7), ("Seaquest", 10), ("SpaceInvaders", 6)):
+        env_id = f"MinAtar/{game}-v1"
+        validate_env_id(env_id)
+        assert env_family(env_id) == "minatar"
+        envs, obs = make_vec_env(env_id, 2, seed=0)
+        assert obs.shape == (2, 10, 10, channels) and obs.dtype == np.float32 and set(np.unique(obs)) <= {0.0, 1.0}
+        envs.close()
