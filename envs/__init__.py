@@ -17,14 +17,19 @@ __all__ = ["EnvSpec", "RunningMeanStd", "VecEnv", "env_family", "evaluate", "mak
 ENV_FAMILIES = ("classic_control", "mujoco", "box2d", "toy_text", "atari", "minatar", "other")
 
 
-def _register_minatar(env_id: str) -> None:
-    """MinAtar's ids (`MinAtar/Breakout-v1`: minimal action set, as the MinAtar paper) exist once its gym module
-    registers them; do that on first use, when the package (the minatar extra) is installed."""
-    if env_id.startswith("MinAtar/") and env_id not in gym.registry:
-        try:
+def _register_optional(env_id: str) -> None:
+    """Atari's ids (`ALE/Pong-v5`, `PongNoFrameskip-v4`) and MinAtar's (`MinAtar/Breakout-v1`: minimal action set,
+    as the MinAtar paper) exist once ale-py or MinAtar's gym module registers them; do that on first use, when
+    the package (the atari or minatar extra) is installed."""
+    if env_id in gym.registry:
+        return
+    try:
+        if env_id.startswith("MinAtar/"):
             importlib.import_module("minatar.gym").register_envs()
-        except ImportError:
-            pass  # the lookup below fails with the closest ids, and the install hint comes from validate_env_id
+        else:
+            gym.register_envs(importlib.import_module("ale_py"))
+    except ImportError:
+        pass  # the lookup fails with the closest ids
 
 
 def _spec(env_id: str) -> gym.envs.registration.EnvSpec:
@@ -32,7 +37,7 @@ def _spec(env_id: str) -> gym.envs.registration.EnvSpec:
     if ":" in env_id:
         module, env_id = env_id.split(":", 1)
         importlib.import_module(module)
-    _register_minatar(env_id)
+    _register_optional(env_id)
     return gym.spec(env_id)
 
 
@@ -49,7 +54,7 @@ def env_family(env_id: str) -> str:
 
 def action_kind(env_id: str) -> str:
     """ "discrete" or "continuous": what an algorithm's ACTION_SPACES is checked against before a run starts."""
-    _register_minatar(env_id)
+    _register_optional(env_id)
     env = gym.make(env_id, disable_env_checker=True)
     try:
         return "continuous" if isinstance(env.action_space, gym.spaces.Box) else "discrete"
@@ -83,7 +88,7 @@ def make_vec_env(
     env_kwargs: dict[str, Any] | None = None,
 ) -> tuple[VecEnv, np.ndarray]:
     """Build `num_envs` seeded copies (copy i gets seed + i) and reset them; returns (envs, first obs)."""
-    _register_minatar(env_id)
+    _register_optional(env_id)
     spec = EnvSpec(
         env_id=env_id,
         normalize_obs=normalize_obs,

@@ -1,13 +1,16 @@
 """Capture and restore the full state of one gymnasium env, for exact resume.
 
 Pickling a gymnasium env does not keep its state (EzPickle rebuilds it from constructor arguments), so
-we copy what the simulation depends on: MuJoCo's `MjData`, the env's own attributes (classic-control
-`state`, counters) with its RNG, and the scalar bookkeeping of wrappers (TimeLimit's step counter).
+we copy what the simulation depends on: MuJoCo's `MjData`, the Atari emulator (ALE state with its RNG), the
+MinAtar game object, the env's own attributes (classic-control `state`, counters) with its RNG, and the
+bookkeeping of wrappers (TimeLimit's step counter, the frame stack's queue, the life counter of the
+training-only life-loss wrapper).
 """
 
 from __future__ import annotations
 
 import copy
+from collections import deque
 from typing import Any
 
 import gymnasium as gym
@@ -19,6 +22,8 @@ _SKIP = {
     "action_space", "observation_space", "_action_space", "_observation_space", "_np_random", "np_random",
 }  # fmt: skip
 _PLAIN = (bool, int, float, str, type(None), np.ndarray, np.generic, list, tuple)
+# Wrapper attributes that describe the wrapper rather than its state.
+_WRAPPER_SKIP = {"env", "_saved_kwargs", "_cached_spec", "_metadata", "_action_space", "_observation_space"}
 
 
 def _wrapper_chain(env: gym.Env) -> list[gym.Env]:
@@ -34,11 +39,16 @@ def get_env_state(env: gym.Env) -> dict[str, Any]:
     state: dict[str, Any] = {
         "attrs": {k: copy.deepcopy(v) for k, v in vars(base).items() if k not in _SKIP and isinstance(v, _PLAIN)},
         "np_random": base.np_random.bit_generator.state if base._np_random is not None else None,
-        "wrappers": [{k: v for k, v in vars(w).items() if k.startswith("_") and isinstance(v, (bool, int, float))}
+        "wrappers": [{k: copy.deepcopy(v) for k, v in vars(w).items()
+                      if k not in _WRAPPER_SKIP and isinstance(v, (*_PLAIN, deque))}
                      for w in _wrapper_chain(env)],
     }  # fmt: skip
     if hasattr(base, "data") and type(base.data).__name__ == "MjData":
         state["mjdata"] = copy.copy(base.data)
+    if hasattr(base, "ale"):
+        state["ale"] = base.ale.cloneState(include_rng=True)
+    if type(getattr(base, "game", None)).__module__.startswith("minatar"):
+        state["minatar_game"] = copy.deepcopy(base.game)
     return state
 
 
@@ -53,7 +63,11 @@ def set_env_state(env: gym.Env, state: dict[str, Any]) -> None:
         raise ValueError("env state was captured from a different wrapper stack")
     for wrapper, attrs in zip(chain, state["wrappers"]):
         for key, value in attrs.items():
-            setattr(wrapper, key, value)
+            setattr(wrapper, key, copy.deepcopy(value))
+    if "ale" in state:
+        base.ale.restoreState(state["ale"])
+    if "minatar_game" in state:
+        base.game = copy.deepcopy(state["minatar_game"])
     if "mjdata" in state:
         import mujoco
 

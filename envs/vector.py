@@ -78,17 +78,31 @@ class VecEnv:
         self.spec = spec
         self.num_envs = num_envs
         self.training = training  # False: statistics frozen (evaluation)
-        self.envs = [gym.make(spec.env_id, disable_env_checker=True, **dict(spec.env_kwargs)) for _ in range(num_envs)]
+        # Atari games get the standard preprocessing of their protocol (env_kwargs may name it: protocol=...), the
+        # training-only parts (life loss, reward clipping) left out of evaluation copies; episodes reported are
+        # whole games with unclipped scores.
+        registered = gym.registry.get(spec.env_id.split(":", 1)[-1])  # ("module:EnvId" ids register on make)
+        self.whole_games = registered is not None and str(registered.entry_point).startswith("ale_py")
+        if self.whole_games:
+            from envs.atari import make_atari_env
+
+            self.envs = [make_atari_env(spec.env_id, training=training, **dict(spec.env_kwargs)) for _ in range(num_envs)]
+        else:
+            self.envs = [gym.make(spec.env_id, disable_env_checker=True, **dict(spec.env_kwargs)) for _ in range(num_envs)]
         self.single_observation_space = self.envs[0].observation_space
         self.single_action_space = self.envs[0].action_space
         self.is_continuous = isinstance(self.single_action_space, gym.spaces.Box)
         obs_shape = self.single_observation_space.shape
+        # Frames stay uint8 (4x smaller in replay and in transit); everything else is float32.
+        obs_dtype = np.uint8 if self.single_observation_space.dtype == np.uint8 else np.float32
+        if spec.normalize_obs and obs_dtype == np.uint8:
+            raise ValueError(f"{spec.env_id}: observation normalisation is for vector observations, not frames")
         self.obs_rms = RunningMeanStd(obs_shape) if spec.normalize_obs else None
         self.return_rms = RunningMeanStd(()) if spec.normalize_reward else None
         self._discounted_return = np.zeros(num_envs, np.float64)
         self._episode_return = np.zeros(num_envs, np.float64)
         self._episode_length = np.zeros(num_envs, np.int64)
-        self._raw_obs = np.zeros((num_envs, *obs_shape), np.float32)
+        self._raw_obs = np.zeros((num_envs, *obs_shape), obs_dtype)
         self._reward = np.zeros(num_envs, np.float64)
         if self.is_continuous:
             self._action_low = self.single_action_space.low
@@ -121,14 +135,17 @@ class VecEnv:
         raw_obs, rewards = self._raw_obs, self._reward
         terminated, truncated = np.zeros(self.num_envs, bool), np.zeros(self.num_envs, bool)
         for i, env in enumerate(self.envs):
-            obs, reward, term, trunc, _ = env.step(actions[i])
+            obs, reward, term, trunc, step_info = env.step(actions[i])
             self._episode_return[i] += reward
             self._episode_length[i] += 1
             if term or trunc:
                 final_raw[i] = obs
-                episodes.append((i, float(self._episode_return[i]), int(self._episode_length[i])))
-                self._episode_return[i] = 0.0
-                self._episode_length[i] = 0
+                game = step_info.get("game_end")
+                if not self.whole_games or game is not None:  # an Atari life lost is not a game over
+                    episodic_return = game[0] if game is not None else self._episode_return[i]
+                    episodes.append((i, float(episodic_return), int(self._episode_length[i])))
+                    self._episode_return[i] = 0.0
+                    self._episode_length[i] = 0
                 obs, _ = env.reset()
             raw_obs[i] = obs
             rewards[i] = reward

@@ -155,3 +155,46 @@ def test_minatar_ids_register_on_first_use():
         envs, obs = make_vec_env(env_id, 2, seed=0)
         assert obs.shape == (2, 10, 10, channels) and obs.dtype == np.float32 and set(np.unique(obs)) <= {0.0, 1.0}
         envs.close()
+
+
+@pytest.mark.parametrize("env_id", [pytest.param("ALE/Breakout-v5", marks=pytest.mark.atari),
+                                    pytest.param("MinAtar/Breakout-v1", marks=pytest.mark.minatar)])  # fmt: skip
+def test_state_capture_restores_games_exactly(env_id):
+    """Emulator (with its RNG), frame stack, life counter and game score of Atari; the game object of MinAtar."""
+    envs, _ = make_vec_env(env_id, 2, seed=3)
+    actions = np.random.default_rng(2).integers(0, envs.single_action_space.n, (700, 2))
+    for action in actions[:300]:
+        envs.step(action)
+    state = envs.state_dict()
+    expected = [envs.step(a) for a in actions[300:]]
+    twin, _ = make_vec_env(env_id, 2, seed=999)
+    twin.load_state_dict(state)
+    ended = 0
+    for a, (obs, reward, terminated, truncated, info) in zip(actions[300:], expected):
+        obs2, reward2, terminated2, truncated2, info2 = twin.step(a)
+        np.testing.assert_array_equal(obs, obs2)
+        np.testing.assert_array_equal(reward, reward2)
+        np.testing.assert_array_equal(terminated | truncated, terminated2 | truncated2)
+        assert info["episodes"] == info2["episodes"]
+        ended += int((terminated | truncated).sum())
+    assert ended > 0  # the comparison went through episode ends (and, for Atari, lives lost)
+
+
+@pytest.mark.atari
+def test_atari_vector_env_keeps_frames_and_reports_whole_games():
+    """uint8 frames; in training a lost life ends the learner's episode and rewards are clipped, but the episodes
+    reported (and evaluated) are whole games."""
+    envs, obs = make_vec_env("ALE/Breakout-v5", 2, seed=0)
+    assert obs.shape == (2, 4, 84, 84) and obs.dtype == np.uint8
+    rng = np.random.default_rng(0)
+    learner_episode_ends, games = 0, []
+    for _ in range(2500):
+        obs, reward, terminated, truncated, info = envs.step(rng.integers(0, 4, 2))
+        assert obs.dtype == np.uint8 and set(np.unique(reward)) <= {-1.0, 0.0, 1.0}
+        learner_episode_ends += int((terminated | truncated).sum())
+        games += info["episodes"]
+    assert games and learner_episode_ends >= 5 * len(games)  # Breakout: five lives per game
+    returns = evaluate(envs, lambda o: np.ones(len(o), np.int64), episodes=2, seed=0)  # always FIRE
+    assert returns.shape == (2,) and np.all(returns >= 0)
+    with pytest.raises(ValueError, match="frames"):
+        make_vec_env("ALE/Breakout-v5", 1, seed=0, normalize_obs=True)
