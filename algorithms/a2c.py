@@ -48,6 +48,7 @@ from envs import make_vec_env
 SMOKE = {"total_timesteps": 1000, "num_envs": 4, "num_steps": 5, "eval_every": 500, "eval_episodes": 2}
 """Tiny settings for the contract tests (with a discrete and a continuous `env_id`)."""
 ACTION_SPACES = ("discrete", "continuous")
+OBSERVATIONS = ("vector", "image")  # image: the CNN torsos of algorithms.common.torsos
 LOG_EVERY = 100
 """updates between loss logs (A2C updates every num_envs * num_steps steps, so every update would flood logs)"""
 
@@ -81,7 +82,7 @@ class Config(RunConfig):
     max_grad_norm: float = 0.5
     """global gradient-norm clip"""
     normalize_obs: bool = True
-    """normalise observations by running mean/std"""
+    """normalise vector observations by running mean/std (images are left as they are)"""
     normalize_reward: bool = True
     """scale rewards by the running std of the discounted return"""
     hidden_size: int = 64
@@ -114,14 +115,14 @@ class Config(RunConfig):
 
 # --- networks and maths ------------------------------------------------------------------------------
 def evaluate_actions(agent: Agent, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """log pi(a|s), the policy's entropy at s and V(s), all (B,), for obs (B, O) and actions (B, *A)."""
+    """log pi(a|s), the policy's entropy at s and V(s), all (B,), for obs (B, *O) and actions (B, *A)."""
+    out, values = agent.actor_and_value(obs)
     if agent.continuous:
-        mean = agent.actor(obs)
         entropy = gaussian_entropy(agent.actor_logstd, obs.shape[0])
-        return gaussian_log_prob(actions, mean, agent.actor_logstd), entropy, agent.value(obs)
-    log_probs = torch.log_softmax(agent.actor(obs), -1)
+        return gaussian_log_prob(actions, out, agent.actor_logstd), entropy, values
+    log_probs = torch.log_softmax(out, -1)
     entropy = -(log_probs.exp() * log_probs).sum(-1)
-    return log_probs.gather(-1, actions[:, None]).squeeze(-1), entropy, agent.value(obs)
+    return log_probs.gather(-1, actions[:, None]).squeeze(-1), entropy, values
 
 
 def a2c_loss(
@@ -171,7 +172,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
         continuous = envs.is_continuous
         action_shape = envs.single_action_space.shape if continuous else ()
         action_dim = int(np.prod(action_shape)) if continuous else int(envs.single_action_space.n)
-        agent = Agent(int(np.prod(obs_shape)), action_dim, continuous, cfg.hidden_size).to(device)
+        agent = Agent(obs_shape, action_dim, continuous, cfg.hidden_size).to(device)
         if cfg.optimizer == "rmsprop":
             optimizer = torch.optim.RMSprop(agent.parameters(), lr=cfg.learning_rate, alpha=cfg.rmsprop_alpha,
                                             eps=cfg.optimizer_eps)  # fmt: skip
@@ -222,7 +223,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
             # 5. n-step returns R_t (or GAE): bootstrap from V(s_{t+n}) at the rollout's end, from V(true final obs)
             # at a truncation, from nothing at a termination (Algorithm S3, "R = 0 for terminal s_t").
             batch = rollout.tensors(device)
-            obs = batch.obs.reshape(T * N, -1)
+            obs = batch.obs.reshape(T * N, *obs_shape)
             actions = batch.actions.reshape(T * N, *action_shape)
             log_probs, entropy, values = evaluate_actions(agent, obs, actions)
             with torch.no_grad():

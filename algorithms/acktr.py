@@ -28,8 +28,12 @@ Defaults: baselines' ACKTR (eta_max 0.25 annealed linearly to 0, kfac_clip 0.001
   the trust region; plain heavy-ball momentum (b <- mu b + eta Delta) made CartPole and InvertedPendulum
   runs collapse in calibration. No gradient clipping: the trust region bounds every step.
 - Time-limit truncation is not termination: a truncated step bootstraps from V(true final observation).
-Only fully connected layers have Kronecker factors so far; see `KFAC` for where a conv layer (Grosse &
-Martens 2016, "KFC") goes.
+- Conv layers (the CNN torso on images) get the KFC factors of Grosse & Martens (2016), as baselines: A over
+  the input patches of every output position, G over the output gradients at every position, times the
+  number of positions (`conv_factors`). Atari: baselines' setting is 16 env copies x 20 steps, entropy 0.01,
+  no normalisation (clipped rewards); the suites' `[algo.acktr.atari]` overrides set it. The first fully
+  connected layer of the Nature CNN has a 3137 x 3137 factor: `kfac_inverse_every` > 1 (baselines: 10)
+  spreads its eigendecomposition.
 `compile=True` wraps acting only (the K-FAC update runs eagerly: it records activations with hooks) in torch.compile.
 """
 
@@ -54,9 +58,17 @@ from algorithms.common.rollout import RolloutStorage
 from algorithms.ppo import Agent, compute_gae
 from envs import make_vec_env
 
-SMOKE = {"total_timesteps": 1000, "num_envs": 4, "num_steps": 5, "eval_every": 500, "eval_episodes": 2}
+SMOKE = {
+    "total_timesteps": 1000,
+    "num_envs": 4,
+    "num_steps": 5,
+    "kfac_inverse_every": 5,
+    "eval_every": 500,
+    "eval_episodes": 2,
+}
 """Tiny settings for the contract tests (with a discrete and a continuous `env_id`)."""
 ACTION_SPACES = ("discrete", "continuous")
+OBSERVATIONS = ("vector", "image")  # image: the CNN torsos of algorithms.common.torsos
 
 
 @dataclass(frozen=True)
@@ -90,7 +102,7 @@ class Config(RunConfig):
     vf_coef: float = 0.5
     """value loss coefficient"""
     normalize_obs: bool = True
-    """normalise observations by running mean/std"""
+    """normalise vector observations by running mean/std (images are left as they are)"""
     normalize_reward: bool = True
     """scale rewards by the running std of the discounted return"""
     hidden_size: int = 64
@@ -128,6 +140,19 @@ def linear_factors(inputs: torch.Tensor, output_grads: torch.Tensor) -> tuple[to
     return a.T @ a / a.shape[0], output_grads.T @ output_grads / output_grads.shape[0]
 
 
+def conv_factors(inputs: torch.Tensor, output_grads: torch.Tensor, conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kronecker factors of a Conv2d layer (Grosse & Martens 2016, "KFC", with spatially uncorrelated derivatives):
+    F ~ sum_t E[a~_t a~_t^T] (x) E[g_t g_t^T] = A (x) G with A = E_{b,t}[a~ a~^T] ((C kh kw + 1)^2, a~_t the input
+    patch at output position t with a 1 for the bias) and G = L E_{b,t}[g g^T] (out, out), L output positions.
+    inputs (B, C, H, W), output_grads (B, out, H', W'). With L = 1 these are `linear_factors` of the flattened patch."""
+    patches = nn.functional.unfold(inputs, conv.kernel_size, conv.dilation, conv.padding, conv.stride)  # (B, C kh kw, L)
+    positions = patches.shape[-1]
+    a = patches.transpose(1, 2).reshape(-1, patches.shape[1])  # (B L, C kh kw)
+    g = output_grads.flatten(2).transpose(1, 2).reshape(-1, output_grads.shape[1])  # (B L, out)
+    factor_a, factor_g = linear_factors(a, g)
+    return factor_a, factor_g * positions
+
+
 def kfac_precondition(
     grad: torch.Tensor, eig_a: tuple[torch.Tensor, torch.Tensor], eig_g: tuple[torch.Tensor, torch.Tensor], damping: float
 ) -> torch.Tensor:
@@ -139,6 +164,16 @@ def kfac_precondition(
     """
     (d_a, q_a), (d_g, q_g) = eig_a, eig_g
     return q_g @ ((q_g.T @ grad @ q_a) / (d_g[:, None] * d_a[None, :] + damping)) @ q_a.T
+
+
+def symmetric_eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch.linalg.eigh, redone in float64 where the float32 solver does not converge: Kronecker factors are often
+    rank-deficient with many repeated zero eigenvalues (dead ReLU units, fewer samples than a CNN layer's inputs)."""
+    try:
+        return torch.linalg.eigh(matrix)
+    except torch.linalg.LinAlgError:
+        eigenvalues, eigenvectors = torch.linalg.eigh(matrix.double())
+        return eigenvalues.to(matrix.dtype), eigenvectors.to(matrix.dtype)
 
 
 def trust_region_step_size(quadratic: torch.Tensor, max_step: float, kl_clip: float) -> torch.Tensor:
@@ -155,12 +190,12 @@ class KFAC(torch.optim.Optimizer):
     Each nn.Linear (with bias) gets the Kronecker-factored block G (x) A; parameters in no such layer need a
     closed-form diagonal Fisher in `diagonal_fisher` (e.g. a Gaussian's log-std: 2). The state (factors, their
     eigendecompositions, momentum) lives in the optimizer state, so `state_dict()` checkpoints all of it.
-    Weights are handled as (out, rest) matrices with the bias as their last column, so a new layer type only
-    needs its entry in LAYER_TYPES and its factors in `_factors` (Conv2d: A from the unfolded input patches,
-    G from the output gradients at every position, Grosse & Martens 2016, "KFC").
+    Weights are handled as (out, rest) matrices with the bias as their last column (a Conv2d's rest is
+    C_in x kh x kw, the order of its unfolded patches), so a layer type needs only its entry in LAYER_TYPES and
+    its factors in `_factors`.
     """
 
-    LAYER_TYPES = (nn.Linear,)
+    LAYER_TYPES = (nn.Linear, nn.Conv2d)
 
     def __init__(self, model: nn.Module, lr: float, kl_clip: float, damping: float, stat_decay: float, momentum: float,
                  inverse_every: int = 1, diagonal_fisher: dict[nn.Parameter, float] | None = None) -> None:  # fmt: skip
@@ -195,6 +230,8 @@ class KFAC(torch.optim.Optimizer):
     def _factors(self, module: nn.Module, inputs: torch.Tensor, output_grads: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if isinstance(module, nn.Linear):
             return linear_factors(inputs, output_grads)
+        if isinstance(module, nn.Conv2d) and module.groups == 1:
+            return conv_factors(inputs, output_grads, module)
         raise NotImplementedError(f"no Kronecker factors for {type(module).__name__}")
 
     def update_factors(self, sampled_log_likelihood: torch.Tensor) -> None:
@@ -216,7 +253,7 @@ class KFAC(torch.optim.Optimizer):
                     state["A"].lerp_(a, 1.0 - decay)
                     state["G"].lerp_(g, 1.0 - decay)
                 if self.factor_updates % self.inverse_every == 0 or "QA" not in state:
-                    (state["dA"], state["QA"]), (state["dG"], state["QG"]) = map(torch.linalg.eigh, (state["A"], state["G"]))
+                    (state["dA"], state["QA"]), (state["dG"], state["QG"]) = map(symmetric_eigh, (state["A"], state["G"]))
         self.factor_updates += 1
         self._records.clear()
 
@@ -264,7 +301,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
         continuous = envs.is_continuous
         action_shape = envs.single_action_space.shape if continuous else ()
         action_dim = int(np.prod(action_shape)) if continuous else int(envs.single_action_space.n)
-        agent = Agent(int(np.prod(obs_shape)), action_dim, continuous, cfg.hidden_size).to(device)
+        agent = Agent(obs_shape, action_dim, continuous, cfg.hidden_size).to(device)
         optimizer = KFAC(agent, lr=cfg.learning_rate, kl_clip=cfg.kl_clip, damping=cfg.damping, stat_decay=cfg.stat_decay,
                          momentum=cfg.momentum, inverse_every=cfg.kfac_inverse_every,
                          diagonal_fisher={agent.actor_logstd: 2.0} if continuous else None)  # fmt: skip
@@ -311,7 +348,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
 
             # 5. n-step returns (or GAE), bootstrapped from V(true final obs) at truncations, not at terminations.
             batch = rollout.tensors(device)
-            obs = batch.obs.reshape(T * N, -1)
+            obs = batch.obs.reshape(T * N, *obs_shape)
             actions = batch.actions.reshape(T * N, *action_shape)
             with optimizer.record():
                 log_probs, entropy, values = evaluate_actions(agent, obs, actions)

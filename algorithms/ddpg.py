@@ -36,6 +36,7 @@ SMOKE = {"total_timesteps": 600, "learning_starts": 200, "buffer_size": 1000, "b
          "eval_episodes": 2}  # fmt: skip
 """Tiny settings for the contract tests."""
 ACTION_SPACES = ("continuous",)  # deterministic policy gradient: Box actions
+OBSERVATIONS = ("vector",)
 
 
 @dataclass(frozen=True)

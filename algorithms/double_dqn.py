@@ -19,6 +19,7 @@ from algorithms.common.logging import train_from_cli
 SMOKE = dqn.SMOKE
 """Tiny settings for the contract tests."""
 ACTION_SPACES = dqn.ACTION_SPACES
+OBSERVATIONS = dqn.OBSERVATIONS
 
 
 @dataclass(frozen=True)

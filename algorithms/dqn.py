@@ -14,7 +14,12 @@ env steps after 10k steps, MSE loss). Deviations, each on purpose:
   treats truncation like termination in gymnasium < 1.0 code paths.
 - `loss`: "mse" (CleanRL's default) or "huber" (the Nature paper clips the TD error to [-1, 1], which is
   the Huber loss with delta 1). `gradient_steps` > 1 takes several steps per update (RL Zoo's tuned setting).
-- Evaluation acts greedily (epsilon 0) on classic control; the Atari protocols add their own epsilon.
+- Evaluation acts greedily on classic control; `eval_epsilon` sets the Atari protocols' 0.05.
+Image observations get the CNN torso of `algorithms.common.torsos` (Nature CNN, 512 units, for Atari; MinAtar's
+one-conv network, 128 units) and a replay memory that keeps frames as uint8, each frame once
+(`FrameReplayBuffer`). CleanRL's `dqn_atari.py` settings (buffer 1M, lr 1e-4, batch 32, target every 1000 steps,
+epsilon 1 -> 0.01 over 10% of the run, learning from 80k steps, an update every 4 steps) and Young & Tian's
+MinAtar ones are the suites' `[algo.dqn.atari]` and `[algo.dqn.minatar]` overrides.
 `compile=True` wraps the update and acting functions in torch.compile.
 """
 
@@ -32,14 +37,17 @@ import torch.nn.functional as F
 from algorithms.common import Checkpointer, Logger, NullLogger, TrainResult, restore_rng_state, rng_state, seed_everything
 from algorithms.common.config import RunConfig
 from algorithms.common.evaluation import evaluate_and_log, finish_run, record_episodes
+from algorithms.common.frame_replay import FrameReplayBuffer
 from algorithms.common.logging import train_from_cli
 from algorithms.common.replay import ReplayBuffer
+from algorithms.common.torsos import ImageTorso, image_kind
 from envs import make_vec_env
 
 SMOKE = {"total_timesteps": 1200, "learning_starts": 300, "buffer_size": 1000, "batch_size": 32, "train_frequency": 4,
          "target_network_frequency": 100, "eval_every": 600, "eval_episodes": 2}  # fmt: skip
 """Tiny settings for the contract tests."""
 ACTION_SPACES = ("discrete",)
+OBSERVATIONS = ("vector", "image")  # image: the CNN torsos of algorithms.common.torsos
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,8 @@ class Config(RunConfig):
     """width of the second hidden layer"""
     max_grad_norm: float | None = None
     """clip the gradient norm (None: no clipping, as CleanRL)"""
+    eval_epsilon: float = 0.0
+    """epsilon of evaluation episodes (0: greedy; the Atari protocols' 0.05)"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -102,19 +112,26 @@ class Config(RunConfig):
             raise ValueError("learning_starts must be >= 0")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ValueError("max_grad_norm must be > 0 or None")
+        if not 0 <= self.eval_epsilon <= 1:
+            raise ValueError(f"eval_epsilon must be in [0, 1], got {self.eval_epsilon}")
 
 
 # --- networks ----------------------------------------------------------------------------------------
 class QNetwork(nn.Module):
-    """Q(s, .): an MLP from observations to one value per action."""
+    """Q(s, .): an MLP from vector observations to one value per action; for image observations the CNN torso
+    (Nature CNN on Atari frames, MinAtar's small CNN on grids) and one linear output layer."""
 
-    def __init__(self, obs_dim: int, n_actions: int, hidden: tuple[int, int]) -> None:
+    def __init__(self, obs_shape: tuple[int, ...], n_actions: int, hidden: tuple[int, int]) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(obs_dim, hidden[0]), nn.ReLU(), nn.Linear(hidden[0], hidden[1]), nn.ReLU(),
-                                 nn.Linear(hidden[1], n_actions))  # fmt: skip
+        if image_kind(obs_shape) is None:
+            self.net = nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(obs_shape)), hidden[0]), nn.ReLU(),
+                                     nn.Linear(hidden[0], hidden[1]), nn.ReLU(), nn.Linear(hidden[1], n_actions))  # fmt: skip
+        else:
+            torso = ImageTorso(obs_shape)
+            self.net = nn.Sequential(torso, nn.Linear(torso.out_features, n_actions))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.net(obs.flatten(1))
+        return self.net(obs)
 
 
 # --- pure maths --------------------------------------------------------------------------------------
@@ -155,12 +172,19 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
             raise ValueError(f"DQN needs Discrete actions; {cfg.env_id} has {envs.single_action_space}")
         obs_shape, n_actions, N = envs.single_observation_space.shape, int(envs.single_action_space.n), cfg.num_envs
         hidden = (cfg.hidden_size_1, cfg.hidden_size_2)
-        q_network = QNetwork(int(np.prod(obs_shape)), n_actions, hidden).to(device)
-        target_network = QNetwork(int(np.prod(obs_shape)), n_actions, hidden).to(device)
+        q_network = QNetwork(obs_shape, n_actions, hidden).to(device)
+        target_network = QNetwork(obs_shape, n_actions, hidden).to(device)
         target_network.load_state_dict(q_network.state_dict())
         optimizer = torch.optim.Adam(q_network.parameters(), lr=cfg.learning_rate)
-        buffer = ReplayBuffer(cfg.buffer_size, obs_shape, (), torch.long, device)
+        # Stacked frames: each frame stored once (uint8); MinAtar grids (0/1) as uint8; vectors as float32.
+        kind = image_kind(obs_shape)
+        if kind == "frames":
+            buffer = FrameReplayBuffer(cfg.buffer_size, N, obs_shape, (), torch.long, device)
+        else:
+            buffer = ReplayBuffer(cfg.buffer_size, obs_shape, (), torch.long, device,
+                                  obs_dtype=torch.float32 if kind is None else torch.uint8)  # fmt: skip
         action_rng = np.random.default_rng(cfg.seed)  # exploration draws (epsilon test and random actions)
+        eval_rng = np.random.default_rng([cfg.seed, 1])  # the evaluation protocol's epsilon draws
 
         def greedy(obs: torch.Tensor) -> torch.Tensor:
             return q_network(obs).argmax(dim=1)
@@ -183,8 +207,13 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
             greedy, update = torch.compile(greedy), torch.compile(update)
 
         def deterministic_policy(obs: np.ndarray) -> np.ndarray:
+            """Greedy, or epsilon-greedy with the evaluation protocol's eval_epsilon (Atari: 0.05)."""
             with torch.inference_mode():
-                return q_network(torch.as_tensor(obs, device=device)).argmax(dim=1).cpu().numpy()
+                chosen = q_network(torch.as_tensor(obs, device=device)).argmax(dim=1).cpu().numpy()
+            if cfg.eval_epsilon == 0:
+                return chosen
+            explore = eval_rng.random(len(chosen)) < cfg.eval_epsilon
+            return np.where(explore, eval_rng.integers(0, n_actions, len(chosen)), chosen)
 
         # 2. State: fresh, or restored from the newest checkpoint (replay memory included).
         next_obs, global_step, updates = first_obs, 0, 0
@@ -201,6 +230,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
             updates = state["updates"]
             recent_returns = deque(state["recent_returns"], maxlen=100)
             action_rng.bit_generator.state = state["action_rng"]
+            eval_rng.bit_generator.state = state["eval_rng"]
             restore_rng_state(state["rng"])
 
         start_time, start_step = time.perf_counter(), global_step
@@ -241,7 +271,8 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
                     "optimizer": optimizer.state_dict(), "envs": envs.state_dict(), "next_obs": next_obs,
                     "global_step": global_step, "updates": updates, "eval_history": eval_history,
                     "recent_returns": list(recent_returns),
-                    "action_rng": action_rng.bit_generator.state, "rng": rng_state(),
+                    "action_rng": action_rng.bit_generator.state, "eval_rng": eval_rng.bit_generator.state,
+                    "rng": rng_state(),
                 }, extras={"replay": buffer.state_dict()})  # fmt: skip
 
         return finish_run(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step,

@@ -47,6 +47,7 @@ from envs import make_vec_env
 SMOKE = {"total_timesteps": 1024, "num_envs": 2, "num_steps": 128, "vf_epochs": 2, "eval_every": 512, "eval_episodes": 2}
 """Tiny settings for the contract tests (with a discrete and a continuous `env_id`)."""
 ACTION_SPACES = ("discrete", "continuous")
+OBSERVATIONS = ("vector",)
 
 
 @dataclass(frozen=True)

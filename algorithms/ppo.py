@@ -16,6 +16,10 @@ Deviations from CleanRL, each on purpose:
 - Reward scaling resets its discounted return at every episode end (gymnasium's resets on termination only).
 - The Gaussian log-probability and entropy are written out instead of built through torch.distributions,
   and acting runs under inference_mode: the same numbers, less overhead per step.
+Image observations (Atari frames, MinAtar grids) get a shared CNN torso with linear actor and critic heads
+(see `Agent`); observation normalisation then does nothing. CleanRL's `ppo_atari.py` settings (8 envs x 128
+steps, 4 minibatches, 4 epochs, lr 2.5e-4, clip 0.1, entropy 0.01, no normalisation: Atari rewards are
+clipped) are the suites' `[algo.ppo.atari]` overrides.
 `compile=True` wraps acting and the loss in torch.compile.
 """
 
@@ -34,12 +38,14 @@ from algorithms.common.config import RunConfig
 from algorithms.common.evaluation import evaluate_and_log, finish_run
 from algorithms.common.logging import train_from_cli
 from algorithms.common.rollout import RolloutStorage
+from algorithms.common.torsos import ImageTorso, image_kind
 from envs import make_vec_env
 
 SMOKE = {"total_timesteps": 1024, "num_envs": 2, "num_steps": 128, "update_epochs": 2, "num_minibatches": 4,
          "eval_every": 512, "eval_episodes": 2}  # fmt: skip
 """Tiny settings for the contract tests (with a discrete and a continuous `env_id`)."""
 ACTION_SPACES = ("discrete", "continuous")
+OBSERVATIONS = ("vector", "image")  # image: the CNN torsos of algorithms.common.torsos
 
 
 @dataclass(frozen=True)
@@ -75,7 +81,7 @@ class Config(RunConfig):
     target_kl: float | None = None
     """stop the epochs of an update early once approx. KL exceeds this (None: never)"""
     normalize_obs: bool = True
-    """normalise observations by running mean/std"""
+    """normalise vector observations by running mean/std (images are left as they are)"""
     normalize_reward: bool = True
     """scale rewards by the running std of the discounted return"""
     hidden_size: int = 64
@@ -114,7 +120,7 @@ class Config(RunConfig):
 
 
 # --- networks ----------------------------------------------------------------------------------------
-def layer_init(layer: nn.Linear, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
+def layer_init(layer: nn.Linear | nn.Conv2d, std: float = np.sqrt(2), bias_const: float = 0.0) -> nn.Linear | nn.Conv2d:
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
     return layer
@@ -130,17 +136,36 @@ def mlp(in_dim: int, hidden: int, out_dim: int, out_std: float) -> nn.Sequential
 
 class Agent(nn.Module):
     """Separate actor and critic MLPs; Gaussian policy with a learned state-independent log-std (Box) or
-    a categorical policy over logits (Discrete)."""
+    a categorical policy over logits (Discrete). Image observations (Atari frames, MinAtar grids): actor and
+    critic are linear heads on one shared CNN torso (`algorithms.common.torsos`, orthogonal init as CleanRL's
+    ppo_atari), and `actor_and_value` runs the torso once for both."""
 
-    def __init__(self, obs_dim: int, action_dim: int, continuous: bool, hidden: int) -> None:
+    def __init__(self, obs_shape: tuple[int, ...], action_dim: int, continuous: bool, hidden: int) -> None:
         super().__init__()
         self.continuous = continuous
-        self.critic = mlp(obs_dim, hidden, 1, out_std=1.0)
-        self.actor = mlp(obs_dim, hidden, action_dim, out_std=0.01)
+        if image_kind(obs_shape) is None:
+            obs_dim = int(np.prod(obs_shape))
+            self.torso = None
+            self.critic = mlp(obs_dim, hidden, 1, out_std=1.0)
+            self.actor = mlp(obs_dim, hidden, action_dim, out_std=0.01)
+        else:
+            self.torso = ImageTorso(obs_shape)
+            for layer in self.torso.modules():
+                if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                    layer_init(layer)
+            self.actor = nn.Sequential(self.torso, layer_init(nn.Linear(self.torso.out_features, action_dim), std=0.01))
+            self.critic = nn.Sequential(self.torso, layer_init(nn.Linear(self.torso.out_features, 1), std=1.0))
         self.actor_logstd = nn.Parameter(torch.zeros(1, action_dim)) if continuous else None
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         return self.critic(obs).squeeze(-1)
+
+    def actor_and_value(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(actor output (B, A), V(s) (B,)) with a shared torso evaluated once."""
+        if self.torso is None:
+            return self.actor(obs), self.value(obs)
+        features = self.torso(obs)
+        return self.actor[1](features), self.critic[1](features).squeeze(-1)
 
 
 # --- pure maths --------------------------------------------------------------------------------------
@@ -211,7 +236,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
         continuous = envs.is_continuous
         action_shape = envs.single_action_space.shape if continuous else ()
         action_dim = int(np.prod(action_shape)) if continuous else int(envs.single_action_space.n)
-        agent = Agent(int(np.prod(obs_shape)), action_dim, continuous, cfg.hidden_size).to(device)
+        agent = Agent(obs_shape, action_dim, continuous, cfg.hidden_size).to(device)
         optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5, fused=device.type in ("cpu", "cuda"))
         T, N = cfg.num_steps, cfg.num_envs
         # Host-side rollout storage, filled step by step and moved to the device once per rollout.
@@ -227,13 +252,13 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
 
         def policy_loss_terms(obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             """New log-probs, entropies and values for a minibatch, all (B,)."""
+            out, values = agent.actor_and_value(obs)
             if continuous:
-                mean = agent.actor(obs)
-                return (gaussian_log_prob(actions, mean, agent.actor_logstd),
-                        gaussian_entropy(agent.actor_logstd, obs.shape[0]), agent.value(obs))  # fmt: skip
-            log_probs = torch.log_softmax(agent.actor(obs), -1)
+                return (gaussian_log_prob(actions, out, agent.actor_logstd),
+                        gaussian_entropy(agent.actor_logstd, obs.shape[0]), values)  # fmt: skip
+            log_probs = torch.log_softmax(out, -1)
             entropy = -(log_probs.exp() * log_probs).sum(-1)
-            return log_probs.gather(-1, actions[:, None]).squeeze(-1), entropy, agent.value(obs)
+            return log_probs.gather(-1, actions[:, None]).squeeze(-1), entropy, values
 
         def loss_fn(obs, actions, old_logprobs, advantages, returns, old_values) -> tuple[torch.Tensor, torch.Tensor]:
             """Combined loss (eq. 9, signs for minimisation) and diagnostics [pg, v, entropy, old_kl, kl, clipfrac]."""
@@ -298,7 +323,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
             batch = rollout.tensors(device)
             obs, actions = batch.obs, batch.actions
             with torch.no_grad():
-                logprobs, _, values = policy_loss_terms(obs.reshape(T * N, -1), actions.reshape(T * N, *action_shape))
+                logprobs, _, values = policy_loss_terms(obs.reshape(T * N, *obs_shape), actions.reshape(T * N, *action_shape))
                 logprobs, values = logprobs.reshape(T, N), values.reshape(T, N)
                 next_values = agent.value(batch.final_obs)
             advantages, returns = compute_gae(batch.rewards, values, next_values, batch.terminated,

@@ -50,6 +50,7 @@ SMOKE = {"total_timesteps": 1024, "num_envs": 2, "num_steps": 128, "update_epoch
          "eval_every": 512, "eval_episodes": 2}  # fmt: skip
 """Tiny settings for the contract tests (with a discrete and a continuous `env_id`)."""
 ACTION_SPACES = ("discrete", "continuous")
+OBSERVATIONS = ("vector",)
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
         continuous = envs.is_continuous
         action_shape = envs.single_action_space.shape if continuous else ()
         action_dim = int(np.prod(action_shape)) if continuous else int(envs.single_action_space.n)
-        agent = Agent(int(np.prod(obs_shape)), action_dim, continuous, cfg.hidden_size).to(device)
+        agent = Agent(obs_shape, action_dim, continuous, cfg.hidden_size).to(device)
         optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5, fused=device.type in ("cpu", "cuda"))
         T, N = cfg.num_steps, cfg.num_envs
         rollout = RolloutStorage(T, N, obs_shape, action_shape, continuous)

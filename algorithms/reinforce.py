@@ -46,6 +46,7 @@ from envs import make_vec_env
 SMOKE = {"total_timesteps": 1200, "episodes_per_batch": 2, "num_envs": 2, "eval_every": 600, "eval_episodes": 2}
 """Tiny settings for the contract tests (with a discrete and a continuous `env_id`)."""
 ACTION_SPACES = ("discrete", "continuous")
+OBSERVATIONS = ("vector",)
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ SMOKE = {"total_timesteps": 600, "learning_starts": 200, "buffer_size": 1000, "b
          "eval_episodes": 2}  # fmt: skip
 """Tiny settings for the contract tests."""
 ACTION_SPACES = ("continuous",)
+OBSERVATIONS = ("vector",)
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 

@@ -43,6 +43,7 @@ from algorithms.npg import Policy, evaluate_step, natural_step, set_flat_params
 SMOKE = npg.SMOKE
 """Tiny settings for the contract tests (with a discrete and a continuous `env_id`)."""
 ACTION_SPACES = npg.ACTION_SPACES
+OBSERVATIONS = npg.OBSERVATIONS
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 from collections.abc import Callable
@@ -12,8 +13,21 @@ import numpy as np
 
 from envs.vector import EnvSpec, RunningMeanStd, VecEnv
 
-__all__ = ["EnvSpec", "RunningMeanStd", "VecEnv", "env_family", "evaluate", "make_vec_env", "validate_env_id"]
+__all__ = [
+    "EnvSpec",
+    "RunningMeanStd",
+    "VecEnv",
+    "check_env_support",
+    "env_family",
+    "evaluate",
+    "make_vec_env",
+    "observation_kind",
+    "validate_env_id",
+]
 
+MINATAR_STEP_LIMIT = 10_000
+"""MinAtar's games have no time limit (a good Breakout player can go on for ever); this cap, a truncation that
+targets bootstrap through, keeps every episode and evaluation finite"""
 ENV_FAMILIES = ("classic_control", "mujoco", "box2d", "toy_text", "atari", "minatar", "other")
 
 
@@ -26,6 +40,8 @@ def _register_optional(env_id: str) -> None:
     try:
         if env_id.startswith("MinAtar/"):
             importlib.import_module("minatar.gym").register_envs()
+            for minatar_id in [i for i in gym.registry if i.startswith("MinAtar/")]:
+                gym.registry[minatar_id] = dataclasses.replace(gym.registry[minatar_id], max_episode_steps=MINATAR_STEP_LIMIT)
         else:
             gym.register_envs(importlib.import_module("ale_py"))
     except ImportError:
@@ -60,6 +76,29 @@ def action_kind(env_id: str) -> str:
         return "continuous" if isinstance(env.action_space, gym.spaces.Box) else "discrete"
     finally:
         env.close()
+
+
+def observation_kind(env_id: str) -> str:
+    """ "image" (3-D observations: Atari frames, MinAtar grids) or "vector": what an algorithm's OBSERVATIONS is
+    checked against before a run starts."""
+    _register_optional(env_id)
+    env = gym.make(env_id, disable_env_checker=True)
+    try:
+        return "image" if len(env.observation_space.shape or ()) == 3 else "vector"
+    finally:
+        env.close()
+
+
+def check_env_support(env_id: str, algo: str, action_spaces: tuple[str, ...], observations: tuple[str, ...]) -> None:
+    """ValueError, before any compute is spent, when an algorithm that acts in `action_spaces` and has networks for
+    `observations` (its ACTION_SPACES and OBSERVATIONS) cannot run on `env_id`: DQN on continuous actions, an
+    MLP-only algorithm on Atari frames (its float replay memory alone would exhaust the machine's memory)."""
+    kind = action_kind(env_id)
+    if kind not in action_spaces:
+        raise ValueError(f"{algo} needs {' or '.join(action_spaces)} actions; {env_id} has {kind} actions")
+    if observation_kind(env_id) not in observations:
+        raise ValueError(f"{algo} has no CNN for the image observations of {env_id} (dqn, double_dqn, ppo, a2c and acktr "
+                         f"have one)")  # fmt: skip
 
 
 def validate_env_id(env_id: str) -> None:

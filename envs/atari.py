@@ -13,6 +13,9 @@ Protocols:
 - `machado2018`: sticky actions with probability 0.25 instead of no-op starts, whole games as episodes (no
   life-loss signal, no fire reset): the recommendation of Machado et al. (2018), gymnasium's `-v5` default.
 
+The id picks the protocol unless `protocol=` is given: `<Game>NoFrameskip-v4` ids run `dqn-nature`, `ALE/<Game>-v5`
+ids `machado2018` (`default_protocol`).
+
 `info["game_end"] = (return, frames)` marks the step where a whole game ended, with its unclipped score:
 episodes seen by the learner may be single lives with clipped rewards, and reported scores must not be.
 """
@@ -41,6 +44,24 @@ PROTOCOLS = {
     "dqn-nature": AtariProtocol(repeat_action_probability=0.0, noop_max=30, episodic_life=True, fire_reset=True),
     "machado2018": AtariProtocol(repeat_action_probability=0.25, noop_max=0, episodic_life=False, fire_reset=False),
 }
+
+
+class LastAction(gym.Wrapper):
+    """Remembers the last action given to the emulator (innermost wrapper, so frame-skip repeats and no-ops count).
+    With sticky actions the ALE repeats its previous action with probability p, and its saved state does not
+    include that action: exact resume (`envs.state`) puts it back from here."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.last_action = 0  # NOOP: a reset game starts from it
+
+    def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        self.last_action = 0
+        return self.env.reset(**kwargs)
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        self.last_action = int(action)
+        return self.env.step(action)
 
 
 class GameStatistics(gym.Wrapper):
@@ -115,9 +136,16 @@ def needs_fire(env: gym.Env) -> bool:
     return len(meanings) >= 3 and meanings[1] == "FIRE"
 
 
-def make_atari_env(env_id: str, protocol: str = "dqn-nature", training: bool = True, **kwargs: Any) -> gym.Env:
-    """One preprocessed Atari env (`ALE/Pong-v5` style ids): observations uint8 (4, 84, 84). `kwargs` go to the
-    ALE env and override the protocol's settings there (e.g. `full_action_space=True`)."""
+def default_protocol(env_id: str) -> str:
+    """`machado2018` for gymnasium's `ALE/<Game>-v5` ids (sticky actions are their default), else `dqn-nature`."""
+    return "machado2018" if env_id.endswith("-v5") else "dqn-nature"
+
+
+def make_atari_env(env_id: str, protocol: str | None = None, training: bool = True, **kwargs: Any) -> gym.Env:
+    """One preprocessed Atari env: observations uint8 (4, 84, 84). `protocol` defaults to the id's
+    (`default_protocol`); `kwargs` go to the ALE env and override the protocol's settings there
+    (e.g. `full_action_space=True`)."""
+    protocol = protocol or default_protocol(env_id)
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown Atari protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
     import ale_py
@@ -126,7 +154,7 @@ def make_atari_env(env_id: str, protocol: str = "dqn-nature", training: bool = T
     p = PROTOCOLS[protocol]
     ale_kwargs = {"repeat_action_probability": p.repeat_action_probability, "full_action_space": False,
                   "max_num_frames_per_episode": MAX_FRAMES_PER_GAME, **kwargs}  # fmt: skip
-    env = gym.make(env_id, frameskip=1, disable_env_checker=True, **ale_kwargs)
+    env = LastAction(gym.make(env_id, frameskip=1, disable_env_checker=True, **ale_kwargs))
     env = gym.wrappers.AtariPreprocessing(env, noop_max=p.noop_max, frame_skip=FRAME_SKIP, screen_size=SCREEN_SIZE,
                                           terminal_on_life_loss=False, grayscale_obs=True, scale_obs=False)  # fmt: skip
     env = GameStatistics(env)

@@ -65,10 +65,28 @@ def set_env_state(env: gym.Env, state: dict[str, Any]) -> None:
         for key, value in attrs.items():
             setattr(wrapper, key, copy.deepcopy(value))
     if "ale" in state:
-        base.ale.restoreState(state["ale"])
+        _restore_ale(env, state["ale"])
     if "minatar_game" in state:
         base.game = copy.deepcopy(state["minatar_game"])
     if "mjdata" in state:
         import mujoco
 
         mujoco.mj_copyData(base.data, base.model, state["mjdata"])
+
+
+def _restore_ale(env: gym.Env, ale_state: Any) -> None:
+    """Restore the emulator, and with sticky actions also the action the ALE would repeat, which its saved state
+    leaves out: the emulator is stepped with that action until it has (almost surely) taken it, which also sets it
+    as the action to repeat, and the state is restored again (emulator and RNG; the action stays)."""
+    ale = env.unwrapped.ale
+    ale.restoreState(ale_state)
+    last = next((w.last_action for w in _wrapper_chain(env) if hasattr(w, "last_action")), None)
+    if last is not None and ale.getFloat("repeat_action_probability") > 0:
+        action = env.unwrapped._action_set[last]
+        for _ in range(STICKY_PRIMING_FRAMES):
+            ale.act(action)
+        ale.restoreState(ale_state)
+
+
+STICKY_PRIMING_FRAMES = 64
+"""frames of priming: with p = 0.25 the chance that the ALE still repeats the old action is 0.25^64"""

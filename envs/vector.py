@@ -95,9 +95,9 @@ class VecEnv:
         obs_shape = self.single_observation_space.shape
         # Frames stay uint8 (4x smaller in replay and in transit); everything else is float32.
         obs_dtype = np.uint8 if self.single_observation_space.dtype == np.uint8 else np.float32
-        if spec.normalize_obs and obs_dtype == np.uint8:
-            raise ValueError(f"{spec.env_id}: observation normalisation is for vector observations, not frames")
-        self.obs_rms = RunningMeanStd(obs_shape) if spec.normalize_obs else None
+        # Observation normalisation is for vector observations: images (3-D: frames, MinAtar grids) stay as they
+        # are, and the CNN torsos scale pixels themselves.
+        self.obs_rms = RunningMeanStd(obs_shape) if spec.normalize_obs and len(obs_shape) != 3 else None
         self.return_rms = RunningMeanStd(()) if spec.normalize_reward else None
         self._discounted_return = np.zeros(num_envs, np.float64)
         self._episode_return = np.zeros(num_envs, np.float64)

@@ -17,7 +17,7 @@ import torch
 
 from algorithms.common import Checkpointer, ConsoleLogger, RunInterrupted, RunPaused
 from envs import validate_env_id
-from experiments.registry import check_action_space, load_algorithm
+from experiments.registry import check_env_support, load_algorithm
 from experiments.runs import JsonlLogger, RunDirectory, RunSpec
 
 
@@ -60,7 +60,7 @@ def validate_spec(spec: RunSpec) -> Any:
     load_algorithm(spec.algo)
     config = spec.config()
     validate_env_id(spec.env_id)
-    check_action_space(spec.algo, spec.env_id)
+    check_env_support(spec.algo, spec.env_id)
     return config
 
 

@@ -128,11 +128,9 @@ def make_config(algo: str, overrides: dict[str, Any]) -> Any:
         raise ValueError(f"invalid {algo} config: {exc}") from None
 
 
-def check_action_space(algo: str, env_id: str) -> None:
-    """ValueError when `algo` cannot act in `env_id` (e.g. DQN on a continuous-action task)."""
-    from envs import action_kind
+def check_env_support(algo: str, env_id: str) -> None:
+    """ValueError when `algo` cannot act in `env_id` or has no network for its observations (envs.check_env_support)."""
+    from envs import check_env_support as check
 
-    supported = load_algorithm(algo).ACTION_SPACES
-    kind = action_kind(env_id)
-    if kind not in supported:
-        raise ValueError(f"{algo} needs {' or '.join(supported)} actions; {env_id} has {kind} actions")
+    module = load_algorithm(algo)
+    check(env_id, algo, module.ACTION_SPACES, module.OBSERVATIONS)

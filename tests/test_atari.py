@@ -26,7 +26,7 @@ def play(env: gym.Env, actions: np.ndarray, seed: int):
 
 
 def test_observations_are_uint8_stacks_of_four_84x84_frames_oldest_first():
-    env = make_atari_env("ALE/Breakout-v5")
+    env = make_atari_env("BreakoutNoFrameskip-v4")
     actions = np.random.default_rng(0).integers(0, env.action_space.n, 50)
     steps = list(play(env, actions, seed=1))
     assert steps and env.observation_space.shape == (4, 84, 84)
@@ -62,7 +62,7 @@ def test_newest_frame_is_the_max_of_the_last_two_frames_of_the_skip_resized():
 
 
 def test_noop_starts_vary_the_first_frame_number_by_seed():
-    env = make_atari_env("ALE/Pong-v5", training=False)
+    env = make_atari_env("PongNoFrameskip-v4", training=False)
     frames = set()
     for seed in range(8):
         env.reset(seed=seed)
@@ -108,3 +108,26 @@ def test_unknown_protocol_is_refused():
     with pytest.raises(ValueError, match="machado2018"):
         make_atari_env("ALE/Pong-v5", protocol="nature")
     assert set(PROTOCOLS) == {"dqn-nature", "machado2018"}
+
+
+def test_the_id_picks_the_protocol():
+    """NoFrameskip-v4 ids: dqn-nature (life loss in training, no sticky actions); -v5 ids: machado2018 (sticky
+    actions, whole games); an explicit protocol wins."""
+    from envs.atari import EpisodicLife, default_protocol
+
+    assert default_protocol("PongNoFrameskip-v4") == "dqn-nature" and default_protocol("ALE/Pong-v5") == "machado2018"
+
+    def wrappers(env):
+        found = []
+        while hasattr(env, "env"):
+            found.append(type(env))
+            env = env.env
+        return found, env.unwrapped.ale.getFloat("repeat_action_probability")
+
+    for env_id, protocol, life_loss, sticky in (("BreakoutNoFrameskip-v4", None, True, 0.0),
+                                                 ("ALE/Breakout-v5", None, False, 0.25),
+                                                 ("ALE/Breakout-v5", "dqn-nature", True, 0.0)):  # fmt: skip
+        env = make_atari_env(env_id, protocol=protocol)
+        found, repeat = wrappers(env)
+        assert (EpisodicLife in found) == life_loss and repeat == pytest.approx(sticky), env_id
+        env.close()

@@ -23,6 +23,9 @@ def supported(algo: str) -> tuple[str, ...]:
 
 
 CASES = [(algo, kind) for algo in ALGOS for kind in sorted(SMOKE_ENVS) if kind in supported(algo)]
+IMAGE_ENV = "MinAtar/Breakout-v1"
+"""the image smoke task: MinAtar's 10 x 10 grids run the CNN branch in seconds (Atari frames are in test_resume)"""
+IMAGE_ALGOS = [algo for algo in ALGOS if "image" in importlib.import_module(f"algorithms.{algo}").OBSERVATIONS]
 
 
 def smoke_config(algo: str, env_id: str, seed: int = 1):
@@ -41,6 +44,7 @@ def test_config_contract(algo):
     module = importlib.import_module(f"algorithms.{algo}")
     assert isinstance(module.SMOKE, dict) and module.SMOKE, f"{algo} has no smoke settings"
     assert set(module.ACTION_SPACES) <= set(SMOKE_ENVS) and module.ACTION_SPACES, f"{algo}: ACTION_SPACES"
+    assert "vector" in module.OBSERVATIONS and set(module.OBSERVATIONS) <= {"vector", "image"}, f"{algo}: OBSERVATIONS"
     config = module.Config()
     assert dataclasses.is_dataclass(config) and module.Config.__dataclass_params__.frozen
     fields = config_fields(module.Config)
@@ -73,9 +77,11 @@ def _deterministic_records(logger: RecordingLogger) -> list:
     return [(step, {k: v for k, v in m.items() if k != "charts/SPS"}) for step, m in logger.records]
 
 
-@pytest.mark.parametrize(("algo", "kind"), CASES)
+@pytest.mark.parametrize(("algo", "kind"), CASES + [(algo, "image") for algo in IMAGE_ALGOS])
 def test_same_seed_same_numbers_other_seed_differs(algo, kind):
-    env_id = SMOKE_ENVS[kind]
+    if kind == "image":
+        pytest.importorskip("minatar")
+    env_id = IMAGE_ENV if kind == "image" else SMOKE_ENVS[kind]
     runs = []
     for seed in (3, 3, 4):
         module, cfg = smoke_config(algo, env_id, seed)
@@ -104,3 +110,24 @@ def test_an_unsupported_action_space_is_refused_clearly(algo):
     module, cfg = smoke_config(algo, SMOKE_ENVS[missing])
     with pytest.raises(ValueError, match="needs"):
         module.train(cfg)
+
+
+@pytest.mark.minatar
+@pytest.mark.parametrize("algo", IMAGE_ALGOS)
+def test_smoke_run_on_images_with_the_cnn_torso(algo):
+    module, cfg = smoke_config(algo, IMAGE_ENV)
+    logger = RecordingLogger()
+    result = module.train(cfg, logger)
+    assert result.global_step >= cfg.total_timesteps * 0.9 and math.isfinite(result.final_eval_return)
+    losses = [v for _, m in logger.records for k, v in m.items() if k.startswith("losses/") and "explained" not in k]
+    assert losses and all(math.isfinite(v) for v in losses)
+
+
+@pytest.mark.minatar
+@pytest.mark.parametrize("algo", [a for a in ALGOS if a not in IMAGE_ALGOS and "discrete" in supported(a)])
+def test_an_algorithm_without_a_cnn_refuses_image_observations_before_it_starts(algo):
+    """(The continuous-action-only ones are refused MinAtar by the action check already.)"""
+    from experiments.registry import check_env_support
+
+    with pytest.raises(ValueError, match="no CNN"):
+        check_env_support(algo, IMAGE_ENV)

@@ -157,10 +157,12 @@ def test_minatar_ids_register_on_first_use():
         envs.close()
 
 
-@pytest.mark.parametrize("env_id", [pytest.param("ALE/Breakout-v5", marks=pytest.mark.atari),
+@pytest.mark.parametrize("env_id", [pytest.param("BreakoutNoFrameskip-v4", marks=pytest.mark.atari),
+                                    pytest.param("ALE/Breakout-v5", marks=pytest.mark.atari),
                                     pytest.param("MinAtar/Breakout-v1", marks=pytest.mark.minatar)])  # fmt: skip
 def test_state_capture_restores_games_exactly(env_id):
-    """Emulator (with its RNG), frame stack, life counter and game score of Atari; the game object of MinAtar."""
+    """Emulator (with its RNG: sticky actions under -v5's machado2018), frame stack, life counter and game score of
+    Atari (life loss under NoFrameskip-v4's dqn-nature); the game object of MinAtar."""
     envs, _ = make_vec_env(env_id, 2, seed=3)
     actions = np.random.default_rng(2).integers(0, envs.single_action_space.n, (700, 2))
     for action in actions[:300]:
@@ -184,7 +186,7 @@ def test_state_capture_restores_games_exactly(env_id):
 def test_atari_vector_env_keeps_frames_and_reports_whole_games():
     """uint8 frames; in training a lost life ends the learner's episode and rewards are clipped, but the episodes
     reported (and evaluated) are whole games."""
-    envs, obs = make_vec_env("ALE/Breakout-v5", 2, seed=0)
+    envs, obs = make_vec_env("BreakoutNoFrameskip-v4", 2, seed=0)
     assert obs.shape == (2, 4, 84, 84) and obs.dtype == np.uint8
     rng = np.random.default_rng(0)
     learner_episode_ends, games = 0, []
@@ -196,5 +198,7 @@ def test_atari_vector_env_keeps_frames_and_reports_whole_games():
     assert games and learner_episode_ends >= 5 * len(games)  # Breakout: five lives per game
     returns = evaluate(envs, lambda o: np.ones(len(o), np.int64), episodes=2, seed=0)  # always FIRE
     assert returns.shape == (2,) and np.all(returns >= 0)
-    with pytest.raises(ValueError, match="frames"):
-        make_vec_env("ALE/Breakout-v5", 1, seed=0, normalize_obs=True)
+    normalized, first = make_vec_env("BreakoutNoFrameskip-v4", 1, seed=0, normalize_obs=True)
+    plain, plain_first = make_vec_env("BreakoutNoFrameskip-v4", 1, seed=0)
+    assert normalized.obs_rms is None and np.array_equal(first, plain_first)  # frames are left to the CNN's scaling
+    normalized.close(), plain.close()

@@ -143,6 +143,15 @@ def train_from_cli(config_class: type, train: Any) -> None:
     import tyro
 
     config = tyro.cli(config_class)
+    from pathlib import Path
+
+    from envs import check_env_support
+
+    module = sys.modules[train.__module__]  # "__main__" when run as a script
+    try:
+        check_env_support(config.env_id, Path(module.__file__).stem, module.ACTION_SPACES, module.OBSERVATIONS)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     logger = ConsoleLogger(total_steps=config.total_timesteps)
     try:
         train(config, logger)

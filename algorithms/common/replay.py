@@ -28,11 +28,13 @@ class ReplayBuffer:
     FIELDS = ("obs", "actions", "rewards", "next_obs", "terminated", "truncated")
 
     def __init__(self, capacity: int, obs_shape: tuple[int, ...], action_shape: tuple[int, ...],
-                 action_dtype: torch.dtype, device: torch.device | str = "cpu") -> None:  # fmt: skip
+                 action_dtype: torch.dtype, device: torch.device | str = "cpu",
+                 obs_dtype: torch.dtype = torch.float32) -> None:  # fmt: skip
+        """`obs_dtype`: torch.uint8 keeps 0/1 grids and 0..255 pixels exactly in a quarter of the memory."""
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity, self.device = capacity, torch.device(device)
-        self.obs = torch.zeros((capacity, *obs_shape), dtype=torch.float32, device=self.device)
+        self.obs = torch.zeros((capacity, *obs_shape), dtype=obs_dtype, device=self.device)
         self.next_obs = torch.zeros_like(self.obs)
         self.actions = torch.zeros((capacity, *action_shape), dtype=action_dtype, device=self.device)
         self.rewards = torch.zeros(capacity, dtype=torch.float32, device=self.device)
