@@ -104,8 +104,11 @@ def eval_curves(frame: pd.DataFrame, cell: tuple[str, str, str, str]) -> np.ndar
 
 def env_key(env_id: str) -> str:
     """An env's name across versions and sources: `Hopper-v5`, `Hopper-v1` -> `hopper`; `ALE/Pong-v5`,
-    `PongNoFrameskip-v4`, `Pong (ALE)` -> `pong`. Reference rows and our cells are matched on this key."""
+    `PongNoFrameskip-v4`, `Pong (ALE)` -> `pong`; `MinAtar/Breakout-v1`, `Breakout-MinAtar` -> `minatar_breakout`.
+    Reference rows and our cells are matched on this key."""
     name = re.sub(r"\s*\(.*\)$", "", env_id).removeprefix("ALE/")  # "Pong (ALE)", "PongNoFrameskip-v4 (gym)"
+    if name.startswith("MinAtar/") or name.endswith("-MinAtar"):  # `MinAtar/Breakout-v1`, gymnax's `Breakout-MinAtar`
+        return "minatar_" + atari_game(name.removeprefix("MinAtar/").removesuffix("-MinAtar"))  # not Atari's Breakout
     return atari_game(name)
 
 

@@ -117,6 +117,15 @@ def test_atari_human_normalisation_from_the_shipped_table():
         human_normalized(pd.DataFrame({"env_id": ["ALE/NoSuchGame-v5"], "score": [1.0]}))
 
 
+def test_minatar_games_are_not_matched_with_the_atari_games_of_the_same_name():
+    from analysis.scores import env_key
+
+    assert env_key("MinAtar/Breakout-v1") == env_key("Breakout-MinAtar") == "minatar_breakout"
+    assert env_key("MinAtar/SpaceInvaders-v1") == "minatar_space_invaders" != env_key("ALE/SpaceInvaders-v5")
+    with pytest.raises(KeyError, match="MinAtar"):
+        human_normalized(pd.DataFrame({"env_id": ["MinAtar/Breakout-v1"], "score": [1.0]}))
+
+
 def test_minmax_bounds():
     scores = pd.DataFrame({"env_id": ["A", "B"], "score": [5.0, 0.0]})
     np.testing.assert_allclose(normalize_by_bounds(scores, {"A": (0.0, 10.0), "B": (-10.0, 10.0)}), [0.5, 0.5])

@@ -55,6 +55,18 @@ def _metrics(runs_dir: Path, algo: str) -> list[dict]:
         ("dqn", "CartPole-v1", ["--total-timesteps", "12000", "--learning-starts", "1000", "--buffer-size", "3000",
                                 "--train-frequency", "4", "--target-network-frequency", "200", "--eval-every", "3000",
                                 "--eval-episodes", "3", "--checkpoint-every-steps", "2000"]),
+        # Atari: the frame replay memory (wrapped around), the emulator with its RNG, frame stack, life counter and
+        # the evaluation's epsilon draws.
+        pytest.param("dqn", "PongNoFrameskip-v4", ["--total-timesteps", "3000", "--learning-starts", "500",
+                                                   "--buffer-size", "1500", "--batch-size", "32", "--train-frequency", "4",
+                                                   "--target-network-frequency", "250", "--eval-every", "1500",
+                                                   "--eval-episodes", "1", "--eval-epsilon", "0.05",
+                                                   "--checkpoint-every-steps", "900"], marks=pytest.mark.atari),
+        # MinAtar with sticky actions (the game object's RNG) under PPO's shared CNN torso.
+        pytest.param("ppo", "MinAtar/Breakout-v1", ["--total-timesteps", "8192", "--num-envs", "4", "--num-steps", "128",
+                                                    "--num-minibatches", "4", "--update-epochs", "2", "--eval-every", "2048",
+                                                    "--eval-episodes", "3", "--checkpoint-every-steps", "1"],
+                     marks=pytest.mark.minatar),
         ("td3", "Pendulum-v1", ["--total-timesteps", "2400", "--learning-starts", "400", "--buffer-size", "1500",
                                 "--batch-size", "64", "--eval-every", "800", "--eval-episodes", "2",
                                 "--checkpoint-every-steps", "700"]),
