@@ -105,7 +105,9 @@ def main() -> None:
     if "ppo" in args.algos:
         sps = ppo_sps(args.ppo_iterations)
         reference = ale if ale is not None else raw
-        print(f"  PPO (8 envs): {sps:,.1f} steps/s ({sps / reference:.1%} of the {'ALE vector' if ale else 'VecEnv'} raw rate)")
+        print(
+            f"  PPO (8 envs): {sps:,.1f} steps/s ({sps / reference:.1%} of the {'ALE vector' if ale else 'VecEnv'} raw rate)"
+        )
 
 
 if __name__ == "__main__":
