@@ -56,16 +56,21 @@ def ppo_sps(iterations: int) -> float:
     return rate_between(logger, first=0)  # from the end of the first iteration (start-up left out)
 
 
-def vecenv_sps(steps: int = 2_000, num_envs: int = 8) -> float:
-    from envs import make_vec_env
-
-    envs, _ = make_vec_env(ENV_ID, num_envs, seed=0)
+def random_play_sps(envs, num_envs: int, steps: int) -> float:
+    """Steps/s of `envs` (reset already) under uniformly random actions, closing it afterwards."""
     actions = np.random.default_rng(0).integers(0, envs.single_action_space.n, (steps, num_envs))
     start = time.perf_counter()
     for action in actions:
         envs.step(action)
     envs.close()
     return steps * num_envs / (time.perf_counter() - start)
+
+
+def vecenv_sps(steps: int = 2_000, num_envs: int = 8) -> float:
+    from envs import make_vec_env
+
+    envs, _ = make_vec_env(ENV_ID, num_envs, seed=0)
+    return random_play_sps(envs, num_envs, steps)
 
 
 def ale_vector_sps(steps: int = 2_000, num_envs: int = 8) -> float | None:
@@ -76,12 +81,7 @@ def ale_vector_sps(steps: int = 2_000, num_envs: int = 8) -> float | None:
     envs = AtariVectorEnv(game="pong", num_envs=num_envs, frameskip=4, grayscale=True, stack_num=4, img_height=84,
                           img_width=84, noop_max=30, episodic_life=True, reward_clipping=True)  # fmt: skip
     envs.reset(seed=0)
-    actions = np.random.default_rng(0).integers(0, envs.single_action_space.n, (steps, num_envs))
-    start = time.perf_counter()
-    for action in actions:
-        envs.step(action)
-    envs.close()
-    return steps * num_envs / (time.perf_counter() - start)
+    return random_play_sps(envs, num_envs, steps)
 
 
 def main() -> None:
