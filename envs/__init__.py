@@ -19,9 +19,9 @@ __all__ = [
     "VecEnv",
     "check_env_support",
     "env_family",
+    "env_kinds",
     "evaluate",
     "make_vec_env",
-    "observation_kind",
     "validate_env_id",
 ]
 
@@ -68,23 +68,15 @@ def env_family(env_id: str) -> str:
     return "minatar" if "minatar" in entry.lower() else "other"
 
 
-def action_kind(env_id: str) -> str:
-    """ "discrete" or "continuous": what an algorithm's ACTION_SPACES is checked against before a run starts."""
+def env_kinds(env_id: str) -> tuple[str, str]:
+    """(action kind, observation kind) of an env, from one build of it: "discrete" or "continuous", and "image"
+    (3-D observations: Atari frames, MinAtar grids) or "vector". What an algorithm's ACTION_SPACES and
+    OBSERVATIONS are checked against before a run starts."""
     _register_optional(env_id)
     env = gym.make(env_id, disable_env_checker=True)
     try:
-        return "continuous" if isinstance(env.action_space, gym.spaces.Box) else "discrete"
-    finally:
-        env.close()
-
-
-def observation_kind(env_id: str) -> str:
-    """ "image" (3-D observations: Atari frames, MinAtar grids) or "vector": what an algorithm's OBSERVATIONS is
-    checked against before a run starts."""
-    _register_optional(env_id)
-    env = gym.make(env_id, disable_env_checker=True)
-    try:
-        return "image" if len(env.observation_space.shape or ()) == 3 else "vector"
+        actions = "continuous" if isinstance(env.action_space, gym.spaces.Box) else "discrete"
+        return actions, "image" if len(env.observation_space.shape or ()) == 3 else "vector"
     finally:
         env.close()
 
@@ -93,10 +85,10 @@ def check_env_support(env_id: str, algo: str, action_spaces: tuple[str, ...], ob
     """ValueError, before any compute is spent, when an algorithm that acts in `action_spaces` and has networks for
     `observations` (its ACTION_SPACES and OBSERVATIONS) cannot run on `env_id`: DQN on continuous actions, an
     MLP-only algorithm on Atari frames (its float replay memory alone would exhaust the machine's memory)."""
-    kind = action_kind(env_id)
+    kind, observation = env_kinds(env_id)
     if kind not in action_spaces:
         raise ValueError(f"{algo} needs {' or '.join(action_spaces)} actions; {env_id} has {kind} actions")
-    if observation_kind(env_id) not in observations:
+    if observation not in observations:
         raise ValueError(f"{algo} has no CNN for the image observations of {env_id} (dqn, double_dqn, ppo, a2c and acktr "
                          f"have one)")  # fmt: skip
 
