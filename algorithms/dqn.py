@@ -226,7 +226,8 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
             optimizer.load_state_dict(state["optimizer"])
             envs.load_state_dict(state["envs"])
             buffer.load_state_dict(checkpoint.load_extra("replay"))
-            next_obs, global_step, eval_history = state["next_obs"], state["global_step"], state["eval_history"]
+            next_obs = envs.observation()  # a fresh game's after a resumed fast-path Atari run (envs.atari)
+            global_step, eval_history = state["global_step"], state["eval_history"]
             updates = state["updates"]
             recent_returns = deque(state["recent_returns"], maxlen=100)
             action_rng.bit_generator.state = state["action_rng"]
@@ -268,7 +269,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
             if checkpoint is not None and checkpoint.due(global_step):
                 checkpoint.save(global_step, {
                     "q_network": q_network.state_dict(), "target_network": target_network.state_dict(),
-                    "optimizer": optimizer.state_dict(), "envs": envs.state_dict(), "next_obs": next_obs,
+                    "optimizer": optimizer.state_dict(), "envs": envs.state_dict(),
                     "global_step": global_step, "updates": updates, "eval_history": eval_history,
                     "recent_returns": list(recent_returns),
                     "action_rng": action_rng.bit_generator.state, "eval_rng": eval_rng.bit_generator.state,

@@ -297,7 +297,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
             agent.load_state_dict(state["agent"])
             optimizer.load_state_dict(state["optimizer"])
             envs.load_state_dict(state["envs"])
-            next_obs = state["next_obs"]
+            next_obs = envs.observation()  # a fresh game's after a resumed fast-path Atari run (envs.atari)
             global_step, start_iteration = state["global_step"], state["iteration"] + 1
             eval_history, recent_returns = state["eval_history"], deque(state["recent_returns"], maxlen=100)
             restore_rng_state(state["rng"])
@@ -364,7 +364,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
             if checkpoint is not None and checkpoint.due(global_step):
                 checkpoint.save(global_step, {
                     "agent": agent.state_dict(), "optimizer": optimizer.state_dict(), "envs": envs.state_dict(),
-                    "next_obs": next_obs, "global_step": global_step, "iteration": iteration,
+                    "global_step": global_step, "iteration": iteration,
                     "eval_history": eval_history, "recent_returns": list(recent_returns), "rng": rng_state(),
                 })  # fmt: skip
 

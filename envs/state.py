@@ -1,10 +1,9 @@
 """Capture and restore the full state of one gymnasium env, for exact resume.
 
 Pickling a gymnasium env does not keep its state (EzPickle rebuilds it from constructor arguments), so
-we copy what the simulation depends on: MuJoCo's `MjData`, the Atari emulator (ALE state with its RNG), the
-MinAtar game object, the env's own attributes (classic-control `state`, counters) with its RNG, and the
-bookkeeping of wrappers (TimeLimit's step counter, the frame stack's queue, the life counter of the
-training-only life-loss wrapper).
+we copy what the simulation depends on: MuJoCo's `MjData`, an Atari game's own capture (`envs.atari.AtariGame`:
+emulator with its RNG, no-op draws, frames, counters), the MinAtar game object, the env's own attributes
+(classic-control `state`, counters) with its RNG, and the bookkeeping of wrappers (TimeLimit's step counter).
 """
 
 from __future__ import annotations
@@ -36,8 +35,10 @@ def _wrapper_chain(env: gym.Env) -> list[gym.Env]:
 
 def get_env_state(env: gym.Env) -> dict[str, Any]:
     base = env.unwrapped
+    own_capture = hasattr(base, "capture_state")  # envs.atari.AtariGame: emulator, no-op RNG, frames, counters
     state: dict[str, Any] = {
-        "attrs": {k: copy.deepcopy(v) for k, v in vars(base).items() if k not in _SKIP and isinstance(v, _PLAIN)},
+        "attrs": {} if own_capture else {k: copy.deepcopy(v) for k, v in vars(base).items()
+                                         if k not in _SKIP and isinstance(v, _PLAIN)},
         "np_random": base.np_random.bit_generator.state if base._np_random is not None else None,
         "wrappers": [{k: copy.deepcopy(v) for k, v in vars(w).items()
                       if k not in _WRAPPER_SKIP and isinstance(v, (*_PLAIN, deque))}
@@ -45,8 +46,8 @@ def get_env_state(env: gym.Env) -> dict[str, Any]:
     }  # fmt: skip
     if hasattr(base, "data") and type(base.data).__name__ == "MjData":
         state["mjdata"] = copy.copy(base.data)
-    if hasattr(base, "ale"):
-        state["ale"] = base.ale.cloneState(include_rng=True)
+    if own_capture:
+        state["game"] = base.capture_state()
     if type(getattr(base, "game", None)).__module__.startswith("minatar"):
         state["minatar_game"] = copy.deepcopy(base.game)
     return state
@@ -64,29 +65,11 @@ def set_env_state(env: gym.Env, state: dict[str, Any]) -> None:
     for wrapper, attrs in zip(chain, state["wrappers"]):
         for key, value in attrs.items():
             setattr(wrapper, key, copy.deepcopy(value))
-    if "ale" in state:
-        _restore_ale(env, state["ale"])
+    if "game" in state:
+        base.restore_state(state["game"])
     if "minatar_game" in state:
         base.game = copy.deepcopy(state["minatar_game"])
     if "mjdata" in state:
         import mujoco
 
         mujoco.mj_copyData(base.data, base.model, state["mjdata"])
-
-
-def _restore_ale(env: gym.Env, ale_state: Any) -> None:
-    """Restore the emulator, and with sticky actions also the action the ALE would repeat, which its saved state
-    leaves out: the emulator is stepped with that action until it has (almost surely) taken it, which also sets it
-    as the action to repeat, and the state is restored again (emulator and RNG; the action stays)."""
-    ale = env.unwrapped.ale
-    ale.restoreState(ale_state)
-    last = next((w.last_action for w in _wrapper_chain(env) if hasattr(w, "last_action")), None)
-    if last is not None and ale.getFloat("repeat_action_probability") > 0:
-        action = env.unwrapped._action_set[last]
-        for _ in range(STICKY_PRIMING_FRAMES):
-            ale.act(action)
-        ale.restoreState(ale_state)
-
-
-STICKY_PRIMING_FRAMES = 64
-"""frames of priming: with p = 0.25 the chance that the ALE still repeats the old action is 0.25^64"""

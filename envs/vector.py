@@ -81,16 +81,9 @@ class VecEnv:
         # Atari games get the standard preprocessing of their protocol (env_kwargs may name it: protocol=...), the
         # training-only parts (life loss, reward clipping) left out of evaluation copies; episodes reported are
         # whole games with unclipped scores.
-        registered = gym.registry.get(spec.env_id.split(":", 1)[-1])  # ("module:EnvId" ids register on make)
-        self.whole_games = registered is not None and str(registered.entry_point).startswith("ale_py")
-        if self.whole_games:
-            from envs.atari import make_atari_env
-
-            self.envs = [make_atari_env(spec.env_id, training=training, **dict(spec.env_kwargs)) for _ in range(num_envs)]
-        else:
-            self.envs = [gym.make(spec.env_id, disable_env_checker=True, **dict(spec.env_kwargs)) for _ in range(num_envs)]
-        self.single_observation_space = self.envs[0].observation_space
-        self.single_action_space = self.envs[0].action_space
+        self.whole_games = is_atari(spec.env_id)
+        self.envs = self._make_copies(num_envs)
+        self.single_observation_space, self.single_action_space = self._spaces()
         self.is_continuous = isinstance(self.single_action_space, gym.spaces.Box)
         obs_shape = self.single_observation_space.shape
         # Frames stay uint8 (4x smaller in replay and in transit); everything else is float32.
@@ -111,16 +104,16 @@ class VecEnv:
     # --- gymnasium-like api -----------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> np.ndarray:
         """Reset every copy; copy i (and its action space) is seeded with seed + i."""
-        for i, env in enumerate(self.envs):
-            obs, _ = env.reset(seed=None if seed is None else seed + i)
-            if seed is not None:
-                env.action_space.seed(seed + i)
-            self._raw_obs[i] = obs
+        self._reset_copies(seed)
         self._discounted_return[:] = 0.0
         self._episode_return[:] = 0.0
         self._episode_length[:] = 0
         if self.obs_rms is not None and self.training:
             self.obs_rms.update(self._raw_obs)
+        return self._normalize_obs(self._raw_obs)
+
+    def observation(self) -> np.ndarray:
+        """The current observation (as the last reset or step returned it)."""
         return self._normalize_obs(self._raw_obs)
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
@@ -130,28 +123,8 @@ class VecEnv:
         """
         if self.is_continuous and self.spec.clip_actions:
             actions = np.minimum(np.maximum(actions, self._action_low), self._action_high)  # np.clip: 10x slower here
-        final_raw: dict[int, np.ndarray] = {}
-        episodes: list[tuple[int, float, int]] = []
+        terminated, truncated, final_raw, episodes = self._step_copies(actions)
         raw_obs, rewards = self._raw_obs, self._reward
-        terminated, truncated = np.zeros(self.num_envs, bool), np.zeros(self.num_envs, bool)
-        for i, env in enumerate(self.envs):
-            obs, reward, term, trunc, step_info = env.step(actions[i])
-            self._episode_return[i] += reward
-            self._episode_length[i] += 1
-            if term or trunc:
-                final_raw[i] = obs
-                game = step_info.get("game_end")
-                if not self.whole_games or game is not None:  # an Atari life lost is not a game over
-                    episodic_return = game[0] if game is not None else self._episode_return[i]
-                    episodes.append((i, float(episodic_return), int(self._episode_length[i])))
-                    self._episode_return[i] = 0.0
-                    self._episode_length[i] = 0
-                obs, _ = env.reset()
-            raw_obs[i] = obs
-            rewards[i] = reward
-            terminated[i] = term
-            truncated[i] = trunc
-
         if self.return_rms is not None:
             # Scale by the std of the discounted return (PPO's reward scaling, gymnasium NormalizeReward).
             self._discounted_return = self._discounted_return * self.spec.gamma + rewards
@@ -174,6 +147,57 @@ class VecEnv:
             final_obs = self._normalize_obs(raw)
         return obs_out, reward_out, terminated, truncated, {"final_obs": final_obs, "episodes": episodes}
 
+    # --- the copies: one gymnasium env each (envs.atari.AtariVecEnv: the C++ vector env) ---------------------
+    def _make_copies(self, num_envs: int) -> list[gym.Env]:
+        kwargs = dict(self.spec.env_kwargs)
+        if self.whole_games:
+            # Atari: the standard preprocessing of its protocol (env_kwargs may name it: protocol=...), the
+            # training-only parts (life loss, reward clipping) left out of evaluation copies; episodes reported
+            # are whole games with unclipped scores.
+            from envs.atari import AtariGame, atari_settings
+
+            settings = atari_settings(self.spec.env_id, self.training, kwargs)
+            return [AtariGame(settings) for _ in range(num_envs)]
+        return [gym.make(self.spec.env_id, disable_env_checker=True, **kwargs) for _ in range(num_envs)]
+
+    def _spaces(self) -> tuple[gym.Space, gym.Space]:
+        return self.envs[0].observation_space, self.envs[0].action_space
+
+    def _reset_copies(self, seed: int | None) -> None:
+        for i, env in enumerate(self.envs):
+            obs, _ = env.reset(seed=None if seed is None else seed + i)
+            if seed is not None:
+                env.action_space.seed(seed + i)
+            self._raw_obs[i] = obs
+
+    def _step_copies(
+        self, actions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray], list[tuple[int, float, int]]]:
+        """Step every copy into self._raw_obs and self._reward (raw rewards; clipped in Atari training); returns
+        (terminated, truncated, {copy: true final raw observation}, episodes that ended as (copy, return, length))."""
+        final_raw: dict[int, np.ndarray] = {}
+        episodes: list[tuple[int, float, int]] = []
+        raw_obs, rewards = self._raw_obs, self._reward
+        terminated, truncated = np.zeros(self.num_envs, bool), np.zeros(self.num_envs, bool)
+        for i, env in enumerate(self.envs):
+            obs, reward, term, trunc, step_info = env.step(actions[i])
+            self._episode_return[i] += reward
+            self._episode_length[i] += 1
+            if term or trunc:
+                final_raw[i] = obs
+                game_return = step_info.get("game_end")
+                if not self.whole_games or game_return is not None:  # an Atari life lost is not a game over
+                    episodic_return = game_return if game_return is not None else self._episode_return[i]
+                    episodes.append((i, float(episodic_return), int(self._episode_length[i])))
+                    self._episode_return[i] = 0.0
+                    self._episode_length[i] = 0
+                obs, _ = env.reset()
+            raw_obs[i] = obs
+            rewards[i] = reward
+            terminated[i] = term
+            truncated[i] = trunc
+        return terminated, truncated, final_raw, episodes
+
     def _normalize_obs(self, raw: np.ndarray) -> np.ndarray:
         if self.obs_rms is None:
             return raw.copy()
@@ -188,7 +212,7 @@ class VecEnv:
     # --- evaluation twin and checkpoints ----------------------------------------------------------
     def frozen_copy(self, num_envs: int) -> VecEnv:
         """A fresh env with this env's observation statistics copied and frozen (for evaluation)."""
-        twin = VecEnv(self.spec, num_envs, training=False)
+        twin = type(self)(self.spec, num_envs, training=False)
         twin.obs_rms = copy.deepcopy(self.obs_rms)
         twin.return_rms = None
         return twin
@@ -201,13 +225,11 @@ class VecEnv:
             "episode_return": self._episode_return.copy(),
             "episode_length": self._episode_length.copy(),
             "raw_obs": self._raw_obs.copy(),
-            "envs": [get_env_state(env) for env in self.envs],
-            "action_spaces": [env.action_space.np_random.bit_generator.state for env in self.envs],
+            **self._copies_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if len(state["envs"]) != self.num_envs:
-            raise ValueError(f"checkpoint has {len(state['envs'])} env copies, this run has {self.num_envs}")
+        """Restore a `state_dict`; act on `observation()` next."""
         if self.obs_rms is not None:
             self.obs_rms.load_state_dict(state["obs_rms"])
         if self.return_rms is not None:
@@ -216,7 +238,26 @@ class VecEnv:
         self._episode_return = state["episode_return"].copy()
         self._episode_length = state["episode_length"].copy()
         self._raw_obs[:] = state["raw_obs"]
-        for env, env_state, space_state in zip(self.envs, state["envs"], state["action_spaces"]):
+        self._load_copies_state(state)
+
+    def _copies_state(self) -> dict[str, Any]:
+        return {"envs": [get_env_state(env) for env in self.envs],
+                "action_spaces": [env.action_space.np_random.bit_generator.state for env in self.envs]}  # fmt: skip
+
+    def _load_copies_state(self, state: dict[str, Any]) -> None:
+        if "atari_vector" in state:
+            raise ValueError("this checkpoint was written on the C++ Atari path, which cannot save its games: resume it "
+                             "there (RLGRID_ATARI_BACKEND=vector, the default)")  # fmt: skip
+        saved = state.get("envs") or []
+        if len(saved) != self.num_envs:
+            raise ValueError(f"checkpoint has {len(saved)} env copies, this run has {self.num_envs}")
+        for env, env_state, space_state in zip(self.envs, saved, state["action_spaces"]):
             env.reset()  # builds the simulator and passes OrderEnforcing; then overwrite everything
             set_env_state(env, env_state)
             env.action_space.np_random.bit_generator.state = space_state
+
+
+def is_atari(env_id: str) -> bool:
+    """Whether a registered id is an ALE game (`module:EnvId` ids register on make and are looked up by EnvId)."""
+    registered = gym.registry.get(env_id.split(":", 1)[-1])
+    return registered is not None and str(registered.entry_point).startswith("ale_py")

@@ -1,6 +1,6 @@
 """Atari preprocessing and protocols on the real ALE: observation shape and dtype, frame-stack order, max-pooling
-against a frame-by-frame replay, no-op starts, reward clipping in training only, life loss per protocol, and the
-unclipped whole-game score."""
+against a frame-by-frame replay, no-op starts, reward clipping in training only, life loss per protocol, the
+unclipped whole-game score, and the C++ vector path against the Python path."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from envs import make_vec_env
 from envs.atari import PROTOCOLS, make_atari_env
 
 pytestmark = pytest.mark.atari
@@ -66,9 +67,9 @@ def test_noop_starts_vary_the_first_frame_number_by_seed():
     frames = set()
     for seed in range(8):
         env.reset(seed=seed)
-        frames.add(env.unwrapped.ale.getEpisodeFrameNumber())
-    # dqn-nature: 1-30 no-ops of 4 frames each, then FIRE and action 2 (Pong has FIRE): a spread of start frames.
-    assert len(frames) >= 4 and max(frames) <= 4 * (30 + 2)
+        frames.add(env.ale.getEpisodeFrameNumber())
+    # dqn-nature: FIRE (Pong has it) for one frame, then 0-29 single-frame no-ops in all: a spread of start frames.
+    assert len(frames) >= 4 and min(frames) >= 1 and max(frames) <= 30
     env.close()
 
 
@@ -89,17 +90,17 @@ def test_life_loss_ends_training_episodes_under_dqn_nature_only():
     actions = np.random.default_rng(6).integers(0, 4, 3000)
     env = make_atari_env("ALE/Breakout-v5", protocol="dqn-nature")
     steps = list(play(env, actions, seed=7))
-    lives = env.unwrapped.ale.lives()
+    lives = env.ale.lives()
     assert steps[-1][3] and "game_end" not in steps[-1][5] and lives == 4  # one life lost: the game goes on
-    obs, _ = env.reset()  # continues the same game (no new game, no no-ops): still 4 lives
-    assert env.unwrapped.ale.lives() == 4
+    obs, _ = env.reset()  # continues the same game: no new game, no no-op, the same frames
+    assert env.ale.lives() == 4 and np.array_equal(obs, steps[-1][1])
 
     for protocol, training in (("dqn-nature", False), ("machado2018", True)):
         env = make_atari_env("ALE/Breakout-v5", protocol=protocol, training=training, repeat_action_probability=0.0)
         steps = list(play(env, actions, seed=7))
         assert steps[-1][3] or steps[-1][4]
-        score, frames = steps[-1][5]["game_end"]  # a whole game: all five lives
-        assert env.unwrapped.ale.lives() == 0 and frames > 4 * (len(steps) - 1)  # the last skip may stop early
+        score = steps[-1][5]["game_end"]  # a whole game: all five lives
+        assert env.ale.lives() == 0 and env.ale.getEpisodeFrameNumber() > 4 * (len(steps) - 1)  # the last skip may stop early
         rewards = sum(step[2] for step in steps)
         assert score == rewards if not training else score >= rewards  # Breakout's raw rewards are 1, 4 or 7
 
@@ -113,21 +114,52 @@ def test_unknown_protocol_is_refused():
 def test_the_id_picks_the_protocol():
     """NoFrameskip-v4 ids: dqn-nature (life loss in training, no sticky actions); -v5 ids: machado2018 (sticky
     actions, whole games); an explicit protocol wins."""
-    from envs.atari import EpisodicLife, default_protocol
+    from envs.atari import default_protocol
 
     assert default_protocol("PongNoFrameskip-v4") == "dqn-nature" and default_protocol("ALE/Pong-v5") == "machado2018"
-
-    def wrappers(env):
-        found = []
-        while hasattr(env, "env"):
-            found.append(type(env))
-            env = env.env
-        return found, env.unwrapped.ale.getFloat("repeat_action_probability")
-
     for env_id, protocol, life_loss, sticky in (("BreakoutNoFrameskip-v4", None, True, 0.0),
                                                  ("ALE/Breakout-v5", None, False, 0.25),
                                                  ("ALE/Breakout-v5", "dqn-nature", True, 0.0)):  # fmt: skip
         env = make_atari_env(env_id, protocol=protocol)
-        found, repeat = wrappers(env)
-        assert (EpisodicLife in found) == life_loss and repeat == pytest.approx(sticky), env_id
+        assert env.settings.life_loss == life_loss, env_id
+        assert env.ale.getFloat("repeat_action_probability") == pytest.approx(sticky), env_id
         env.close()
+
+
+def _play_vector(backend: str, env_id: str, num_envs: int, steps: int, monkeypatch, evaluation: bool = False) -> list:
+    monkeypatch.setenv("RLGRID_ATARI_BACKEND", backend)
+    envs, obs = make_vec_env(env_id, num_envs, seed=3)
+    assert type(envs).__name__ == ("AtariVecEnv" if backend == "vector" else "VecEnv")
+    if evaluation:
+        train, envs = envs, envs.frozen_copy(num_envs)
+        train.close()
+        obs = envs.reset(seed=3)
+    actions = np.random.default_rng(0).integers(0, envs.single_action_space.n, (steps, num_envs))
+    record = [obs]
+    for action in actions:
+        obs, reward, terminated, truncated, info = envs.step(action)
+        record.append((obs, reward, terminated, truncated, info["final_obs"], info["episodes"]))
+    envs.close()
+    return record
+
+
+@pytest.mark.parametrize("env_id, steps, evaluation, min_games", [
+    ("BreakoutNoFrameskip-v4", 1500, False, 20),  # dqn-nature: no-op starts, FIRE, lives lost, clipped rewards
+    ("ALE/Pong-v5", 1500, False, 4),  # machado2018: sticky actions (the emulator's RNG)
+    ("SpaceInvadersNoFrameskip-v4", 900, True, 2),  # an evaluation copy: unclipped rewards (5-30), no life loss
+])  # fmt: skip
+def test_vector_path_equals_python_path(env_id, steps, evaluation, min_games, monkeypatch):
+    """ale-py's C++ AtariVectorEnv and AtariGame, same seeds and actions: every observation, reward, termination,
+    truncation, true final observation and reported game, step by step, through episode and game ends."""
+    fast = _play_vector("vector", env_id, 4, steps, monkeypatch, evaluation)
+    python = _play_vector("python", env_id, 4, steps, monkeypatch, evaluation)
+    np.testing.assert_array_equal(fast[0], python[0])
+    ends, games = 0, 0
+    for t, (a, b) in enumerate(zip(fast[1:], python[1:])):
+        for name, x, y in zip(("obs", "reward", "terminated", "truncated", "final_obs"), a, b):
+            np.testing.assert_array_equal(x, y, err_msg=f"{name} differs at step {t}")
+        assert a[5] == b[5], f"games reported differ at step {t}"
+        ends, games = ends + int(a[2].sum() + a[3].sum()), games + len(a[5])
+    assert games >= min_games and ends >= games  # the comparison went through whole games (and lives lost)
+    rewards = np.concatenate([step[1] for step in fast[1:]])
+    assert (rewards.max() > 1) == evaluation  # clipped in training only

@@ -160,9 +160,10 @@ def test_minatar_ids_register_on_first_use():
 @pytest.mark.parametrize("env_id", [pytest.param("BreakoutNoFrameskip-v4", marks=pytest.mark.atari),
                                     pytest.param("ALE/Breakout-v5", marks=pytest.mark.atari),
                                     pytest.param("MinAtar/Breakout-v1", marks=pytest.mark.minatar)])  # fmt: skip
-def test_state_capture_restores_games_exactly(env_id):
-    """Emulator (with its RNG: sticky actions under -v5's machado2018), frame stack, life counter and game score of
-    Atari (life loss under NoFrameskip-v4's dqn-nature); the game object of MinAtar."""
+def test_state_capture_restores_games_exactly(env_id, monkeypatch):
+    """Emulator (with its RNG: sticky actions under -v5's machado2018), no-op draws, frame stack, life counter and
+    game score of Atari on its Python path (life loss under NoFrameskip-v4's dqn-nature); MinAtar's game object."""
+    monkeypatch.setenv("RLGRID_ATARI_BACKEND", "python")
     envs, _ = make_vec_env(env_id, 2, seed=3)
     actions = np.random.default_rng(2).integers(0, envs.single_action_space.n, (700, 2))
     for action in actions[:300]:
@@ -202,3 +203,25 @@ def test_atari_vector_env_keeps_frames_and_reports_whole_games():
     plain, plain_first = make_vec_env("BreakoutNoFrameskip-v4", 1, seed=0)
     assert normalized.obs_rms is None and np.array_equal(first, plain_first)  # frames are left to the CNN's scaling
     normalized.close(), plain.close()
+
+
+@pytest.mark.atari
+def test_atari_fast_path_resumes_with_fresh_games(monkeypatch):
+    """The C++ vector env cannot save its games: a restored one keeps the statistics and starts new games (seeded
+    from the run's seed and step count, so not the run's first games) whose first observation is what to act on."""
+    monkeypatch.setenv("RLGRID_ATARI_BACKEND", "vector")
+    envs, first = make_vec_env("BreakoutNoFrameskip-v4", 2, seed=3)
+    for action in np.random.default_rng(0).integers(0, 4, (200, 2)):
+        envs.step(action)
+    state = envs.state_dict()
+    assert "envs" not in state and state["atari_vector"]["steps"] == 200
+    twin, _ = make_vec_env("BreakoutNoFrameskip-v4", 2, seed=3)
+    twin.load_state_dict(state)
+    resumed = twin.observation()
+    assert resumed.shape == first.shape and not np.array_equal(resumed, envs.observation())
+    assert np.count_nonzero(resumed[:, :-1]) == 0  # a new game's stack: zeros before its first frame
+    obs, *_ = twin.step(np.ones(2, np.int64))
+    np.testing.assert_array_equal(obs[:, -2], resumed[:, -1])
+    monkeypatch.setenv("RLGRID_ATARI_BACKEND", "python")
+    with pytest.raises(ValueError, match="RLGRID_ATARI_BACKEND=vector"):  # a fast-path checkpoint on the Python path
+        make_vec_env("BreakoutNoFrameskip-v4", 2, seed=3)[0].load_state_dict(state)
