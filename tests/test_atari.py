@@ -163,3 +163,26 @@ def test_vector_path_equals_python_path(env_id, steps, evaluation, min_games, mo
     assert games >= min_games and ends >= games  # the comparison went through whole games (and lives lost)
     rewards = np.concatenate([step[1] for step in fast[1:]])
     assert (rewards.max() > 1) == evaluation  # clipped in training only
+
+
+@pytest.mark.parametrize("algo, settings", [
+    ("dqn", {"total_timesteps": 1200, "learning_starts": 400, "buffer_size": 1000, "batch_size": 32, "train_frequency": 4,
+             "target_network_frequency": 200}),
+    ("ppo", {"total_timesteps": 1024, "num_envs": 8, "num_steps": 64, "num_minibatches": 4, "update_epochs": 1,
+             "normalize_obs": False, "normalize_reward": False}),
+])  # fmt: skip
+def test_image_agents_train_and_evaluate_on_the_fast_path(algo, settings, monkeypatch):
+    """DQN (one env copy, frame replay) and PPO (8 copies) through the C++ vector env, with an evaluation of whole
+    games (capped here by a short run: evaluation plays each game to its end, so a random Pong agent's score)."""
+    import importlib
+
+    from algorithms.common import RecordingLogger
+
+    monkeypatch.setenv("RLGRID_ATARI_BACKEND", "vector")
+    module = importlib.import_module(f"algorithms.{algo}")
+    logger = RecordingLogger()
+    result = module.train(module.Config(env_id="PongNoFrameskip-v4", seed=1, eval_every=0, eval_episodes=2, **settings),
+                          logger)  # fmt: skip
+    (step, score), *_ = logger.series("eval/episodic_return")[-1:]
+    assert step == settings["total_timesteps"] and -21 <= score <= 21
+    assert result is not None
