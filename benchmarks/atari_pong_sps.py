@@ -1,21 +1,37 @@
 """Training steps per second on Pong: DQN after learning starts, PPO with 8 envs, next to the raw env rates.
 
     python benchmarks/atari_pong_sps.py [--algos dqn ppo] [--dqn-steps 2000] [--ppo-iterations 3] [--threads 2]
+                                        [--dqn-warmup 2000] [--device cuda] [--cleanrl DIR] [--no-raw]
 
 Settings are CleanRL's `dqn_atari.py` and `ppo_atari.py` (the suites' `[algo.*.atari]` overrides in
 experiments/suites/atari_10m.toml) on PongNoFrameskip-v4 (dqn-nature protocol); DQN starts learning after a short
-warm-up here (2,000 steps instead of 80,000) with a 100k replay, which does not change the cost of a learning step.
+warm-up here (2,000 steps instead of 80,000; `--dqn-warmup`) with a 100k replay, which does not change the cost of a
+learning step.
 Rates are read from the run's own cumulative `charts/SPS` at two points, so start-up and warm-up are left out.
 Printed for comparison:
 - the raw rate of the same preprocessed env (8 copies, random actions) through rlgrid's VecEnv, and of ale-py's C++
   `AtariVectorEnv` (8 envs, threads) with the same preprocessing, when available;
 - CleanRL on this project's 2-core machine (from the brief): dqn_atari.py about 115-121 steps/s after learning starts.
+
+`--cleanrl DIR` runs CleanRL's dqn_atari.py and ppo_atari.py from DIR (copies that run on gymnasium >= 1.0 and
+ale-py >= 0.9; CleanRL is not part of rlgrid) as subprocesses instead of quoting that figure: same device (`--cuda` /
+`--no-cuda`), torch thread count (OMP_NUM_THREADS), warm-up (`--learning-starts`), number of steps and the
+hyperparameters above, and prints both rates side by side. CleanRL prints its cumulative SPS every 100 steps once DQN
+learns, and after every PPO iteration; its rate is read between the same readings as rlgrid's (DQN: second to last;
+PPO: end of the first iteration to the last). `--no-raw` skips the raw env rates.
+Every run ends with one evaluation episode (rlgrid's final evaluation; CleanRL has none), outside the measured rate.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,6 +39,7 @@ import torch
 from algorithms.common import RecordingLogger
 
 ENV_ID = "PongNoFrameskip-v4"
+DQN_WARMUP = 2_000
 CLEANRL_DQN_SPS = (115, 121)
 DQN_ATARI = {"buffer_size": 100_000, "learning_rate": 1e-4, "batch_size": 32, "target_network_frequency": 1000,
              "end_e": 0.01, "exploration_fraction": 0.1, "train_frequency": 4}  # fmt: skip
@@ -30,30 +47,79 @@ PPO_ATARI = {"num_envs": 8, "num_steps": 128, "learning_rate": 2.5e-4, "num_mini
              "clip_coef": 0.1, "ent_coef": 0.01, "normalize_obs": False, "normalize_reward": False}  # fmt: skip
 
 
-def rate_between(logger: RecordingLogger, first: int = 1) -> float:
-    """Steps/s between the `first` and the last `charts/SPS` readings (each is cumulative from the start)."""
-    marks = [(step, m["charts/SPS"]) for step, m in logger.records if "charts/SPS" in m]
+def rate_from_marks(marks: list[tuple[int, float]], first: int) -> float:
+    """Steps/s between marks[first] and marks[-1]; each mark is (global step, steps/s cumulative from the start)."""
+    if len(marks) < first + 2:
+        raise ValueError(f"{len(marks)} steps/s readings, need at least {first + 2}: measure more steps")
     (step_a, sps_a), (step_b, sps_b) = marks[first], marks[-1]
     return (step_b - step_a) / (step_b / sps_b - step_a / sps_a)
 
 
-def dqn_sps(steps: int, warmup: int = 2_000) -> float:
+def rate_between(logger: RecordingLogger, first: int = 1) -> float:
+    """Steps/s between the `first` and the last `charts/SPS` readings (each is cumulative from the start)."""
+    return rate_from_marks([(step, m["charts/SPS"]) for step, m in logger.records if "charts/SPS" in m], first)
+
+
+def dqn_sps(steps: int, warmup: int = DQN_WARMUP, device: str = "cpu") -> float:
     from algorithms import dqn
 
     logger = RecordingLogger()
-    cfg = dqn.Config(env_id=ENV_ID, total_timesteps=warmup + steps, learning_starts=warmup, eval_every=0, **DQN_ATARI)
+    cfg = dqn.Config(env_id=ENV_ID, total_timesteps=warmup + steps, learning_starts=warmup, eval_every=0,
+                     eval_episodes=1, device=device, **DQN_ATARI)  # fmt: skip
     dqn.train(cfg, logger)
     return rate_between(logger)  # the first reading is at the first update, after the warm-up
 
 
-def ppo_sps(iterations: int) -> float:
+def ppo_sps(iterations: int, device: str = "cpu") -> float:
     from algorithms import ppo
 
     logger = RecordingLogger()
     batch = PPO_ATARI["num_envs"] * PPO_ATARI["num_steps"]
-    cfg = ppo.Config(env_id=ENV_ID, total_timesteps=(iterations + 1) * batch, eval_every=0, **PPO_ATARI)
+    cfg = ppo.Config(env_id=ENV_ID, total_timesteps=(iterations + 1) * batch, eval_every=0, eval_episodes=1,
+                     device=device, **PPO_ATARI)  # fmt: skip
     ppo.train(cfg, logger)
     return rate_between(logger, first=0)  # from the end of the first iteration (start-up left out)
+
+
+def run_cleanrl(cleanrl_dir: str, script: str, options: dict[str, int | float], device: str, threads: int) -> list[float]:
+    """Run CleanRL's `script` from `cleanrl_dir` on ENV_ID with `options` (`--name value`) on `device`, with `threads`
+    torch threads, in a scratch folder (for its tensorboard `runs/`); return the values of its `SPS:` lines."""
+    path = Path(cleanrl_dir, script).resolve()
+    cuda = "--cuda" if device.startswith("cuda") else "--no-cuda"  # CleanRL's choice: cuda or cpu
+    cmd = [sys.executable, str(path), "--env-id", ENV_ID, "--seed", "1", cuda]
+    for name, value in options.items():
+        cmd += [f"--{name.replace('_', '-')}", str(value)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as cwd:
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(f"{script} failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
+    print(f"  (CleanRL {script}: {time.perf_counter() - start:.0f} s in all)")
+    return [float(sps) for sps in re.findall(r"^SPS: (\d+)$", out.stdout, re.MULTILINE)]
+
+
+def cleanrl_dqn_sps(cleanrl_dir: str, steps: int, device: str, threads: int, warmup: int = DQN_WARMUP) -> float:
+    total = warmup + steps
+    options = {"total_timesteps": total, "learning_starts": warmup, **DQN_ATARI}  # all DQN_ATARI keys are CleanRL's
+    readings = run_cleanrl(cleanrl_dir, "dqn_atari.py", options, device, threads)
+    # dqn_atari.py prints `SPS: int(global_step / elapsed)` (no step) when it trains at a global_step > learning_starts
+    # that is a multiple of 100 (train_frequency 4 divides 100), for global_step in range(total_timesteps).
+    marks = [step for step in range(warmup + 1, total) if step % 100 == 0]
+    if len(readings) != len(marks):
+        raise RuntimeError(f"dqn_atari.py printed {len(readings)} SPS lines, expected {len(marks)}")
+    return rate_from_marks(list(zip(marks, readings)), first=1)
+
+
+def cleanrl_ppo_sps(cleanrl_dir: str, iterations: int, device: str, threads: int) -> float:
+    batch = PPO_ATARI["num_envs"] * PPO_ATARI["num_steps"]
+    shared = {key: value for key, value in PPO_ATARI.items() if not key.startswith("normalize_")}  # rlgrid-only keys
+    readings = run_cleanrl(cleanrl_dir, "ppo_atari.py", {"total_timesteps": (iterations + 1) * batch, **shared}, device,
+                           threads)  # fmt: skip
+    # ppo_atari.py prints `SPS: int(global_step / elapsed)` after each iteration, at global_step = iteration * batch.
+    if len(readings) != iterations + 1:
+        raise RuntimeError(f"ppo_atari.py printed {len(readings)} SPS lines, expected {iterations + 1}")
+    return rate_from_marks([((i + 1) * batch, sps) for i, sps in enumerate(readings)], first=0)
 
 
 def random_play_sps(envs, num_envs: int, steps: int) -> float:
@@ -88,26 +154,48 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algos", nargs="+", default=["dqn", "ppo"], choices=["dqn", "ppo"])
     parser.add_argument("--dqn-steps", type=int, default=2_000, help="learning steps measured (after the warm-up)")
+    parser.add_argument("--dqn-warmup", type=int, default=DQN_WARMUP, help="DQN's random steps before learning")
     parser.add_argument("--ppo-iterations", type=int, default=3, help="PPO iterations of 1,024 steps measured")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--device", default="cpu", help="torch device of the training runs (cpu, cuda, ...)")
+    parser.add_argument("--cleanrl", metavar="DIR", help="also run CleanRL's dqn_atari.py / ppo_atari.py from DIR")
+    parser.add_argument("--no-raw", action="store_true", help="skip the raw env rates")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"{ENV_ID}, {args.threads} torch threads")
-    raw = vecenv_sps()
-    print(f"  raw env, rlgrid VecEnv (8 copies, preprocessed): {raw:,.0f} steps/s")
-    ale = ale_vector_sps()
-    if ale is not None:
-        print(f"  raw env, ale-py AtariVectorEnv (8 envs, threads): {ale:,.0f} steps/s")
+    print(f"{ENV_ID}, {args.threads} torch threads" + ("" if args.device == "cpu" else f", {args.device}"))
+    raw = ale = None
+    if not args.no_raw:
+        raw = vecenv_sps()
+        print(f"  raw env, rlgrid VecEnv (8 copies, preprocessed): {raw:,.0f} steps/s")
+        ale = ale_vector_sps()
+        if ale is not None:
+            print(f"  raw env, ale-py AtariVectorEnv (8 envs, threads): {ale:,.0f} steps/s")
+    rows: list[tuple[str, float, float]] = []
     if "dqn" in args.algos:
-        sps = dqn_sps(args.dqn_steps)
-        low, high = CLEANRL_DQN_SPS
-        print(f"  DQN after learning starts: {sps:,.1f} steps/s ({sps / high:.2f}-{sps / low:.2f}x CleanRL's {low}-{high})")
+        sps = dqn_sps(args.dqn_steps, args.dqn_warmup, args.device)
+        if args.cleanrl:
+            print(f"  DQN after learning starts: {sps:,.1f} steps/s")
+            reference = cleanrl_dqn_sps(args.cleanrl, args.dqn_steps, args.device, args.threads, args.dqn_warmup)
+            print(f"  DQN after learning starts, CleanRL dqn_atari.py: {reference:,.1f} steps/s")
+            rows.append((f"dqn ({args.dqn_steps:,} steps after {args.dqn_warmup:,})", sps, reference))
+        else:
+            low, high = CLEANRL_DQN_SPS
+            versus = f"{sps / high:.2f}-{sps / low:.2f}x CleanRL's {low}-{high}"
+            print(f"  DQN after learning starts: {sps:,.1f} steps/s ({versus})")
     if "ppo" in args.algos:
-        sps = ppo_sps(args.ppo_iterations)
+        sps = ppo_sps(args.ppo_iterations, device=args.device)
         reference = ale if ale is not None else raw
-        print(
-            f"  PPO (8 envs): {sps:,.1f} steps/s ({sps / reference:.1%} of the {'ALE vector' if ale else 'VecEnv'} raw rate)"
-        )
+        share = "" if reference is None else f" ({sps / reference:.1%} of the {'ALE vector' if ale else 'VecEnv'} raw rate)"
+        print(f"  PPO (8 envs): {sps:,.1f} steps/s{share}")
+        if args.cleanrl:
+            cleanrl = cleanrl_ppo_sps(args.cleanrl, args.ppo_iterations, args.device, args.threads)
+            print(f"  PPO (8 envs), CleanRL ppo_atari.py: {cleanrl:,.1f} steps/s")
+            rows.append((f"ppo (8 envs, {args.ppo_iterations} iterations)", sps, cleanrl))
+    if rows:
+        print(f"\n{ENV_ID}, {args.threads} torch threads, {args.device}")
+        print(f"{'algo':<32} {'rlgrid steps/s':>15} {'CleanRL steps/s':>16} {'ratio':>7}")
+        for name, sps, reference in rows:
+            print(f"{name:<32} {sps:>15,.1f} {reference:>16,.1f} {sps / reference:>6.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,20 @@
 """Steady-state steps per second of rlgrid's off-policy algorithms on Hopper-v5, after learning starts.
 
-    python benchmarks/offpolicy_hopper_sps.py [--algos td3 ddpg] [--steps 3000] [--threads 2]
+    python benchmarks/offpolicy_hopper_sps.py [--algos td3 ddpg] [--steps 3000] [--threads 2] [--device cuda]
+                                              [--cleanrl DIR]
 
 Each algorithm runs `learning_starts` (5,000 here, to keep the warm-up short) random steps and then
 `--steps` learning steps with its default hyperparameters (one gradient step per env step, batch 256); the
 rate is the learning phase's alone, read from the run's own `charts/SPS` logging (cumulative from the start)
-at the last two points. For orientation on this project's 2-core machine, CleanRL's scripts measured at the
-same point: td3_continuous_action.py about 166 steps/s, sac_continuous_action.py about 85 (2 threads).
+at the second and the last points. For orientation on this project's 2-core machine, CleanRL's scripts measured at
+the same point: td3_continuous_action.py about 166 steps/s, sac_continuous_action.py about 85 (2 threads).
+
+`--cleanrl DIR` also runs CleanRL's td3_continuous_action.py and sac_continuous_action.py from DIR (copies that
+run on gymnasium >= 1.0; CleanRL is not part of rlgrid) as subprocesses, on the same device (`--cuda` /
+`--no-cuda`), the same torch thread count (OMP_NUM_THREADS), the same warm-up (`--learning-starts`) and the same
+number of steps, each with its own default hyperparameters, and prints both rates side by side. CleanRL prints
+its cumulative SPS every 100 steps once learning has started; its rate is taken between its second and last
+readings, as rlgrid's is.
 
 `--ceiling` also prints a compute-bound ceiling: the matmul FLOPs of one learning step (counted by the torch
 profiler over 200 steps) divided by this machine's float32 matmul rate on a 256x256x256 product (the size of
@@ -17,35 +25,72 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from algorithms.common import RecordingLogger
 
+ENV_ID = "Hopper-v5"
 WARMUP = 5_000
+CLEANRL_SCRIPTS = {"td3": "td3_continuous_action.py", "sac": "sac_continuous_action.py"}
 
 
-def steady_sps(algo: str, steps: int) -> float:
+def rate_from_marks(marks: list[tuple[int, float]], first: int = 1) -> float:
+    """Steps/s between marks[first] and marks[-1]; each mark is (global step, steps/s cumulative from the start)."""
+    if len(marks) < first + 2:
+        raise ValueError(f"{len(marks)} steps/s readings, need at least {first + 2}: measure more steps")
+    (step_a, sps_a), (step_b, sps_b) = marks[first], marks[-1]
+    # Cumulative readings: step / sps is the time since the start; the rate is the steps between two readings over
+    # the time between them.
+    return (step_b - step_a) / (step_b / sps_b - step_a / sps_a)
+
+
+def steady_sps(algo: str, steps: int, device: str = "cpu") -> float:
     module = importlib.import_module(f"algorithms.{algo}")
     logger = RecordingLogger()
-    cfg = module.Config(env_id="Hopper-v5", total_timesteps=WARMUP + steps, learning_starts=WARMUP, eval_every=0,
-                        eval_episodes=1)  # fmt: skip
+    cfg = module.Config(env_id=ENV_ID, total_timesteps=WARMUP + steps, learning_starts=WARMUP, eval_every=0,
+                        eval_episodes=1, device=device)  # fmt: skip
     start = time.perf_counter()
     module.train(cfg, logger)
-    marks = [(step, m["charts/SPS"]) for step, m in logger.records if "charts/SPS" in m]
-    (step_a, sps_a), (step_b, sps_b) = marks[1], marks[-1]
-    # charts/SPS is cumulative over all steps since the start: turn two readings into the rate between them.
-    time_a, time_b = step_a / sps_a, step_b / sps_b
     print(f"  ({algo}: {time.perf_counter() - start:.0f} s in all)")
-    return (step_b - step_a) / (time_b - time_a)
+    return rate_from_marks([(step, m["charts/SPS"]) for step, m in logger.records if "charts/SPS" in m])
+
+
+def cleanrl_sps(cleanrl_dir: str, algo: str, steps: int, device: str, threads: int) -> float:
+    """CleanRL's rate after learning starts, from the `SPS:` lines of its script run with the same warm-up and steps."""
+    total = WARMUP + steps
+    script = Path(cleanrl_dir, CLEANRL_SCRIPTS[algo]).resolve()
+    cuda = "--cuda" if device.startswith("cuda") else "--no-cuda"  # CleanRL's choice: cuda or cpu
+    cmd = [sys.executable, str(script), "--env-id", ENV_ID, "--total-timesteps", str(total),
+           "--learning-starts", str(WARMUP), "--seed", "1", cuda]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as cwd:  # its tensorboard `runs/` folder goes there
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(f"{script.name} failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
+    print(f"  (CleanRL {algo}: {time.perf_counter() - start:.0f} s in all)")
+    readings = [float(sps) for sps in re.findall(r"^SPS: (\d+)$", out.stdout, re.MULTILINE)]
+    # The scripts print `SPS: int(global_step / elapsed)` (no step) at every global_step > learning_starts that is a
+    # multiple of 100, for global_step in range(total_timesteps).
+    marks = [step for step in range(WARMUP + 1, total) if step % 100 == 0]
+    if len(readings) != len(marks):
+        raise RuntimeError(f"{script.name} printed {len(readings)} SPS lines, expected {len(marks)}")
+    return rate_from_marks(list(zip(marks, readings)))
 
 
 def matmul_flops_per_step(algo: str, steps: int = 200) -> float:
     """Matmul FLOPs of one learning step of `algo` (batch 256, its default networks), from the profiler."""
     module = importlib.import_module(f"algorithms.{algo}")
     warmup = 1_000
-    cfg = module.Config(env_id="Hopper-v5", total_timesteps=warmup + steps, learning_starts=warmup, eval_every=0,
+    cfg = module.Config(env_id=ENV_ID, total_timesteps=warmup + steps, learning_starts=warmup, eval_every=0,
                         eval_episodes=1)  # fmt: skip
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], with_flops=True) as profiler:
         module.train(cfg, RecordingLogger())
@@ -73,18 +118,36 @@ def main() -> None:
     parser.add_argument("--algos", nargs="+", default=["td3", "sac", "ddpg"])
     parser.add_argument("--steps", type=int, default=3000, help="learning steps measured after the warm-up")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (CleanRL's figures: 2)")
-    parser.add_argument("--ceiling", action="store_true", help="also print the compute-bound ceiling (see above)")
+    parser.add_argument("--device", default="cpu", help="torch device of the runs (cpu, cuda, ...)")
+    parser.add_argument("--cleanrl", metavar="DIR", help="also run CleanRL's td3/sac scripts from DIR (see above)")
+    parser.add_argument("--ceiling", action="store_true", help="also print the compute-bound ceiling (CPU, see above)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    where = f"{args.threads} thread(s)" + ("" if args.device == "cpu" else f", {args.device}")
+    rows: list[tuple[str, float, float | None]] = []
     for algo in args.algos:
-        rate = steady_sps(algo, args.steps)
-        print(f"{algo} on Hopper-v5, {args.threads} thread(s): {rate:,.0f} steps/s after learning starts")
+        rate = steady_sps(algo, args.steps, args.device)
+        print(f"{algo} on {ENV_ID}, {where}: {rate:,.0f} steps/s after learning starts")
         if args.ceiling:
             flops, peak = matmul_flops_per_step(algo), matmul_rate()
             print(
                 f"  {flops / 1e6:,.0f} matmul MFLOP per step; matmuls run at {peak / 1e9:,.0f} GFLOP/s here: "
                 f"ceiling {peak / flops:,.0f} steps/s (the run reached {rate * flops / peak:.0%} of it)"
             )
+        if args.cleanrl and algo in CLEANRL_SCRIPTS:
+            reference = cleanrl_sps(args.cleanrl, algo, args.steps, args.device, args.threads)
+            print(f"CleanRL {CLEANRL_SCRIPTS[algo]}, {where}: {reference:,.0f} steps/s after learning starts")
+            rows.append((algo, rate, reference))
+        else:
+            rows.append((algo, rate, None))
+    if args.cleanrl:
+        print(f"\n{ENV_ID}, {args.steps:,} learning steps after {WARMUP:,} random ones, {where}")
+        print(f"{'algo':<6} {'rlgrid steps/s':>15} {'CleanRL steps/s':>16} {'ratio':>7}")
+        for algo, rate, reference in rows:
+            if reference is None:
+                print(f"{algo:<6} {rate:>15,.0f} {'-':>16} {'-':>7}")
+            else:
+                print(f"{algo:<6} {rate:>15,.0f} {reference:>16,.0f} {rate / reference:>6.2f}x")
 
 
 if __name__ == "__main__":
