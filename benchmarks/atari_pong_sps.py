@@ -132,10 +132,21 @@ def random_play_sps(envs, num_envs: int, steps: int) -> float:
     return steps * num_envs / (time.perf_counter() - start)
 
 
-def vecenv_sps(steps: int = 2_000, num_envs: int = 8) -> float:
+def vecenv_sps(backend: str, steps: int = 2_000, num_envs: int = 8) -> float:
+    """rlgrid's env on one Atari path (envs.atari: "vector" is the C++ env on min(num_envs, torch threads) threads)."""
+    import os
+
     from envs import make_vec_env
 
-    envs, _ = make_vec_env(ENV_ID, num_envs, seed=0)
+    previous = os.environ.get("RLGRID_ATARI_BACKEND")
+    os.environ["RLGRID_ATARI_BACKEND"] = backend
+    try:
+        envs, _ = make_vec_env(ENV_ID, num_envs, seed=0)
+    finally:
+        if previous is None:
+            del os.environ["RLGRID_ATARI_BACKEND"]
+        else:
+            os.environ["RLGRID_ATARI_BACKEND"] = previous
     return random_play_sps(envs, num_envs, steps)
 
 
@@ -165,11 +176,12 @@ def main() -> None:
     print(f"{ENV_ID}, {args.threads} torch threads" + ("" if args.device == "cpu" else f", {args.device}"))
     raw = ale = None
     if not args.no_raw:
-        raw = vecenv_sps()
-        print(f"  raw env, rlgrid VecEnv (8 copies, preprocessed): {raw:,.0f} steps/s")
+        raw = vecenv_sps("vector")
+        print(f"  raw env, rlgrid C++ path (8 copies, {min(8, args.threads)} threads, preprocessed): {raw:,.0f} steps/s")
+        print(f"  raw env, rlgrid Python path (8 copies, preprocessed): {vecenv_sps('python'):,.0f} steps/s")
         ale = ale_vector_sps()
         if ale is not None:
-            print(f"  raw env, ale-py AtariVectorEnv (8 envs, threads): {ale:,.0f} steps/s")
+            print(f"  raw env, bare ale-py AtariVectorEnv (8 envs, its default threads): {ale:,.0f} steps/s")
     rows: list[tuple[str, float, float]] = []
     if "dqn" in args.algos:
         sps = dqn_sps(args.dqn_steps, args.dqn_warmup, args.device)
