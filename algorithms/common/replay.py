@@ -49,10 +49,17 @@ class ReplayBuffer:
             terminated: np.ndarray, truncated: np.ndarray) -> None:  # fmt: skip
         """Store one vector step: every argument has a leading axis of num_envs."""
         n = len(rewards)
-        index = (self.pos + torch.arange(n)) % self.capacity
+        if n > self.capacity:
+            raise ValueError(f"a step of {n} env copies does not fit a replay memory of {self.capacity}")
+        # Rows pos.. (wrapping round to 0): written through slices, not an index tensor, so that with deterministic
+        # kernels on CUDA the write is a plain copy instead of index_put's sort-based deterministic path.
+        first = min(n, self.capacity - self.pos)
         for name, value in zip(self.FIELDS, (obs, actions, rewards, next_obs, terminated, truncated)):
             target = getattr(self, name)
-            target[index] = torch.as_tensor(np.asarray(value), device=self.device).to(target.dtype)
+            rows = torch.as_tensor(np.asarray(value), device=self.device).to(target.dtype)
+            target[self.pos : self.pos + first] = rows[:first]
+            if first < n:
+                target[: n - first] = rows[first:]
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
