@@ -267,7 +267,7 @@ def _cpu_threads() -> int:
 def make_vector_games(settings: AtariSettings, num_envs: int) -> Any:
     """The fast path: ale-py's C++ `AtariVectorEnv` with the same preprocessing as `AtariGame`. It returns whole
     games, unclipped rewards and the lives left; the learner's life-loss ends and reward clipping are applied by
-    the caller (envs.vector.AtariVecEnv), so game scores stay unclipped."""
+    the caller (`AtariVecEnv` below), so game scores stay unclipped."""
     from ale_py.vector_env import AtariVectorEnv
 
     return AtariVectorEnv(settings.game, num_envs, num_threads=min(num_envs, _cpu_threads()), autoreset_mode="SameStep",
