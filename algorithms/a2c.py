@@ -177,7 +177,8 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
             optimizer = torch.optim.RMSprop(agent.parameters(), lr=cfg.learning_rate, alpha=cfg.rmsprop_alpha,
                                             eps=cfg.optimizer_eps)  # fmt: skip
         else:
-            optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=cfg.optimizer_eps)
+            optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=cfg.optimizer_eps,
+                                         fused=device.type in ("cpu", "cuda"))  # fmt: skip
         T, N = cfg.num_steps, cfg.num_envs
         rollout = RolloutStorage(T, N, obs_shape, action_shape, continuous)
 

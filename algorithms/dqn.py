@@ -175,7 +175,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
         q_network = QNetwork(obs_shape, n_actions, hidden).to(device)
         target_network = QNetwork(obs_shape, n_actions, hidden).to(device)
         target_network.load_state_dict(q_network.state_dict())
-        optimizer = torch.optim.Adam(q_network.parameters(), lr=cfg.learning_rate)
+        optimizer = torch.optim.Adam(q_network.parameters(), lr=cfg.learning_rate, fused=device.type in ("cpu", "cuda"))
         # Stacked frames: each frame stored once (uint8); MinAtar grids (0/1) as uint8; vectors as float32.
         kind = image_kind(obs_shape)
         if kind == "frames":

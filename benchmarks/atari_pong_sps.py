@@ -1,7 +1,7 @@
 """Training steps per second on Pong: DQN after learning starts, PPO with 8 envs, next to the raw env rates.
 
     python benchmarks/atari_pong_sps.py [--algos dqn ppo] [--dqn-steps 2000] [--ppo-iterations 3] [--threads 2]
-                                        [--dqn-warmup 2000] [--device cuda] [--cleanrl DIR] [--no-raw]
+                                        [--dqn-warmup 2000] [--device cuda] [--cleanrl DIR] [--no-raw] [--ceiling]
 
 Settings are CleanRL's `dqn_atari.py` and `ppo_atari.py` (the suites' `[algo.*.atari]` overrides in
 experiments/suites/atari_10m.toml) on PongNoFrameskip-v4 (dqn-nature protocol); DQN starts learning after a short
@@ -19,6 +19,9 @@ ale-py >= 0.9; CleanRL is not part of rlgrid) as subprocesses instead of quoting
 hyperparameters above, and prints both rates side by side. CleanRL prints its cumulative SPS every 100 steps once DQN
 learns, and after every PPO iteration; its rate is read between the same readings as rlgrid's (DQN: second to last;
 PPO: end of the first iteration to the last). `--no-raw` skips the raw env rates.
+`--ceiling` prints each algorithm's compute-bound ceiling (benchmarks/ceiling.py): this machine's float32 matmul rate
+over the convolution and matmul FLOPs of one training step. A target above it cannot be met on this machine by any
+implementation of the same maths.
 Every run ends with one evaluation episode (rlgrid's final evaluation; CleanRL has none), outside the measured rate.
 """
 
@@ -35,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ceiling import ceiling_line, flops_until
 
 from algorithms.common import RecordingLogger
 
@@ -79,6 +83,24 @@ def ppo_sps(iterations: int, device: str = "cpu") -> float:
                      device=device, **PPO_ATARI)  # fmt: skip
     ppo.train(cfg, logger)
     return rate_between(logger, first=0)  # from the end of the first iteration (start-up left out)
+
+
+def dqn_flops_per_step(steps: int = 400, warmup: int = 200) -> float:
+    """FLOPs of one DQN step after learning starts (acting, plus a quarter of an update): the warm-up's subtracted."""
+    from algorithms import dqn
+
+    cfg = dqn.Config(env_id=ENV_ID, total_timesteps=warmup + steps + 1, learning_starts=warmup, eval_every=0,
+                     eval_episodes=1, **DQN_ATARI)  # fmt: skip
+    return (flops_until(dqn.train, cfg, warmup + steps) - flops_until(dqn.train, cfg, warmup)) / steps
+
+
+def ppo_flops_per_step() -> float:
+    """FLOPs of one PPO iteration (rollout and update) per env step."""
+    from algorithms import ppo
+
+    batch = PPO_ATARI["num_envs"] * PPO_ATARI["num_steps"]
+    cfg = ppo.Config(env_id=ENV_ID, total_timesteps=2 * batch, eval_every=0, eval_episodes=1, **PPO_ATARI)
+    return flops_until(ppo.train, cfg, batch) / batch
 
 
 def run_cleanrl(cleanrl_dir: str, script: str, options: dict[str, int | float], device: str, threads: int) -> list[float]:
@@ -171,6 +193,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="torch device of the training runs (cpu, cuda, ...)")
     parser.add_argument("--cleanrl", metavar="DIR", help="also run CleanRL's dqn_atari.py / ppo_atari.py from DIR")
     parser.add_argument("--no-raw", action="store_true", help="skip the raw env rates")
+    parser.add_argument("--ceiling", action="store_true", help="also print the compute-bound ceilings (CPU, see above)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{ENV_ID}, {args.threads} torch threads" + ("" if args.device == "cpu" else f", {args.device}"))
@@ -194,11 +217,15 @@ def main() -> None:
             low, high = CLEANRL_DQN_SPS
             versus = f"{sps / high:.2f}-{sps / low:.2f}x CleanRL's {low}-{high}"
             print(f"  DQN after learning starts: {sps:,.1f} steps/s ({versus})")
+        if args.ceiling:
+            print(ceiling_line(dqn_flops_per_step(), sps))
     if "ppo" in args.algos:
         sps = ppo_sps(args.ppo_iterations, device=args.device)
         reference = ale if ale is not None else raw
         share = "" if reference is None else f" ({sps / reference:.1%} of the {'ALE vector' if ale else 'VecEnv'} raw rate)"
         print(f"  PPO (8 envs): {sps:,.1f} steps/s{share}")
+        if args.ceiling:
+            print(ceiling_line(ppo_flops_per_step(), sps))
         if args.cleanrl:
             cleanrl = cleanrl_ppo_sps(args.cleanrl, args.ppo_iterations, args.device, args.threads)
             print(f"  PPO (8 envs), CleanRL ppo_atari.py: {cleanrl:,.1f} steps/s")

@@ -16,9 +16,9 @@ number of steps, each with its own default hyperparameters, and prints both rate
 its cumulative SPS every 100 steps once learning has started; its rate is taken between its second and last
 readings, as rlgrid's is.
 
-`--ceiling` also prints a compute-bound ceiling: the matmul FLOPs of one learning step (counted by the torch
-profiler over 200 steps) divided by this machine's float32 matmul rate on a 256x256x256 product (the size of
-the hidden layers) at the same thread count. No implementation of the same maths on this CPU can beat it.
+`--ceiling` also prints a compute-bound ceiling (benchmarks/ceiling.py): this machine's float32 matmul rate on a
+256x256x256 product (the size of the hidden layers) at the same thread count, over the FLOPs of one learning step
+(counted over 200 steps). No implementation of the same maths on this CPU can beat it.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import torch
+from ceiling import ceiling_line, flops_until
 
 from algorithms.common import RecordingLogger
 
@@ -86,31 +87,12 @@ def cleanrl_sps(cleanrl_dir: str, algo: str, steps: int, device: str, threads: i
     return rate_from_marks(list(zip(marks, readings)))
 
 
-def matmul_flops_per_step(algo: str, steps: int = 200) -> float:
-    """Matmul FLOPs of one learning step of `algo` (batch 256, its default networks), from the profiler."""
+def learning_flops_per_step(algo: str, steps: int = 200, warmup: int = 1_000) -> float:
+    """FLOPs of one learning step of `algo` (its default networks, batch 256): the warm-up's are subtracted."""
     module = importlib.import_module(f"algorithms.{algo}")
-    warmup = 1_000
-    cfg = module.Config(env_id=ENV_ID, total_timesteps=warmup + steps, learning_starts=warmup, eval_every=0,
+    cfg = module.Config(env_id=ENV_ID, total_timesteps=warmup + steps + 1, learning_starts=warmup, eval_every=0,
                         eval_episodes=1)  # fmt: skip
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], with_flops=True) as profiler:
-        module.train(cfg, RecordingLogger())
-    matmuls = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul")
-    total = sum(event.flops for event in profiler.key_averages() if event.key in matmuls)
-    return total / steps  # the warm-up steps do no learning (and the final evaluation's 1 episode is negligible)
-
-
-def matmul_rate(size: int = 256, repeats: int = 400) -> float:
-    """FLOP/s of a float32 (size x size) @ (size x size) product, best of five timings."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    for _ in range(50):
-        a @ b
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        best = min(best, (time.perf_counter() - start) / repeats)
-    return 2 * size**3 / best
+    return (flops_until(module.train, cfg, warmup + steps) - flops_until(module.train, cfg, warmup)) / steps
 
 
 def main() -> None:
@@ -129,11 +111,7 @@ def main() -> None:
         rate = steady_sps(algo, args.steps, args.device)
         print(f"{algo} on {ENV_ID}, {where}: {rate:,.0f} steps/s after learning starts")
         if args.ceiling:
-            flops, peak = matmul_flops_per_step(algo), matmul_rate()
-            print(
-                f"  {flops / 1e6:,.0f} matmul MFLOP per step; matmuls run at {peak / 1e9:,.0f} GFLOP/s here: "
-                f"ceiling {peak / flops:,.0f} steps/s (the run reached {rate * flops / peak:.0%} of it)"
-            )
+            print(ceiling_line(learning_flops_per_step(algo), rate))
         if args.cleanrl and algo in CLEANRL_SCRIPTS:
             reference = cleanrl_sps(args.cleanrl, algo, args.steps, args.device, args.threads)
             print(f"CleanRL {CLEANRL_SCRIPTS[algo]}, {where}: {reference:,.0f} steps/s after learning starts")
