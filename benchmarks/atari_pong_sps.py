@@ -22,7 +22,9 @@ PPO: end of the first iteration to the last). `--no-raw` skips the raw env rates
 `--ceiling` prints each algorithm's compute-bound ceiling (benchmarks/ceiling.py): this machine's float32 matmul rate
 over the convolution and matmul FLOPs of one training step. A target above it cannot be met on this machine by any
 implementation of the same maths.
-Every run ends with one evaluation episode (rlgrid's final evaluation; CleanRL has none), outside the measured rate.
+PPO's line also gives the share of its training time spent in the vector env's `step` (the rest is the agent's); its
+run stops before rlgrid's final evaluation. DQN's run ends with one evaluation episode (CleanRL has none), outside the
+measured rate.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import numpy as np
 import torch
 from ceiling import ceiling_line, flops_until
 
-from algorithms.common import RecordingLogger
+from algorithms.common import Checkpointer, RecordingLogger, RunPaused
 
 ENV_ID = "PongNoFrameskip-v4"
 DQN_WARMUP = 2_000
@@ -75,14 +77,44 @@ def dqn_sps(steps: int, warmup: int = DQN_WARMUP, device: str = "cpu") -> float:
 
 
 def ppo_sps(iterations: int, device: str = "cpu") -> float:
+    """PPO's rate from the end of its first iteration (start-up left out); also prints the share of the training's wall
+    time spent in the vector env's `step` (the rest is the agent: inference, transfers, updates, bookkeeping)."""
     from algorithms import ppo
 
     logger = RecordingLogger()
     batch = PPO_ATARI["num_envs"] * PPO_ATARI["num_steps"]
     cfg = ppo.Config(env_id=ENV_ID, total_timesteps=(iterations + 1) * batch, eval_every=0, eval_episodes=1,
                      device=device, **PPO_ATARI)  # fmt: skip
-    ppo.train(cfg, logger)
-    return rate_between(logger, first=0)  # from the end of the first iteration (start-up left out)
+    in_step = 0.0
+
+    def timed_vec_env(*args, **kwargs):
+        envs, first_obs = make_vec_env(*args, **kwargs)
+        step = envs.step
+
+        def timed_step(actions):
+            nonlocal in_step
+            start = time.perf_counter()
+            try:
+                return step(actions)
+            finally:
+                in_step += time.perf_counter() - start
+
+        envs.step = timed_step
+        return envs, first_obs
+
+    make_vec_env, ppo.make_vec_env = ppo.make_vec_env, timed_vec_env
+    start = time.perf_counter()
+    # Paused at the last step, before the final evaluation, so that the env share is the training loop's.
+    with tempfile.TemporaryDirectory() as directory:
+        try:
+            ppo.train(cfg, logger, Checkpointer(directory, every_seconds=None, pause_at_step=cfg.total_timesteps))
+        except RunPaused:
+            pass
+        finally:
+            ppo.make_vec_env = make_vec_env
+    whole = time.perf_counter() - start
+    print(f"  (PPO: {whole:.1f} s of training, {in_step:.1f} s of it ({in_step / whole:.0%}) in env.step)")
+    return rate_between(logger, first=0)
 
 
 def dqn_flops_per_step(steps: int = 400, warmup: int = 200) -> float:
