@@ -66,11 +66,17 @@ class FrameReplayBuffer:
 
     def _write(self, env: int, frames: np.ndarray) -> np.ndarray:
         """Append frames (n, *frame_shape) to env's ring; their counters."""
-        first = int(self.frames_written[env])
-        counters = np.arange(first, first + len(frames))
-        self.frames[env, torch.from_numpy(counters % self.frame_slots)] = torch.as_tensor(frames, device=self.device)
-        self.frames_written[env] += len(frames)
-        return counters
+        first, n = int(self.frames_written[env]), len(frames)
+        rows = torch.as_tensor(frames, device=self.device)
+        # Slots start.. (wrapping round to 0), written through slices rather than an index tensor: with deterministic
+        # kernels on CUDA that is a plain copy instead of index_put's sort-based path (as in ReplayBuffer.add).
+        start = first % self.frame_slots
+        head = min(n, self.frame_slots - start)
+        self.frames[env, start : start + head] = rows[:head]
+        if head < n:
+            self.frames[env, : n - head] = rows[head:]
+        self.frames_written[env] += n
+        return np.arange(first, first + n)
 
     def add(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray,
             terminated: np.ndarray, truncated: np.ndarray) -> None:  # fmt: skip
