@@ -40,9 +40,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ceiling import ceiling_line, flops_until
+from ceiling import ceiling_line, flops_until, train_until
 
-from algorithms.common import Checkpointer, RecordingLogger, RunPaused
+from algorithms.common import RecordingLogger
 
 ENV_ID = "PongNoFrameskip-v4"
 DQN_WARMUP = 2_000
@@ -104,14 +104,10 @@ def ppo_sps(iterations: int, device: str = "cpu") -> float:
 
     make_vec_env, ppo.make_vec_env = ppo.make_vec_env, timed_vec_env
     start = time.perf_counter()
-    # Paused at the last step, before the final evaluation, so that the env share is the training loop's.
-    with tempfile.TemporaryDirectory() as directory:
-        try:
-            ppo.train(cfg, logger, Checkpointer(directory, every_seconds=None, pause_at_step=cfg.total_timesteps))
-        except RunPaused:
-            pass
-        finally:
-            ppo.make_vec_env = make_vec_env
+    try:  # paused at the last step, before the final evaluation, so that the env share is the training loop's
+        train_until(ppo.train, cfg, cfg.total_timesteps, logger)
+    finally:
+        ppo.make_vec_env = make_vec_env
     whole = time.perf_counter() - start
     print(f"  (PPO: {whole:.1f} s of training, {in_step:.1f} s of it ({in_step / whole:.0%}) in env.step)")
     return rate_between(logger, first=0)

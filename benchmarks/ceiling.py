@@ -19,16 +19,21 @@ from torch.utils.flop_counter import FlopCounterMode
 from algorithms.common import Checkpointer, RecordingLogger, RunPaused
 
 
-def flops_until(train: Callable[..., Any], cfg: Any, step: int) -> int:
-    """FLOPs that `train(cfg, logger, checkpointer)` spends from its start until it pauses at `step` (before any final
-    evaluation: the run stops at its first checkpoint at or after `step`)."""
-    with tempfile.TemporaryDirectory() as directory, FlopCounterMode(display=False) as counter:
+def train_until(train: Callable[..., Any], cfg: Any, step: int, logger: RecordingLogger | None = None) -> None:
+    """Run `train(cfg, logger, checkpointer)` until it pauses at `step`, before any final evaluation (the run stops at
+    its first checkpoint at or after `step`, saved in a scratch folder)."""
+    with tempfile.TemporaryDirectory() as directory:
         try:
-            train(cfg, RecordingLogger(), Checkpointer(directory, every_seconds=None, pause_at_step=step))
+            train(cfg, logger or RecordingLogger(), Checkpointer(directory, every_seconds=None, pause_at_step=step))
         except RunPaused:
-            pass
-        else:
-            raise RuntimeError(f"the run ended before pausing at step {step}: make total_timesteps larger")
+            return
+    raise RuntimeError(f"the run ended before pausing at step {step}: make total_timesteps larger")
+
+
+def flops_until(train: Callable[..., Any], cfg: Any, step: int) -> int:
+    """FLOPs that `train` spends from its start until it pauses at `step` (`train_until`)."""
+    with FlopCounterMode(display=False) as counter:
+        train_until(train, cfg, step)
     return counter.get_total_flops()
 
 
