@@ -125,6 +125,9 @@ def cmd_train(argv: list[str]) -> int:
     print(f"{verb}: {outcome['run_dir']}")
     print(f"  final eval return {result['final_eval_return']:.2f} at step {result['global_step']:,}"
           f" ({result['steps_per_second']:,.0f} steps/s)")  # fmt: skip
+    if result.get("resumed_from_step"):
+        print(f"  resumed from step {result['resumed_from_step']:,}; {result['total_wall_time_s']:,.0f} s of training"
+              " over all of the run's processes")  # fmt: skip
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import signal
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -80,15 +81,24 @@ def execute_run(spec: RunSpec, options: RunOptions) -> dict[str, Any]:
     previous_handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     torch.set_num_threads(options.threads)
     jsonl = None
+    # Wall time is accumulated across the run's processes through the checkpoints: a resumed run's result reports
+    # the training time of every step it kept (time after the last checkpoint of a killed process is redone, and
+    # counted once, in the process that redoes it).
+    attempt_start = time.perf_counter()
+    earlier_wall_time = 0.0
     checkpointer = Checkpointer(
         run_dir.checkpoint_dir,
         keep_last=options.keep_checkpoints,
         every_steps=options.checkpoint_every_steps,
         every_seconds=options.checkpoint_every_seconds,
-        metadata_fn=lambda: {"metrics_offset": jsonl.offset()},
+        metadata_fn=lambda: {
+            "metrics_offset": jsonl.offset(),
+            "wall_time_s": earlier_wall_time + time.perf_counter() - attempt_start,
+        },
         pause_at_step=options.pause_at_step,
     )
     latest = checkpointer.latest()
+    earlier_wall_time = latest["metadata"].get("wall_time_s", 0.0) if latest else 0.0
     run_dir.truncate_metrics(latest["metadata"]["metrics_offset"] if latest else 0)
     jsonl = JsonlLogger(run_dir.metrics_file)
     loggers: list[Any] = [jsonl]
@@ -122,5 +132,7 @@ def execute_run(spec: RunSpec, options: RunOptions) -> dict[str, Any]:
         torch.set_num_threads(previous_threads)
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
+    result["resumed_from_step"] = latest["step"] if latest else 0
+    result["total_wall_time_s"] = earlier_wall_time + time.perf_counter() - attempt_start
     run_dir.finish(result)
     return {"status": "done", "run_dir": str(run_dir.path), "result": result}

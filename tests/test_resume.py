@@ -102,3 +102,25 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, algo, env_id, ex
     assert 0 < partial_lines < len(reference)
     assert len(result) == len(reference)
     assert result == reference
+
+
+def test_a_resumed_runs_result_counts_the_wall_time_of_every_process(tmp_path):
+    """result.json keeps this process's `wall_time_s` and adds `total_wall_time_s` over all of the run's processes
+    (carried in the checkpoints) and the step it resumed from."""
+    import dataclasses
+
+    from experiments.execute import RunOptions, execute_run
+    from experiments.runs import RunSpec
+
+    spec = RunSpec.create("ppo", "CartPole-v1", 3, {"total_timesteps": 2048, "num_envs": 4, "num_steps": 64,
+                                                    "eval_every": 1024, "eval_episodes": 2})  # fmt: skip
+    options = RunOptions(runs_dir=tmp_path, progress=False)
+    started = time.perf_counter()
+    assert execute_run(spec, dataclasses.replace(options, pause_at_step=1024))["status"] == "paused"
+    first_process = time.perf_counter() - started
+    time.sleep(1.0)  # time between processes is not training time
+    result = execute_run(spec, options)["result"]
+    total = time.perf_counter() - started
+    assert result["resumed_from_step"] == 1024 and result["global_step"] == 2048
+    assert result["total_wall_time_s"] > result["wall_time_s"] + 0.5 * first_process
+    assert result["total_wall_time_s"] < total - 1.0
