@@ -78,6 +78,14 @@ class FrameReplayBuffer:
         self.frames_written[env] += n
         return np.arange(first, first + n)
 
+    def _gather(self, flat_slots: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Frames at flat slots (env * frame_slots + slot), shape (*flat_slots.shape, *frame_shape). index_select
+        copies whole frames; advanced indexing (frames[rows, slots]) copies them byte by byte, about 10x slower on
+        the CPU (2 ms for a batch of 32 Atari stacks)."""
+        index = torch.as_tensor(flat_slots, device=self.device)
+        frame_shape = self.frames.shape[2:]
+        return self.frames.view(-1, *frame_shape).index_select(0, index.reshape(-1)).view(*index.shape, *frame_shape)
+
     def add(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray,
             terminated: np.ndarray, truncated: np.ndarray) -> None:  # fmt: skip
         """Store one vector step: obs and next_obs (N, K, *frame_shape) uint8, the rest with a leading axis N."""
@@ -86,7 +94,7 @@ class FrameReplayBuffer:
         for env in range(self.num_envs):
             previous = self.prev_next[env]
             same_as_previous = (not self.prev_ended[env] and previous is not None
-                                and torch.equal(self.frames[env, torch.from_numpy(previous % self.frame_slots)],
+                                and torch.equal(self._gather(env * self.frame_slots + previous % self.frame_slots),
                                                 torch.as_tensor(obs[env], device=self.device)))  # fmt: skip
             obs_counters = previous if same_as_previous else self._write(env, obs[env])
             if np.array_equal(next_obs[env, :-1], obs[env, 1:]):
@@ -125,9 +133,9 @@ class FrameReplayBuffer:
         env = torch.searchsorted(ends, draw, right=True)
         step = torch.as_tensor(self.oldest)[env] + draw - (ends - counts)[env]
         env, slot = env.to(self.device), (step % self.per_env).to(self.device)
-        rows = env[:, None]
-        obs = self.frames[rows, self.obs_frames[env, slot] % self.frame_slots]
-        next_obs = self.frames[rows, self.next_frames[env, slot] % self.frame_slots]
+        first_slot = env[:, None] * self.frame_slots  # (B, 1): env's ring in the flattened frames
+        obs = self._gather(first_slot + self.obs_frames[env, slot] % self.frame_slots)
+        next_obs = self._gather(first_slot + self.next_frames[env, slot] % self.frame_slots)
         return Batch(obs, self.actions[env, slot], self.rewards[env, slot], next_obs, self.terminated[env, slot],
                      self.truncated[env, slot])  # fmt: skip
 
