@@ -66,7 +66,9 @@ class ReplayBuffer:
     def sample(self, batch_size: int) -> Batch:
         """`batch_size` transitions uniformly with replacement (torch's global RNG, restored on resume)."""
         index = torch.randint(0, self.size, (batch_size,), device=self.device)
-        return Batch(*(getattr(self, name)[index] for name in self.FIELDS))
+        # index_select copies whole rows; advanced indexing (tensor[index]) goes element by element, 2-5x slower
+        # on the CPU for these rows (as in FrameReplayBuffer).
+        return Batch(*(getattr(self, name).index_select(0, index) for name in self.FIELDS))
 
     def state_dict(self) -> dict[str, Any]:
         """The filled part only, on the CPU, in insertion order's storage layout (pos and size kept)."""
