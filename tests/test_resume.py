@@ -3,6 +3,7 @@ logs exactly the numbers of an uninterrupted run with the same seed (CPU)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -12,6 +13,9 @@ from pathlib import Path
 
 import pytest
 from helpers import deterministic_metrics
+
+from experiments.execute import RunOptions, execute_run
+from experiments.runs import RunSpec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -107,11 +111,6 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, algo, env_id, ex
 def test_a_resumed_runs_result_counts_the_wall_time_of_every_process(tmp_path):
     """result.json keeps this process's `wall_time_s` and adds `total_wall_time_s` over all of the run's processes
     (carried in the checkpoints) and the step it resumed from."""
-    import dataclasses
-
-    from experiments.execute import RunOptions, execute_run
-    from experiments.runs import RunSpec
-
     spec = RunSpec.create("ppo", "CartPole-v1", 3, {"total_timesteps": 2048, "num_envs": 4, "num_steps": 64,
                                                     "eval_every": 1024, "eval_episodes": 2})  # fmt: skip
     options = RunOptions(runs_dir=tmp_path, progress=False)

@@ -81,7 +81,7 @@ class FrameReplayBuffer:
     def _gather(self, flat_slots: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Frames at flat slots (env * frame_slots + slot), shape (*flat_slots.shape, *frame_shape). index_select
         copies whole frames; advanced indexing (frames[rows, slots]) copies them byte by byte, about 10x slower on
-        the CPU (2 ms for a batch of 32 Atari stacks)."""
+        the CPU (1 ms against 0.1 ms for a batch of 32 Atari stacks, one thread)."""
         index = torch.as_tensor(flat_slots, device=self.device)
         frame_shape = self.frames.shape[2:]
         return self.frames.view(-1, *frame_shape).index_select(0, index.reshape(-1)).view(*index.shape, *frame_shape)

