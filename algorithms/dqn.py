@@ -256,7 +256,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
                     for _ in range(cfg.gradient_steps):
                         loss, q_mean = update(*buffer.sample(cfg.batch_size)[:5])
                     updates += 1
-                    if updates % 100 == 1:  # CleanRL logs every 100 updates
+                    if updates % 100 == 1:  # every 100 updates (CleanRL: every 100 steps, 25 updates)
                         sps = (global_step - start_step) / (time.perf_counter() - start_time)
                         logger.log(global_step, {"losses/td_loss": loss.item(), "losses/q_values": q_mean.item(),
                                                  "charts/epsilon": epsilon, "charts/SPS": sps})  # fmt: skip
