@@ -223,6 +223,11 @@ def main() -> None:
     parser.add_argument("--no-raw", action="store_true", help="skip the raw env rates")
     parser.add_argument("--ceiling", action="store_true", help="also print the compute-bound ceilings (CPU, see above)")
     args = parser.parse_args()
+    # rlgrid's DQN logs its rate every 100 updates (400 steps) from the first; the rate needs three readings.
+    if "dqn" in args.algos and args.dqn_steps < 4 * 201:
+        parser.error(f"--dqn-steps {args.dqn_steps}: need at least 804 for three steps/s readings")
+    if "ppo" in args.algos and args.ppo_iterations < 1:
+        parser.error("--ppo-iterations must be at least 1")
     torch.set_num_threads(args.threads)
     print(f"{ENV_ID}, {args.threads} torch threads" + ("" if args.device == "cpu" else f", {args.device}"))
     raw = ale = None

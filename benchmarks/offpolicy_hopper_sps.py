@@ -104,6 +104,8 @@ def main() -> None:
     parser.add_argument("--cleanrl", metavar="DIR", help="also run CleanRL's td3/sac scripts from DIR (see above)")
     parser.add_argument("--ceiling", action="store_true", help="also print the compute-bound ceiling (CPU, see above)")
     args = parser.parse_args()
+    if args.steps < 400:  # both log their rate every 100 learning steps; the rate needs three readings after the first
+        parser.error(f"--steps {args.steps}: need at least 400 for enough steps/s readings")
     torch.set_num_threads(args.threads)
     where = f"{args.threads} thread(s)" + ("" if args.device == "cpu" else f", {args.device}")
     rows: list[tuple[str, float, float | None]] = []
