@@ -136,13 +136,12 @@ def run(algo: str, steps: int) -> tuple[StepTimers, int, float]:
     module = importlib.import_module(f"algorithms.{algo}")
     if algo == "dqn":
         settings = atari_pong_sps.DQN_ATARI | {"env_id": atari_pong_sps.ENV_ID, "learning_starts": atari_pong_sps.DQN_WARMUP}
-        log_every = 100 * settings["train_frequency"]  # rlgrid's DQN logs every 100 updates
+        readings = (steps // settings["train_frequency"] - 1) // 100 + 1  # at updates 1, 101, 201, ...
     else:
         settings = {"env_id": offpolicy_hopper_sps.ENV_ID, "learning_starts": offpolicy_hopper_sps.WARMUP}
-        log_every = 100
-    readings = steps // log_every
+        readings = steps // 100  # at updates 100, 200, ...
     if readings < 3:
-        raise SystemExit(f"--steps {steps} gives {readings} rate readings for {algo}; use at least {3 * log_every}")
+        raise SystemExit(f"--steps {steps} gives {readings} rate readings for {algo}; three are needed")
     timers = StepTimers()
     logger = WindowLogger(timers, readings)
     cfg = module.Config(total_timesteps=settings["learning_starts"] + steps, eval_every=0, eval_episodes=1, **settings)
