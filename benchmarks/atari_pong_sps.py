@@ -43,6 +43,7 @@ import torch
 from ceiling import ceiling_line, flops_until, train_until
 
 from algorithms.common import RecordingLogger
+from algorithms.common.config import RunConfig
 
 ENV_ID = "PongNoFrameskip-v4"
 DQN_WARMUP = 2_000
@@ -66,13 +67,19 @@ def rate_between(logger: RecordingLogger, first: int = 1) -> float:
     return rate_from_marks([(step, m["charts/SPS"]) for step, m in logger.records if "charts/SPS" in m], first)
 
 
+def dqn_config(steps: int, warmup: int = DQN_WARMUP, device: str = "cpu") -> RunConfig:
+    """The measured DQN run: `warmup` random steps, then `steps` learning steps, no evaluation until the end."""
+    from algorithms import dqn
+
+    return dqn.Config(env_id=ENV_ID, total_timesteps=warmup + steps, learning_starts=warmup, eval_every=0,
+                      eval_episodes=1, device=device, **DQN_ATARI)  # fmt: skip
+
+
 def dqn_sps(steps: int, warmup: int = DQN_WARMUP, device: str = "cpu") -> float:
     from algorithms import dqn
 
     logger = RecordingLogger()
-    cfg = dqn.Config(env_id=ENV_ID, total_timesteps=warmup + steps, learning_starts=warmup, eval_every=0,
-                     eval_episodes=1, device=device, **DQN_ATARI)  # fmt: skip
-    dqn.train(cfg, logger)
+    dqn.train(dqn_config(steps, warmup, device), logger)
     return rate_between(logger)  # the first reading is at the first update, after the warm-up
 
 

@@ -37,6 +37,7 @@ import torch
 from ceiling import ceiling_line, flops_until
 
 from algorithms.common import RecordingLogger
+from algorithms.common.config import RunConfig
 
 ENV_ID = "Hopper-v5"
 WARMUP = 5_000
@@ -53,13 +54,18 @@ def rate_from_marks(marks: list[tuple[int, float]], first: int = 1) -> float:
     return (step_b - step_a) / (step_b / sps_b - step_a / sps_a)
 
 
+def learning_config(algo: str, steps: int, device: str = "cpu") -> RunConfig:
+    """The measured run of `algo`: WARMUP random steps, then `steps` learning steps, no evaluation until the end."""
+    module = importlib.import_module(f"algorithms.{algo}")
+    return module.Config(env_id=ENV_ID, total_timesteps=WARMUP + steps, learning_starts=WARMUP, eval_every=0,
+                         eval_episodes=1, device=device)  # fmt: skip
+
+
 def steady_sps(algo: str, steps: int, device: str = "cpu") -> float:
     module = importlib.import_module(f"algorithms.{algo}")
     logger = RecordingLogger()
-    cfg = module.Config(env_id=ENV_ID, total_timesteps=WARMUP + steps, learning_starts=WARMUP, eval_every=0,
-                        eval_episodes=1, device=device)  # fmt: skip
     start = time.perf_counter()
-    module.train(cfg, logger)
+    module.train(learning_config(algo, steps, device), logger)
     print(f"  ({algo}: {time.perf_counter() - start:.0f} s in all)")
     return rate_from_marks([(step, m["charts/SPS"]) for step, m in logger.records if "charts/SPS" in m])
 

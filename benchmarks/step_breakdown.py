@@ -135,16 +135,15 @@ def run(algo: str, steps: int) -> tuple[StepTimers, int, float]:
     """Train `algo` as its speed benchmark does; returns the timers, the env steps and the seconds of the window."""
     module = importlib.import_module(f"algorithms.{algo}")
     if algo == "dqn":
-        settings = atari_pong_sps.DQN_ATARI | {"env_id": atari_pong_sps.ENV_ID, "learning_starts": atari_pong_sps.DQN_WARMUP}
-        readings = (steps // settings["train_frequency"] - 1) // 100 + 1  # at updates 1, 101, 201, ...
+        cfg = atari_pong_sps.dqn_config(steps)
+        readings = (steps // cfg.train_frequency - 1) // 100 + 1  # at updates 1, 101, 201, ...
     else:
-        settings = {"env_id": offpolicy_hopper_sps.ENV_ID, "learning_starts": offpolicy_hopper_sps.WARMUP}
+        cfg = offpolicy_hopper_sps.learning_config(algo, steps)
         readings = steps // 100  # at updates 100, 200, ...
     if readings < 3:
         raise SystemExit(f"--steps {steps} gives {readings} rate readings for {algo}; three are needed")
     timers = StepTimers()
     logger = WindowLogger(timers, readings)
-    cfg = module.Config(total_timesteps=settings["learning_starts"] + steps, eval_every=0, eval_episodes=1, **settings)
     instrument(module, timers)
     try:
         module.train(cfg, logger)
