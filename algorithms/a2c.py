@@ -13,7 +13,7 @@ Defaults: the paper's t_max = 5 with 16 env copies (its 16 actor-learner threads
 A2C (RMSProp lr 7e-4, decay alpha 0.99, eps 1e-5, value coefficient 0.5, gradient-norm clip 0.5; baselines
 anneals the learning rate linearly to 0, and so does this). Everything else follows the MuJoCo practice of
 this repository's PPO, since the default task is a MuJoCo one: separate tanh MLP actor and critic (64-64,
-orthogonal init, the same networks as PPO), a state-independent log-std for Box actions, observation and
+orthogonal init: `ActorCritic`, the same networks as PPO), a state-independent log-std for Box actions, observation and
 reward normalisation, no entropy bonus (the paper's beta = 0.01 is its Atari value; SB3 uses 0).
 Details and deviations:
 - Time-limit truncation is not termination: a truncated step bootstraps from V(true final observation).
@@ -28,21 +28,19 @@ Details and deviations:
 
 from __future__ import annotations
 
-import time
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from algorithms.common import Checkpointer, Logger, NullLogger, TrainResult, restore_rng_state, rng_state, seed_everything
+from algorithms.common import Checkpointer, Logger, TrainResult, seed_everything
+from algorithms.common.cli import run_algorithm_cli
 from algorithms.common.config import RunConfig
-from algorithms.common.evaluation import evaluate_and_log, finish_run
-from algorithms.common.logging import train_from_cli
+from algorithms.common.networks import ActorCritic
+from algorithms.common.policy_gradient import a2c_loss, compute_gae
 from algorithms.common.rollout import RolloutStorage
-from algorithms.ppo import Agent, compute_gae, gaussian_entropy, gaussian_log_prob
+from algorithms.common.run import RunState, numpy_policy
 from envs import make_vec_env
 
 SMOKE = {"total_timesteps": 1000, "num_envs": 4, "num_steps": 5, "eval_every": 500, "eval_episodes": 2}
@@ -113,102 +111,45 @@ class Config(RunConfig):
         return self.total_timesteps // self.batch_size
 
 
-# --- networks and maths ------------------------------------------------------------------------------
-def evaluate_actions(agent: Agent, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """log pi(a|s), the policy's entropy at s and V(s), all (B,), for obs (B, *O) and actions (B, *A)."""
-    out, values = agent.actor_and_value(obs)
-    if agent.continuous:
-        entropy = gaussian_entropy(agent.actor_logstd, obs.shape[0])
-        return gaussian_log_prob(actions, out, agent.actor_logstd), entropy, values
-    log_probs = torch.log_softmax(out, -1)
-    entropy = -(log_probs.exp() * log_probs).sum(-1)
-    return log_probs.gather(-1, actions[:, None]).squeeze(-1), entropy, values
-
-
-def a2c_loss(
-    log_probs: torch.Tensor,
-    entropy: torch.Tensor,
-    values: torch.Tensor,
-    advantages: torch.Tensor,
-    returns: torch.Tensor,
-    ent_coef: float,
-    vf_coef: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Algorithm S3's gradients as one loss to minimise, and its terms [policy, value, entropy]. All inputs (B,).
-
-    policy: -mean(log pi(a|s) A) with A = R - V(s) held constant, so its gradient is -mean(grad log pi A);
-    value: mean((R - V(s))^2) with R constant; entropy: mean H(pi(s)), a bonus (subtracted).
-    """
-    pg_loss = -(log_probs * advantages.detach()).mean()
-    v_loss = (returns.detach() - values).pow(2).mean()
-    entropy_mean = entropy.mean()
-    loss = pg_loss + vf_coef * v_loss - ent_coef * entropy_mean
-    return loss, torch.stack([pg_loss, v_loss, entropy_mean]).detach()
-
-
-def make_actor(agent: Agent, continuous: bool, action_dim: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """act(obs (N, O), noise) -> actions (N, *A): Gaussian (noise (N, A) standard normal) or inverse-CDF categorical
-    sampling (noise (N, 1) uniform), so a rollout's randomness is drawn in one call."""
-
-    def act(obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        if continuous:
-            return agent.actor(obs) + torch.exp(agent.actor_logstd) * noise
-        cdf = torch.softmax(agent.actor(obs), -1).cumsum(-1)
-        return torch.searchsorted(cdf, noise).clamp_(max=action_dim - 1).squeeze(-1)
-
-    return act
-
-
 # --- training ----------------------------------------------------------------------------------------
 def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | None = None) -> TrainResult:
-    logger = logger or NullLogger()
     seed_everything(cfg.seed, cfg.torch_deterministic)
     device = torch.device(cfg.device)
-    envs, first_obs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed, normalize_obs=cfg.normalize_obs,
-                                   normalize_reward=cfg.normalize_reward, gamma=cfg.gamma)  # fmt: skip
+    envs, _ = make_vec_env(
+        cfg.env_id,
+        cfg.num_envs,
+        cfg.seed,
+        normalize_obs=cfg.normalize_obs,
+        normalize_reward=cfg.normalize_reward,
+        gamma=cfg.gamma,
+    )
     try:
         # 1. Actor-critic, optimizer, rollout storage (T = num_steps, N = num_envs).
         obs_shape = envs.single_observation_space.shape
         continuous = envs.is_continuous
         action_shape = envs.single_action_space.shape if continuous else ()
         action_dim = int(np.prod(action_shape)) if continuous else int(envs.single_action_space.n)
-        agent = Agent(obs_shape, action_dim, continuous, cfg.hidden_size).to(device)
+        agent = ActorCritic(obs_shape, action_dim, continuous, cfg.hidden_size).to(device)
         if cfg.optimizer == "rmsprop":
-            optimizer = torch.optim.RMSprop(agent.parameters(), lr=cfg.learning_rate, alpha=cfg.rmsprop_alpha,
-                                            eps=cfg.optimizer_eps)  # fmt: skip
+            optimizer = torch.optim.RMSprop(
+                agent.parameters(), lr=cfg.learning_rate, alpha=cfg.rmsprop_alpha, eps=cfg.optimizer_eps
+            )
         else:
-            optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=cfg.optimizer_eps,
-                                         fused=device.type in ("cpu", "cuda"))  # fmt: skip
+            fused = device.type in ("cpu", "cuda")
+            optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=cfg.optimizer_eps, fused=fused)
         T, N = cfg.num_steps, cfg.num_envs
         rollout = RolloutStorage(T, N, obs_shape, action_shape, continuous)
 
-        act = make_actor(agent, continuous, action_dim)
-        loss_fn = a2c_loss
+        act, loss_fn = agent.sample, a2c_loss
         if cfg.compile:
-            act, loss_fn = torch.compile(act), torch.compile(a2c_loss)
-
-        def deterministic_policy(obs: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
-                out = agent.actor(torch.as_tensor(obs, device=device))
-                return (out if continuous else out.argmax(-1)).cpu().numpy()
+            act, loss_fn = torch.compile(act), torch.compile(loss_fn)
+        deterministic_policy = numpy_policy(agent.deterministic_action, device)
 
         # 2. State: fresh, or restored from the newest checkpoint.
-        next_obs = first_obs
-        global_step, start_iteration = 0, 1
-        eval_history: list[tuple[int, float]] = []
-        recent_returns: deque[float] = deque(maxlen=100)
-        state = checkpoint.load() if checkpoint is not None else None
-        if state is not None:
-            agent.load_state_dict(state["agent"])
-            optimizer.load_state_dict(state["optimizer"])
-            envs.load_state_dict(state["envs"])
-            next_obs = envs.observation()  # a fresh game's after a resumed fast-path Atari run (envs.atari)
-            global_step, start_iteration = state["global_step"], state["iteration"] + 1
-            eval_history, recent_returns = state["eval_history"], deque(state["recent_returns"], maxlen=100)
-            restore_rng_state(state["rng"])
-
-        start_time, start_step = time.perf_counter(), global_step
-        for iteration in range(start_iteration, cfg.num_iterations + 1):
+        run = RunState(cfg, envs, logger, checkpoint, {"agent": agent, "optimizer": optimizer, "envs": envs})
+        global_step, _ = run.restore()
+        next_obs = envs.observation()
+        for iteration in range(global_step // cfg.batch_size + 1, cfg.num_iterations + 1):
             # 3. Learning rate: linear annealing to 0 over the iterations.
             if cfg.anneal_lr:
                 optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / cfg.num_iterations) * cfg.learning_rate
@@ -219,18 +160,26 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
                 global_step += N
                 with torch.inference_mode():
                     action = act(torch.from_numpy(next_obs).to(device), noise[t].to(device)).cpu().numpy()
-                next_obs = rollout.step(envs, t, next_obs, action, recent_returns, logger, global_step)
+                next_obs, episodes = rollout.step(envs, t, next_obs, action)
+                run.record_episodes(episodes, global_step)
 
             # 5. n-step returns R_t (or GAE): bootstrap from V(s_{t+n}) at the rollout's end, from V(true final obs)
             # at a truncation, from nothing at a termination (Algorithm S3, "R = 0 for terminal s_t").
             batch = rollout.tensors(device)
             obs = batch.obs.reshape(T * N, *obs_shape)
             actions = batch.actions.reshape(T * N, *action_shape)
-            log_probs, entropy, values = evaluate_actions(agent, obs, actions)
+            _, log_probs, entropy, values = agent.evaluate_actions(obs, actions)
             with torch.no_grad():
                 next_values = agent.value(batch.final_obs)
-            advantages, returns = compute_gae(batch.rewards, values.detach().reshape(T, N), next_values, batch.terminated,
-                                              batch.episode_ends, cfg.gamma, cfg.gae_lambda)  # fmt: skip
+            advantages, returns = compute_gae(
+                batch.rewards,
+                values.detach().reshape(T, N),
+                next_values,
+                batch.terminated,
+                batch.episode_ends,
+                cfg.gamma,
+                cfg.gae_lambda,
+            )
             advantages, returns = advantages.reshape(-1), returns.reshape(-1)
             if cfg.norm_adv:
                 advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
@@ -249,25 +198,24 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
                     raise FloatingPointError(f"non-finite loss at step {global_step}: policy {pg_loss}, value {v_loss}")
                 var_returns, residual = returns.var(), returns - values.detach()
                 explained_var = (1 - residual.var() / var_returns).item() if var_returns > 0 else float("nan")
-                logger.log(global_step, {
-                    "charts/learning_rate": optimizer.param_groups[0]["lr"], "losses/policy_loss": pg_loss,
-                    "losses/value_loss": v_loss, "losses/entropy": entropy_mean, "losses/explained_variance": explained_var,
-                    "charts/SPS": (global_step - start_step) / (time.perf_counter() - start_time),
-                })  # fmt: skip
-            if cfg.eval_every and global_step // cfg.eval_every > (global_step - cfg.batch_size) // cfg.eval_every:
-                evaluate_and_log(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step)
-            if checkpoint is not None and checkpoint.due(global_step):
-                checkpoint.save(global_step, {
-                    "agent": agent.state_dict(), "optimizer": optimizer.state_dict(), "envs": envs.state_dict(),
-                    "global_step": global_step, "iteration": iteration,
-                    "eval_history": eval_history, "recent_returns": list(recent_returns), "rng": rng_state(),
-                })  # fmt: skip
+                run.logger.log(
+                    global_step,
+                    {
+                        "charts/learning_rate": optimizer.param_groups[0]["lr"],
+                        "losses/policy_loss": pg_loss,
+                        "losses/value_loss": v_loss,
+                        "losses/entropy": entropy_mean,
+                        "losses/explained_variance": explained_var,
+                        "charts/SPS": run.steps_per_second(global_step),
+                    },
+                )
+            run.evaluate_if_due(global_step, deterministic_policy)
+            run.checkpoint_if_due(global_step)
 
-        return finish_run(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step,
-                          start_step, start_time, recent_returns)  # fmt: skip
+        return run.finish(global_step, deterministic_policy)
     finally:
         envs.close()
 
 
 if __name__ == "__main__":
-    train_from_cli(Config, train)
+    run_algorithm_cli(__name__)

@@ -12,7 +12,7 @@ fitted by the same K-FAC step, its output read as a Gaussian N(V(s), 1), whose F
 
 Defaults: baselines' ACKTR (eta_max 0.25 annealed linearly to 0, kfac_clip 0.001, damping 0.01, factor decay
 0.99, momentum 0.9, 20 steps per env copy), with 16 env copies and the networks and MuJoCo practice of A2C here
-(`algorithms.a2c`, whose rollout, returns, loss and networks this file uses). Details and deviations:
+(`algorithms/a2c.py`; the actor-critic, GAE and A2C's loss come from `algorithms.common`). Details and deviations:
 - Fisher samples: A2C makes one update per rollout, so the rollout's actions are draws from the current policy
   and log pi(a_t|s_t) at them gives the true (not the "empirical") Fisher; the critic's samples are
   V(s) + N(0, 1) noise, weighted by `vf_fisher_coef` (baselines' joint Fisher loss).
@@ -39,8 +39,6 @@ Defaults: baselines' ACKTR (eta_max 0.25 annealed linearly to 0, kfac_clip 0.001
 
 from __future__ import annotations
 
-import time
-from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,13 +47,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from algorithms.a2c import LOG_EVERY, a2c_loss, evaluate_actions, make_actor
-from algorithms.common import Checkpointer, Logger, NullLogger, TrainResult, restore_rng_state, rng_state, seed_everything
+from algorithms.common import Checkpointer, Logger, TrainResult, seed_everything
+from algorithms.common.cli import run_algorithm_cli
 from algorithms.common.config import RunConfig
-from algorithms.common.evaluation import evaluate_and_log, finish_run
-from algorithms.common.logging import train_from_cli
+from algorithms.common.networks import ActorCritic
+from algorithms.common.policy_gradient import a2c_loss, compute_gae
 from algorithms.common.rollout import RolloutStorage
-from algorithms.ppo import Agent, compute_gae
+from algorithms.common.run import RunState, numpy_policy
 from envs import make_vec_env
 
 SMOKE = {
@@ -69,6 +67,8 @@ SMOKE = {
 """Tiny settings for the contract tests (with a discrete and a continuous `env_id`)."""
 ACTION_SPACES = ("discrete", "continuous")
 OBSERVATIONS = ("vector", "image")  # image: the CNN torsos of algorithms.common.torsos
+LOG_EVERY = 100
+"""updates between loss logs (one update every num_envs * num_steps steps: every one would flood logs)"""
 
 
 @dataclass(frozen=True)
@@ -197,10 +197,21 @@ class KFAC(torch.optim.Optimizer):
 
     LAYER_TYPES = (nn.Linear, nn.Conv2d)
 
-    def __init__(self, model: nn.Module, lr: float, kl_clip: float, damping: float, stat_decay: float, momentum: float,
-                 inverse_every: int = 1, diagonal_fisher: dict[nn.Parameter, float] | None = None) -> None:  # fmt: skip
-        super().__init__(model.parameters(), {"lr": lr, "kl_clip": kl_clip, "damping": damping,
-                                              "stat_decay": stat_decay, "momentum": momentum})  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: float,
+        kl_clip: float,
+        damping: float,
+        stat_decay: float,
+        momentum: float,
+        inverse_every: int = 1,
+        diagonal_fisher: dict[nn.Parameter, float] | None = None,
+    ) -> None:
+        super().__init__(
+            model.parameters(),
+            {"lr": lr, "kl_clip": kl_clip, "damping": damping, "stat_decay": stat_decay, "momentum": momentum},
+        )
         self.layers = [m for m in model.modules() if isinstance(m, self.LAYER_TYPES)]
         self.diagonal_fisher = dict(diagonal_fisher or {})
         self.inverse_every = inverse_every
@@ -209,8 +220,10 @@ class KFAC(torch.optim.Optimizer):
         missing = [name for name, p in model.named_parameters() if id(p) not in covered]
         if missing or any(m.bias is None for m in self.layers):
             supported = ", ".join(t.__name__ for t in self.LAYER_TYPES)
-            raise ValueError(f"K-FAC has no Fisher block for {missing or 'a layer without bias'} (it has one for "
-                             f"{supported} layers with bias and for the parameters in diagonal_fisher)")  # fmt: skip
+            raise ValueError(
+                f"K-FAC has no Fisher block for {missing or 'a layer without bias'} (it has one for "
+                f"{supported} layers with bias and for the parameters in diagonal_fisher)"
+            )
         self._records: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @contextmanager
@@ -290,50 +303,44 @@ class KFAC(torch.optim.Optimizer):
 
 # --- training ----------------------------------------------------------------------------------------
 def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | None = None) -> TrainResult:
-    logger = logger or NullLogger()
     seed_everything(cfg.seed, cfg.torch_deterministic)
     device = torch.device(cfg.device)
-    envs, first_obs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed, normalize_obs=cfg.normalize_obs,
-                                   normalize_reward=cfg.normalize_reward, gamma=cfg.gamma)  # fmt: skip
+    envs, _ = make_vec_env(
+        cfg.env_id,
+        cfg.num_envs,
+        cfg.seed,
+        normalize_obs=cfg.normalize_obs,
+        normalize_reward=cfg.normalize_reward,
+        gamma=cfg.gamma,
+    )
     try:
         # 1. Actor-critic, K-FAC optimizer, rollout storage (T = num_steps, N = num_envs).
         obs_shape = envs.single_observation_space.shape
         continuous = envs.is_continuous
         action_shape = envs.single_action_space.shape if continuous else ()
         action_dim = int(np.prod(action_shape)) if continuous else int(envs.single_action_space.n)
-        agent = Agent(obs_shape, action_dim, continuous, cfg.hidden_size).to(device)
-        optimizer = KFAC(agent, lr=cfg.learning_rate, kl_clip=cfg.kl_clip, damping=cfg.damping, stat_decay=cfg.stat_decay,
-                         momentum=cfg.momentum, inverse_every=cfg.kfac_inverse_every,
-                         diagonal_fisher={agent.actor_logstd: 2.0} if continuous else None)  # fmt: skip
+        agent = ActorCritic(obs_shape, action_dim, continuous, cfg.hidden_size).to(device)
+        optimizer = KFAC(
+            agent,
+            lr=cfg.learning_rate,
+            kl_clip=cfg.kl_clip,
+            damping=cfg.damping,
+            stat_decay=cfg.stat_decay,
+            momentum=cfg.momentum,
+            inverse_every=cfg.kfac_inverse_every,
+            diagonal_fisher={agent.actor_logstd: 2.0} if continuous else None,
+        )
         T, N = cfg.num_steps, cfg.num_envs
         rollout = RolloutStorage(T, N, obs_shape, action_shape, continuous)
 
-        act = make_actor(agent, continuous, action_dim)
-        if cfg.compile:
-            act = torch.compile(act)
-
-        def deterministic_policy(obs: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
-                out = agent.actor(torch.as_tensor(obs, device=device))
-                return (out if continuous else out.argmax(-1)).cpu().numpy()
+        act = torch.compile(agent.sample) if cfg.compile else agent.sample
+        deterministic_policy = numpy_policy(agent.deterministic_action, device)
 
         # 2. State: fresh, or restored from the newest checkpoint (the K-FAC factors are in the optimizer's state).
-        next_obs = first_obs
-        global_step, start_iteration = 0, 1
-        eval_history: list[tuple[int, float]] = []
-        recent_returns: deque[float] = deque(maxlen=100)
-        state = checkpoint.load() if checkpoint is not None else None
-        if state is not None:
-            agent.load_state_dict(state["agent"])
-            optimizer.load_state_dict(state["optimizer"])
-            envs.load_state_dict(state["envs"])
-            next_obs = envs.observation()  # a fresh game's after a resumed fast-path Atari run (envs.atari)
-            global_step, start_iteration = state["global_step"], state["iteration"] + 1
-            eval_history, recent_returns = state["eval_history"], deque(state["recent_returns"], maxlen=100)
-            restore_rng_state(state["rng"])
-
-        start_time, start_step = time.perf_counter(), global_step
-        for iteration in range(start_iteration, cfg.num_iterations + 1):
+        run = RunState(cfg, envs, logger, checkpoint, {"agent": agent, "optimizer": optimizer, "envs": envs})
+        global_step, _ = run.restore()
+        next_obs = envs.observation()
+        for iteration in range(global_step // cfg.batch_size + 1, cfg.num_iterations + 1):
             # 3. Step-size bound eta_max: linear annealing to 0 over the iterations.
             if cfg.anneal_lr:
                 optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / cfg.num_iterations) * cfg.learning_rate
@@ -344,18 +351,26 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
                 global_step += N
                 with torch.inference_mode():
                     action = act(torch.from_numpy(next_obs).to(device), noise[t].to(device)).cpu().numpy()
-                next_obs = rollout.step(envs, t, next_obs, action, recent_returns, logger, global_step)
+                next_obs, episodes = rollout.step(envs, t, next_obs, action)
+                run.record_episodes(episodes, global_step)
 
             # 5. n-step returns (or GAE), bootstrapped from V(true final obs) at truncations, not at terminations.
             batch = rollout.tensors(device)
             obs = batch.obs.reshape(T * N, *obs_shape)
             actions = batch.actions.reshape(T * N, *action_shape)
             with optimizer.record():
-                log_probs, entropy, values = evaluate_actions(agent, obs, actions)
+                _, log_probs, entropy, values = agent.evaluate_actions(obs, actions)
             with torch.no_grad():
                 next_values = agent.value(batch.final_obs)
-            advantages, returns = compute_gae(batch.rewards, values.detach().reshape(T, N), next_values, batch.terminated,
-                                              batch.episode_ends, cfg.gamma, cfg.gae_lambda)  # fmt: skip
+            advantages, returns = compute_gae(
+                batch.rewards,
+                values.detach().reshape(T, N),
+                next_values,
+                batch.terminated,
+                batch.episode_ends,
+                cfg.gamma,
+                cfg.gae_lambda,
+            )
             advantages, returns = advantages.reshape(-1), returns.reshape(-1)
 
             # 6. Kronecker factors from the sampled log-likelihood: the policy at its own (on-policy) actions and
@@ -377,26 +392,25 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
                     raise FloatingPointError(f"non-finite loss at step {global_step}: policy {pg_loss}, value {v_loss}")
                 var_returns, residual = returns.var(), returns - values.detach()
                 explained_var = (1 - residual.var() / var_returns).item() if var_returns > 0 else float("nan")
-                logger.log(global_step, {
-                    "charts/learning_rate": optimizer.param_groups[0]["lr"], "charts/step_size": eta.item(),
-                    "losses/policy_loss": pg_loss, "losses/value_loss": v_loss, "losses/entropy": entropy_mean,
-                    "losses/explained_variance": explained_var,
-                    "charts/SPS": (global_step - start_step) / (time.perf_counter() - start_time),
-                })  # fmt: skip
-            if cfg.eval_every and global_step // cfg.eval_every > (global_step - cfg.batch_size) // cfg.eval_every:
-                evaluate_and_log(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step)
-            if checkpoint is not None and checkpoint.due(global_step):
-                checkpoint.save(global_step, {
-                    "agent": agent.state_dict(), "optimizer": optimizer.state_dict(), "envs": envs.state_dict(),
-                    "global_step": global_step, "iteration": iteration,
-                    "eval_history": eval_history, "recent_returns": list(recent_returns), "rng": rng_state(),
-                })  # fmt: skip
+                run.logger.log(
+                    global_step,
+                    {
+                        "charts/learning_rate": optimizer.param_groups[0]["lr"],
+                        "charts/step_size": eta.item(),
+                        "losses/policy_loss": pg_loss,
+                        "losses/value_loss": v_loss,
+                        "losses/entropy": entropy_mean,
+                        "losses/explained_variance": explained_var,
+                        "charts/SPS": run.steps_per_second(global_step),
+                    },
+                )
+            run.evaluate_if_due(global_step, deterministic_policy)
+            run.checkpoint_if_due(global_step)
 
-        return finish_run(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step,
-                          start_step, start_time, recent_returns)  # fmt: skip
+        return run.finish(global_step, deterministic_policy)
     finally:
         envs.close()
 
 
 if __name__ == "__main__":
-    train_from_cli(Config, train)
+    run_algorithm_cli(__name__)

@@ -1,4 +1,4 @@
-"""Deep Q-Network (DQN), and Double DQN through `double_q` (the `double_dqn` algorithm sets it).
+"""Deep Q-Network (DQN), and Double DQN through `double_q` (registered as `double_dqn`).
 
 Papers: Mnih et al. (2015), "Human-level control through deep reinforcement learning", Nature 518:529 --
 Algorithm 1: epsilon-greedy acting, experience replay, a target network Q^ copied every C steps, the
@@ -9,9 +9,8 @@ target network evaluates it, y = r + gamma * Q^(s', a').
 The defaults are CleanRL's `dqn.py` classic-control setting (MLP 120-84, Adam 2.5e-4, buffer 10k,
 batch 128, target copied every 500 steps, epsilon 1 -> 0.05 over half the run, a gradient step every 10
 env steps after 10k steps, MSE loss). Deviations, each on purpose:
-- Time-limit truncation is not termination: the target bootstraps from the true final observation of a
-  truncated episode (`terminated` only zeroes it); CleanRL's buffer stores the final observation too but
-  treats truncation like termination in gymnasium < 1.0 code paths.
+- None about truncation: as in CleanRL's `dqn.py` (which stores `terminations` with the real final observation),
+  a time-limit truncation is not a termination, and the target bootstraps from the true final observation.
 - `loss`: "mse" (CleanRL's default) or "huber" (the Nature paper clips the TD error to [-1, 1], which is
   the Huber loss with delta 1). `gradient_steps` > 1 takes several steps per update (RL Zoo's tuned setting).
 - Evaluation acts greedily on classic control; `eval_epsilon` sets the Atari protocols' 0.05.
@@ -19,14 +18,14 @@ Image observations get the CNN torso of `algorithms.common.torsos` (Nature CNN, 
 one-conv network, 128 units) and a replay memory that keeps frames as uint8, each frame once
 (`FrameReplayBuffer`). CleanRL's `dqn_atari.py` settings (buffer 1M, lr 1e-4, batch 32, target every 1000 steps,
 epsilon 1 -> 0.01 over 10% of the run, learning from 80k steps, an update every 4 steps) and Young & Tian's
-MinAtar ones are the suites' `[algo.dqn.atari]` and `[algo.dqn.minatar]` overrides.
+MinAtar ones are the suites' `[algo.dqn.atari]` and `[algo.dqn.minatar]` overrides. Double DQN keeps every other
+part of DQN (network, schedule, target period), as the paper does; its registered name lets suites and reports put
+"double_dqn" next to "dqn".
 `compile=True` wraps the update and acting functions in torch.compile.
 """
 
 from __future__ import annotations
 
-import time
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,20 +33,31 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from algorithms.common import Checkpointer, Logger, NullLogger, TrainResult, restore_rng_state, rng_state, seed_everything
+from algorithms.common import Checkpointer, Logger, TrainResult, seed_everything
+from algorithms.common.cli import run_algorithm_cli
 from algorithms.common.config import RunConfig
-from algorithms.common.evaluation import evaluate_and_log, finish_run, record_episodes
 from algorithms.common.frame_replay import FrameReplayBuffer
-from algorithms.common.logging import train_from_cli
+from algorithms.common.networks import soft_update
 from algorithms.common.replay import ReplayBuffer
+from algorithms.common.run import RunState
 from algorithms.common.torsos import ImageTorso, image_kind
 from envs import make_vec_env
 
-SMOKE = {"total_timesteps": 1200, "learning_starts": 300, "buffer_size": 1000, "batch_size": 32, "train_frequency": 4,
-         "target_network_frequency": 100, "eval_every": 600, "eval_episodes": 2}  # fmt: skip
+SMOKE = {
+    "total_timesteps": 1200,
+    "learning_starts": 300,
+    "buffer_size": 1000,
+    "batch_size": 32,
+    "train_frequency": 4,
+    "target_network_frequency": 100,
+    "eval_every": 600,
+    "eval_episodes": 2,
+}
 """Tiny settings for the contract tests."""
 ACTION_SPACES = ("discrete",)
 OBSERVATIONS = ("vector", "image")  # image: the CNN torsos of algorithms.common.torsos
+VARIANTS = {"double_dqn": {"double_q": True}}
+"""Registered names of Config variants (suites and run directories use them): name -> Config values."""
 
 
 @dataclass(frozen=True)
@@ -97,13 +107,27 @@ class Config(RunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if min(self.num_envs, self.buffer_size, self.batch_size, self.train_frequency,
-               self.target_network_frequency, self.gradient_steps, self.hidden_size_1, self.hidden_size_2) < 1:  # fmt: skip
-            raise ValueError("num_envs, buffer_size, batch_size, train_frequency, "
-                             "target_network_frequency, gradient_steps and hidden sizes must be >= 1")  # fmt: skip
+        if (
+            min(
+                self.num_envs,
+                self.buffer_size,
+                self.batch_size,
+                self.train_frequency,
+                self.target_network_frequency,
+                self.gradient_steps,
+                self.hidden_size_1,
+                self.hidden_size_2,
+            )
+            < 1
+        ):
+            raise ValueError(
+                "num_envs, buffer_size, batch_size, train_frequency, "
+                "target_network_frequency, gradient_steps and hidden sizes must be >= 1"
+            )
         if not 0 < self.gamma <= 1 or not 0 < self.tau <= 1 or self.learning_rate <= 0:
-            raise ValueError(f"need 0 < gamma <= 1, 0 < tau <= 1, learning_rate > 0; got {self.gamma}, {self.tau}, "
-                             f"{self.learning_rate}")  # fmt: skip
+            raise ValueError(
+                f"need 0 < gamma <= 1, 0 < tau <= 1, learning_rate > 0; got {self.gamma}, {self.tau}, {self.learning_rate}"
+            )
         if not 0 <= self.end_e <= self.start_e <= 1 or not 0 < self.exploration_fraction <= 1:
             raise ValueError("need 0 <= end_e <= start_e <= 1 and 0 < exploration_fraction <= 1")
         if self.loss not in ("mse", "huber"):
@@ -124,8 +148,14 @@ class QNetwork(nn.Module):
     def __init__(self, obs_shape: tuple[int, ...], n_actions: int, hidden: tuple[int, int]) -> None:
         super().__init__()
         if image_kind(obs_shape) is None:
-            self.net = nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(obs_shape)), hidden[0]), nn.ReLU(),
-                                     nn.Linear(hidden[0], hidden[1]), nn.ReLU(), nn.Linear(hidden[1], n_actions))  # fmt: skip
+            self.net = nn.Sequential(
+                nn.Flatten(),
+                nn.Linear(int(np.prod(obs_shape)), hidden[0]),
+                nn.ReLU(),
+                nn.Linear(hidden[0], hidden[1]),
+                nn.ReLU(),
+                nn.Linear(hidden[1], n_actions),
+            )
         else:
             torso = ImageTorso(obs_shape)
             self.net = nn.Sequential(torso, nn.Linear(torso.out_features, n_actions))
@@ -140,8 +170,13 @@ def linear_schedule(start: float, end: float, duration: float, t: float) -> floa
     return max(end, start + (end - start) * t / duration)
 
 
-def q_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q_target: torch.Tensor, gamma: float,
-             next_q_online: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+def q_target(
+    rewards: torch.Tensor,
+    terminated: torch.Tensor,
+    next_q_target: torch.Tensor,
+    gamma: float,
+    next_q_online: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The TD target y (B,) from next-state values (B, n_actions).
 
     DQN: y = r + gamma (1 - terminated) max_a' Q^(s', a'). Double DQN (`next_q_online` given):
@@ -153,19 +188,11 @@ def q_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q_target: tor
     return rewards + gamma * (1.0 - terminated) * next_value
 
 
-def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
-    """target <- tau * source + (1 - tau) * target, parameter by parameter (tau = 1: a copy)."""
-    with torch.no_grad():
-        for t, s in zip(target.parameters(), source.parameters()):
-            t.lerp_(s, tau)
-
-
 # --- training ----------------------------------------------------------------------------------------
 def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | None = None) -> TrainResult:
-    logger = logger or NullLogger()
     seed_everything(cfg.seed, cfg.torch_deterministic)
     device = torch.device(cfg.device)
-    envs, first_obs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed)
+    envs, _ = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed)
     try:
         # 1. Online and target networks, optimizer, replay memory D (Algorithm 1, lines 1-3).
         if envs.is_continuous:
@@ -181,8 +208,8 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
         if kind == "frames":
             buffer = FrameReplayBuffer(cfg.buffer_size, N, obs_shape, (), torch.long, device)
         else:
-            buffer = ReplayBuffer(cfg.buffer_size, obs_shape, (), torch.long, device,
-                                  obs_dtype=torch.float32 if kind is None else torch.uint8)  # fmt: skip
+            obs_dtype = torch.float32 if kind is None else torch.uint8
+            buffer = ReplayBuffer(cfg.buffer_size, obs_shape, (), torch.long, device, obs_dtype=obs_dtype)
         action_rng = np.random.default_rng(cfg.seed)  # exploration draws (epsilon test and random actions)
         eval_rng = np.random.default_rng([cfg.seed, 1])  # the evaluation protocol's epsilon draws
 
@@ -206,7 +233,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
         if cfg.compile:
             greedy, update = torch.compile(greedy), torch.compile(update)
 
-        def deterministic_policy(obs: np.ndarray) -> np.ndarray:
+        def evaluation_policy(obs: np.ndarray) -> np.ndarray:
             """Greedy, or epsilon-greedy with the evaluation protocol's eval_epsilon (Atari: 0.05)."""
             with torch.inference_mode():
                 chosen = q_network(torch.as_tensor(obs, device=device)).argmax(dim=1).cpu().numpy()
@@ -216,25 +243,18 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
             return np.where(explore, eval_rng.integers(0, n_actions, len(chosen)), chosen)
 
         # 2. State: fresh, or restored from the newest checkpoint (replay memory included).
-        next_obs, global_step, updates = first_obs, 0, 0
-        eval_history: list[tuple[int, float]] = []
-        recent_returns: deque[float] = deque(maxlen=100)
-        state = checkpoint.load() if checkpoint is not None else None
-        if state is not None:
-            q_network.load_state_dict(state["q_network"])
-            target_network.load_state_dict(state["target_network"])
-            optimizer.load_state_dict(state["optimizer"])
-            envs.load_state_dict(state["envs"])
-            buffer.load_state_dict(checkpoint.load_extra("replay"))
-            next_obs = envs.observation()  # a fresh game's after a resumed fast-path Atari run (envs.atari)
-            global_step, eval_history = state["global_step"], state["eval_history"]
-            updates = state["updates"]
-            recent_returns = deque(state["recent_returns"], maxlen=100)
-            action_rng.bit_generator.state = state["action_rng"]
-            eval_rng.bit_generator.state = state["eval_rng"]
-            restore_rng_state(state["rng"])
-
-        start_time, start_step = time.perf_counter(), global_step
+        state = {
+            "q_network": q_network,
+            "target_network": target_network,
+            "optimizer": optimizer,
+            "envs": envs,
+            "action_rng": action_rng,
+            "eval_rng": eval_rng,
+        }
+        run = RunState(cfg, envs, logger, checkpoint, state, extras={"replay": buffer})
+        global_step, saved = run.restore(updates=0)
+        updates = saved["updates"]
+        next_obs = envs.observation()  # a fresh game's after a resumed fast-path Atari run (envs.atari)
         while global_step < cfg.total_timesteps:
             # 3. Act epsilon-greedily and store the transition (Algorithm 1, "select a_t ... store in D").
             global_step += N
@@ -248,7 +268,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
             obs = next_obs
             next_obs, rewards, terminated, truncated, info = envs.step(actions)
             buffer.add(obs, actions, rewards, info["final_obs"], terminated, truncated)
-            record_episodes(info["episodes"], recent_returns, logger, global_step)
+            run.record_episodes(info["episodes"], global_step)
 
             # 4. Learn from minibatches of D every train_frequency steps; copy the target every C steps.
             if global_step > cfg.learning_starts:
@@ -257,30 +277,26 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
                         loss, q_mean = update(*buffer.sample(cfg.batch_size)[:5])
                     updates += 1
                     if updates % 100 == 1:  # every 100 updates (CleanRL: every 100 steps, 25 updates)
-                        sps = (global_step - start_step) / (time.perf_counter() - start_time)
-                        logger.log(global_step, {"losses/td_loss": loss.item(), "losses/q_values": q_mean.item(),
-                                                 "charts/epsilon": epsilon, "charts/SPS": sps})  # fmt: skip
+                        run.logger.log(
+                            global_step,
+                            {
+                                "losses/td_loss": loss.item(),
+                                "losses/q_values": q_mean.item(),
+                                "charts/epsilon": epsilon,
+                                "charts/SPS": run.steps_per_second(global_step),
+                            },
+                        )
                 if global_step % cfg.target_network_frequency < N:
                     soft_update(target_network, q_network, cfg.tau)
 
             # 5. Evaluate, checkpoint.
-            if cfg.eval_every and global_step % cfg.eval_every < N:
-                evaluate_and_log(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step)
-            if checkpoint is not None and checkpoint.due(global_step):
-                checkpoint.save(global_step, {
-                    "q_network": q_network.state_dict(), "target_network": target_network.state_dict(),
-                    "optimizer": optimizer.state_dict(), "envs": envs.state_dict(),
-                    "global_step": global_step, "updates": updates, "eval_history": eval_history,
-                    "recent_returns": list(recent_returns),
-                    "action_rng": action_rng.bit_generator.state, "eval_rng": eval_rng.bit_generator.state,
-                    "rng": rng_state(),
-                }, extras={"replay": buffer.state_dict()})  # fmt: skip
+            run.evaluate_if_due(global_step, evaluation_policy)
+            run.checkpoint_if_due(global_step, updates=updates)
 
-        return finish_run(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step,
-                          start_step, start_time, recent_returns)  # fmt: skip
+        return run.finish(global_step, evaluation_policy)
     finally:
         envs.close()
 
 
 if __name__ == "__main__":
-    train_from_cli(Config, train)
+    run_algorithm_cli(__name__)

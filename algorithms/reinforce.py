@@ -29,18 +29,18 @@ policy along g, then fits V to the rewards-to-go by `value_iterations` Adam step
 
 from __future__ import annotations
 
-import time
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from algorithms.common import Checkpointer, Logger, NullLogger, TrainResult, restore_rng_state, rng_state, seed_everything
+from algorithms.common import Checkpointer, Logger, TrainResult, seed_everything
+from algorithms.common.cli import run_algorithm_cli
 from algorithms.common.config import RunConfig
-from algorithms.common.evaluation import evaluate_and_log, finish_run, record_episodes
-from algorithms.common.logging import train_from_cli
+from algorithms.common.distributions import categorical_sample
+from algorithms.common.networks import tanh_mlp
+from algorithms.common.run import RunState, numpy_policy
 from envs import make_vec_env
 
 SMOKE = {"total_timesteps": 1200, "episodes_per_batch": 2, "num_envs": 2, "eval_every": 600, "eval_episodes": 2}
@@ -86,11 +86,6 @@ class Config(RunConfig):
 
 
 # --- networks ----------------------------------------------------------------------------------------
-def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
-    layers = [nn.Linear(in_dim, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, out_dim)]
-    return nn.Sequential(*layers)
-
-
 class Policy(nn.Module):
     """pi(a|s): categorical over the MLP's logits (Discrete), or Gaussian with the MLP's mean and a learned
     state-independent log-std (Box)."""
@@ -98,7 +93,7 @@ class Policy(nn.Module):
     def __init__(self, obs_dim: int, action_dim: int, continuous: bool, hidden: int) -> None:
         super().__init__()
         self.continuous = continuous
-        self.net = mlp(obs_dim, hidden, action_dim)
+        self.net = tanh_mlp(obs_dim, hidden, action_dim)  # PyTorch's default initialisation
         self.log_std = nn.Parameter(torch.zeros(action_dim)) if continuous else None
 
     def log_prob_and_entropy(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,6 +104,16 @@ class Policy(nn.Module):
             return dist.log_prob(actions).sum(-1), dist.entropy().sum(-1)
         log_probs = torch.log_softmax(out, -1)
         return log_probs.gather(-1, actions[:, None]).squeeze(-1), -(log_probs.exp() * log_probs).sum(-1)
+
+    def sample(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Actions (N, *A) with pre-drawn noise: (N, A) standard normal (Box) or (N, 1) uniform (Discrete)."""
+        if self.continuous:
+            return self.net(obs) + self.log_std.exp() * noise
+        return categorical_sample(self.net(obs), noise)
+
+    def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
+        out = self.net(obs)
+        return out if self.continuous else out.argmax(-1)
 
 
 # --- pure maths --------------------------------------------------------------------------------------
@@ -139,10 +144,9 @@ def reinforce_surrogate(
 
 # --- training ----------------------------------------------------------------------------------------
 def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | None = None) -> TrainResult:
-    logger = logger or NullLogger()
     seed_everything(cfg.seed, cfg.torch_deterministic)
     device = torch.device(cfg.device)
-    envs, first_obs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed, gamma=cfg.gamma)
+    envs, _ = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed, gamma=cfg.gamma)
     try:
         # 1. Policy pi_theta, value baseline V_phi, one Adam optimizer each.
         obs_shape = envs.single_observation_space.shape
@@ -151,47 +155,29 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
         action_dim = int(np.prod(action_shape)) if continuous else int(envs.single_action_space.n)
         obs_dim, N, share = int(np.prod(obs_shape)), cfg.num_envs, cfg.episodes_per_batch // cfg.num_envs
         policy = Policy(obs_dim, action_dim, continuous, cfg.hidden_size).to(device)
-        value = mlp(obs_dim, cfg.hidden_size, 1).to(device)
+        value = tanh_mlp(obs_dim, cfg.hidden_size, 1).to(device)
         policy_optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate)
         value_optimizer = torch.optim.Adam(value.parameters(), lr=cfg.value_learning_rate)
 
-        def act(obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-            """Sample actions (N, *A); `noise` is (N, A) standard normal (Box) or (N, 1) uniform (Discrete)."""
-            if continuous:
-                return policy.net(obs) + policy.log_std.exp() * noise
-            cdf = torch.softmax(policy.net(obs), -1).cumsum(-1)  # inverse-CDF sampling from the categorical
-            return torch.searchsorted(cdf, noise).clamp_(max=action_dim - 1).squeeze(-1)
-
-        if cfg.compile:
-            act = torch.compile(act)
-
-        def deterministic_policy(obs: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
-                out = policy.net(torch.as_tensor(obs, device=device))
-                return (out if continuous else out.argmax(-1)).cpu().numpy()
+        act = torch.compile(policy.sample) if cfg.compile else policy.sample
+        deterministic_policy = numpy_policy(policy.deterministic_action, device)
 
         # 2. State: fresh, or restored from the newest checkpoint.
-        next_obs, global_step, updates = first_obs, 0, 0
-        eval_history: list[tuple[int, float]] = []
-        recent_returns: deque[float] = deque(maxlen=100)
-        state = checkpoint.load() if checkpoint is not None else None
-        if state is not None:
-            policy.load_state_dict(state["policy"])
-            value.load_state_dict(state["value"])
-            policy_optimizer.load_state_dict(state["policy_optimizer"])
-            value_optimizer.load_state_dict(state["value_optimizer"])
-            envs.load_state_dict(state["envs"])
-            next_obs, global_step, updates = state["next_obs"], state["global_step"], state["updates"]
-            eval_history, recent_returns = state["eval_history"], deque(state["recent_returns"], maxlen=100)
-            restore_rng_state(state["rng"])
-
-        start_time, start_step = time.perf_counter(), global_step
+        state = {
+            "policy": policy,
+            "value": value,
+            "policy_optimizer": policy_optimizer,
+            "value_optimizer": value_optimizer,
+            "envs": envs,
+        }
+        run = RunState(cfg, envs, logger, checkpoint, state)
+        global_step, _ = run.restore()
+        next_obs = envs.observation()
         while global_step < cfg.total_timesteps:
             # 3. Run the current policy for whole episodes: `share` of them in each env copy. A copy that is
             # mid-episode (it finished its share early last batch) starts over, so no episode spans two policies.
             if N > 1:
                 next_obs = envs.reset()
-            batch_start = global_step
             steps: list[tuple[np.ndarray, ...]] = []  # per vector step: obs, action, reward, term, trunc, final obs, used
             finished = np.zeros(N, np.int64)
             while (finished < share).any() and global_step < cfg.total_timesteps:
@@ -204,7 +190,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
                 next_obs, reward, terminated, truncated, info = envs.step(action)
                 steps.append((obs, action, reward, terminated, truncated, info["final_obs"], used))
                 finished += used & (terminated | truncated)
-                record_episodes(info["episodes"], recent_returns, logger, global_step)
+                run.record_episodes(info["episodes"], global_step)
             if (finished < share).any():
                 break  # the budget ran out mid-batch: no update from a partial batch
 
@@ -236,7 +222,6 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
                 value_optimizer.zero_grad(set_to_none=True)
                 value_loss.backward()
                 value_optimizer.step()
-            updates += 1
 
             # 7. Log, evaluate, checkpoint.
             pg_loss, v_loss = policy_loss.item(), value_loss.item()
@@ -244,26 +229,24 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
                 raise FloatingPointError(f"non-finite loss at step {global_step}: policy {pg_loss}, value {v_loss}")
             var_returns = returns.var()
             explained_var = (1 - (returns - baselines).var() / var_returns).item() if var_returns > 0 else float("nan")
-            logger.log(global_step, {
-                "losses/policy_loss": pg_loss, "losses/value_loss": v_loss, "losses/entropy": entropy.mean().item(),
-                "losses/explained_variance": explained_var, "charts/batch_steps": float(len(returns)),
-                "charts/SPS": (global_step - start_step) / (time.perf_counter() - start_time),
-            })  # fmt: skip
-            if cfg.eval_every and global_step // cfg.eval_every > batch_start // cfg.eval_every:
-                evaluate_and_log(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step)
-            if checkpoint is not None and checkpoint.due(global_step):
-                checkpoint.save(global_step, {
-                    "policy": policy.state_dict(), "value": value.state_dict(),
-                    "policy_optimizer": policy_optimizer.state_dict(), "value_optimizer": value_optimizer.state_dict(),
-                    "envs": envs.state_dict(), "next_obs": next_obs, "global_step": global_step, "updates": updates,
-                    "eval_history": eval_history, "recent_returns": list(recent_returns), "rng": rng_state(),
-                })  # fmt: skip
+            run.logger.log(
+                global_step,
+                {
+                    "losses/policy_loss": pg_loss,
+                    "losses/value_loss": v_loss,
+                    "losses/entropy": entropy.mean().item(),
+                    "losses/explained_variance": explained_var,
+                    "charts/batch_steps": float(len(returns)),
+                    "charts/SPS": run.steps_per_second(global_step),
+                },
+            )
+            run.evaluate_if_due(global_step, deterministic_policy)
+            run.checkpoint_if_due(global_step)
 
-        return finish_run(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step,
-                          start_step, start_time, recent_returns)  # fmt: skip
+        return run.finish(global_step, deterministic_policy)
     finally:
         envs.close()
 
 
 if __name__ == "__main__":
-    train_from_cli(Config, train)
+    run_algorithm_cli(__name__)

@@ -13,8 +13,9 @@ Polyak-averaged target V' replaces the next-state term of the Q target (eq. 8); 
 The defaults are CleanRL's `sac_continuous_action.py` MuJoCo setting (256-256 ReLU MLPs, Adam 3e-4 for the
 policy and 1e-3 for the critics, batch 256, tau 0.005, target entropy -dim(A), 5k random steps first, the
 policy updated `policy_frequency` times every `policy_frequency` steps as in TD3's delay). Deviations:
-- Time-limit truncation is not termination: the target bootstraps from the true final observation.
-- The two critics are one module with stacked weights evaluated by batched matmuls (two independent
+- Time-limit truncation is not termination: the target bootstraps from the true final observation, as in CleanRL
+  (which stores `terminations` with the real final observation).
+- The two critics are one module with stacked weights evaluated by batched matmuls (`QEnsemble`: two independent
   networks, one kernel per layer); the policy loss differentiates through the critics' values only, not
   into their weights (their gradients would be discarded anyway).
 - The temperature loss (eq. 18) uses the log-probabilities of the policy step's own sample, as the authors'
@@ -26,8 +27,6 @@ policy updated `policy_frequency` times every `policy_frequency` steps as in TD3
 from __future__ import annotations
 
 import math
-import time
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,15 +34,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from algorithms.common import Checkpointer, Logger, NullLogger, TrainResult, restore_rng_state, rng_state, seed_everything
+from algorithms.common import Checkpointer, Logger, TrainResult, seed_everything
+from algorithms.common.cli import run_algorithm_cli
 from algorithms.common.config import RunConfig
-from algorithms.common.evaluation import evaluate_and_log, finish_run, record_episodes
-from algorithms.common.logging import train_from_cli
+from algorithms.common.networks import QEnsemble, soft_update
 from algorithms.common.replay import ReplayBuffer
+from algorithms.common.run import RunState, numpy_policy
 from envs import make_vec_env
 
-SMOKE = {"total_timesteps": 600, "learning_starts": 200, "buffer_size": 1000, "batch_size": 32, "eval_every": 300,
-         "eval_episodes": 2}  # fmt: skip
+SMOKE = {
+    "total_timesteps": 600,
+    "learning_starts": 200,
+    "buffer_size": 1000,
+    "batch_size": 32,
+    "eval_every": 300,
+    "eval_episodes": 2,
+}
 """Tiny settings for the contract tests."""
 ACTION_SPACES = ("continuous",)
 OBSERVATIONS = ("vector",)
@@ -83,10 +89,20 @@ class Config(RunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if min(self.num_envs, self.buffer_size, self.batch_size, self.policy_frequency,
-               self.target_network_frequency, self.hidden_size) < 1:  # fmt: skip
-            raise ValueError("num_envs, buffer_size, batch_size, policy_frequency, "
-                             "target_network_frequency and hidden_size must be >= 1")  # fmt: skip
+        if (
+            min(
+                self.num_envs,
+                self.buffer_size,
+                self.batch_size,
+                self.policy_frequency,
+                self.target_network_frequency,
+                self.hidden_size,
+            )
+            < 1
+        ):
+            raise ValueError(
+                "num_envs, buffer_size, batch_size, policy_frequency, target_network_frequency and hidden_size must be >= 1"
+            )
         if not 0 < self.gamma <= 1 or not 0 < self.tau <= 1 or min(self.policy_lr, self.q_lr) <= 0 or self.alpha < 0:
             raise ValueError("need 0 < gamma <= 1, 0 < tau <= 1, learning rates > 0 and alpha >= 0")
         if self.learning_starts < 0:
@@ -94,29 +110,6 @@ class Config(RunConfig):
 
 
 # --- networks ----------------------------------------------------------------------------------------
-class TwinQ(nn.Module):
-    """Q_1(s, a), Q_2(s, a): two independent 3-layer ReLU MLPs with stacked weights (2, in, out), evaluated
-    by one batched matmul per layer; initialised like two nn.Linear stacks."""
-
-    def __init__(self, in_dim: int, hidden: int) -> None:
-        super().__init__()
-        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
-        for fan_in, fan_out in [(in_dim, hidden), (hidden, hidden), (hidden, 1)]:
-            layers = [nn.Linear(fan_in, fan_out) for _ in range(2)]
-            self.weights.append(nn.Parameter(torch.stack([layer.weight.T.detach() for layer in layers])))
-            self.biases.append(nn.Parameter(torch.stack([layer.bias.detach()[None] for layer in layers])))
-
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor, frozen: bool = False) -> torch.Tensor:
-        """(B, obs), (B, act) -> (2, B). `frozen`: gradients reach the inputs but not the weights."""
-        weights, biases = self.weights, self.biases
-        if frozen:
-            weights, biases = [w.detach() for w in weights], [b.detach() for b in biases]
-        x = torch.cat([obs, actions], -1).expand(2, -1, -1)  # (2, B, in)
-        x = F.relu(torch.baddbmm(biases[0], x, weights[0]))  # (2, B, H)
-        x = F.relu(torch.baddbmm(biases[1], x, weights[1]))  # (2, B, H)
-        return (x * weights[2].mT).sum(-1) + biases[2].squeeze(-1)  # (2, B): a width-1 layer as a dot product
-
-
 class Actor(nn.Module):
     """pi(.|s): a Gaussian over pre-squash actions u with state-dependent mean and log-std (squashed by tanh
     into [-1, 1], then scaled to the action box)."""
@@ -138,8 +131,10 @@ class Actor(nn.Module):
         """Reparameterised a = tanh(mean + std * noise) * scale + bias and log pi(a|s); both (B, A), (B,)."""
         mean, log_std = self(obs)
         pre_squash = mean + log_std.exp() * noise
-        return (torch.tanh(pre_squash) * self.action_scale + self.action_bias,
-                squashed_gaussian_log_prob(pre_squash, mean, log_std, self.action_scale))  # fmt: skip
+        return (
+            torch.tanh(pre_squash) * self.action_scale + self.action_bias,
+            squashed_gaussian_log_prob(pre_squash, mean, log_std, self.action_scale),
+        )
 
     def mean_action(self, obs: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self(obs)[0]) * self.action_scale + self.action_bias
@@ -150,16 +145,18 @@ class ValueNetwork(nn.Module):
 
     def __init__(self, obs_dim: int, hidden: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, 1))  # fmt: skip
+        self.net = nn.Sequential(
+            nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
+        )
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.net(obs).squeeze(-1)
 
 
 # --- pure maths --------------------------------------------------------------------------------------
-def squashed_gaussian_log_prob(pre_squash: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor,
-                               scale: torch.Tensor) -> torch.Tensor:  # fmt: skip
+def squashed_gaussian_log_prob(
+    pre_squash: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
     """log pi(a|s) for a = tanh(u) * scale + bias, u ~ N(mean, std^2), summed over action dims: (B, A) -> (B,).
 
     Change of variables (2018a, eq. 21): log pi(a) = log N(u) - sum_i log(scale_i (1 - tanh(u_i)^2)).
@@ -170,24 +167,23 @@ def squashed_gaussian_log_prob(pre_squash: torch.Tensor, mean: torch.Tensor, log
     return gaussian - log_det
 
 
-def soft_q_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q: torch.Tensor, next_log_prob: torch.Tensor,
-                  alpha: torch.Tensor | float, gamma: float) -> torch.Tensor:  # fmt: skip
+def soft_q_target(
+    rewards: torch.Tensor,
+    terminated: torch.Tensor,
+    next_q: torch.Tensor,
+    next_log_prob: torch.Tensor,
+    alpha: torch.Tensor | float,
+    gamma: float,
+) -> torch.Tensor:
     """y = r + gamma (1 - terminated) (min_j Q'_j(s', a') - alpha log pi(a'|s')), next_q (2, B); truncation bootstraps."""
     return rewards + gamma * (1.0 - terminated) * (next_q.min(dim=0).values - alpha * next_log_prob)
 
 
-def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
-    """target <- tau * source + (1 - tau) * target, in one fused op over all parameters."""
-    with torch.no_grad():
-        torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
-
-
 # --- training ----------------------------------------------------------------------------------------
 def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | None = None) -> TrainResult:
-    logger = logger or NullLogger()
     seed_everything(cfg.seed, cfg.torch_deterministic)
     device = torch.device(cfg.device)
-    envs, first_obs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed)
+    envs, _ = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed)
     try:
         # 1. Policy, twin soft Q-functions and targets (or V and V' in the 2018a variant), temperature, replay.
         if not envs.is_continuous:
@@ -197,8 +193,8 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
         action_dim, N = int(np.prod(action_shape)), cfg.num_envs
         low_np, high_np = envs.single_action_space.low, envs.single_action_space.high
         actor = Actor(obs_dim, action_dim, cfg.hidden_size, low_np, high_np).to(device)
-        qf = TwinQ(obs_dim + action_dim, cfg.hidden_size).to(device)
-        qf_target = TwinQ(obs_dim + action_dim, cfg.hidden_size).to(device)
+        qf = QEnsemble(obs_dim + action_dim, cfg.hidden_size).to(device)
+        qf_target = QEnsemble(obs_dim + action_dim, cfg.hidden_size).to(device)
         qf_target.load_state_dict(qf.state_dict())
         vf = ValueNetwork(obs_dim, cfg.hidden_size).to(device) if cfg.value_network else None
         vf_target = ValueNetwork(obs_dim, cfg.hidden_size).to(device) if cfg.value_network else None
@@ -222,8 +218,9 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
             with torch.no_grad():
                 if vf is None:
                     next_actions, next_log_prob = actor.sample(next_obs, torch.randn_like(actions))
-                    target = soft_q_target(rewards, terminated, qf_target(next_obs, next_actions), next_log_prob, alpha,
-                                           cfg.gamma)  # fmt: skip
+                    target = soft_q_target(
+                        rewards, terminated, qf_target(next_obs, next_actions), next_log_prob, alpha, cfg.gamma
+                    )
                 else:
                     target = rewards + cfg.gamma * (1.0 - terminated) * vf_target(next_obs)
             q_values = qf(obs, actions)
@@ -256,32 +253,26 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
         if cfg.compile:
             update_critics, update_actor, explore = map(torch.compile, (update_critics, update_actor, explore))
 
-        def deterministic_policy(obs: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
-                return actor.mean_action(torch.as_tensor(obs, device=device)).cpu().numpy()
+        deterministic_policy = numpy_policy(actor.mean_action, device)
 
         # 2. State: fresh, or restored from the newest checkpoint (replay memory included).
-        next_obs, global_step, updates = first_obs, 0, 0
-        eval_history: list[tuple[int, float]] = []
-        recent_returns: deque[float] = deque(maxlen=100)
         random_actions = np.random.default_rng(cfg.seed)  # the uniform warm-up actions
-        restorable = {"actor": actor, "qf": qf, "qf_target": qf_target, "q_optimizer": q_optimizer,
-                      "actor_optimizer": actor_optimizer, "envs": envs}  # fmt: skip
+        state = {
+            "actor": actor,
+            "qf": qf,
+            "qf_target": qf_target,
+            "q_optimizer": q_optimizer,
+            "actor_optimizer": actor_optimizer,
+            "envs": envs,
+            "log_alpha": log_alpha,
+            "random_actions": random_actions,
+        }
         if vf is not None:
-            restorable.update(vf=vf, vf_target=vf_target)
-        state = checkpoint.load() if checkpoint is not None else None
-        if state is not None:
-            for key, module in restorable.items():
-                module.load_state_dict(state[key])
-            with torch.no_grad():
-                log_alpha.copy_(state["log_alpha"])
-            buffer.load_state_dict(checkpoint.load_extra("replay"))
-            next_obs, global_step, updates = state["next_obs"], state["global_step"], state["updates"]
-            eval_history, recent_returns = state["eval_history"], deque(state["recent_returns"], maxlen=100)
-            random_actions.bit_generator.state = state["random_actions"]
-            restore_rng_state(state["rng"])
-
-        start_time, start_step = time.perf_counter(), global_step
+            state.update(vf=vf, vf_target=vf_target)
+        run = RunState(cfg, envs, logger, checkpoint, state, extras={"replay": buffer})
+        global_step, saved = run.restore(updates=0)
+        updates = saved["updates"]
+        next_obs = envs.observation()
         while global_step < cfg.total_timesteps:
             # 3. Act: uniform random before learning starts, then a ~ pi(.|s).
             global_step += N
@@ -293,7 +284,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
             obs = next_obs
             next_obs, rewards, terminated, truncated, info = envs.step(actions)
             buffer.add(obs, actions, rewards, info["final_obs"], terminated, truncated)
-            record_episodes(info["episodes"], recent_returns, logger, global_step)
+            run.record_episodes(info["episodes"], global_step)
 
             # 4. Critics every step; the policy (and alpha) policy_frequency times every policy_frequency steps.
             if global_step > cfg.learning_starts:
@@ -310,28 +301,27 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
                             soft_update(vf_target, vf, cfg.tau)
                 if updates % 100 < N and updates >= cfg.policy_frequency:  # CleanRL logs every 100 steps
                     q_means = q_values.mean(1).tolist()
-                    sps = (global_step - start_step) / (time.perf_counter() - start_time)
-                    logger.log(global_step, {"losses/qf_loss": q_loss.item() / 2, "losses/qf1_values": q_means[0],
-                                             "losses/qf2_values": q_means[1], "losses/actor_loss": actor_loss.item(),
-                                             "losses/alpha": log_alpha.exp().item(),
-                                             "losses/entropy": -mean_log_prob.item(), "charts/SPS": sps})  # fmt: skip
+                    run.logger.log(
+                        global_step,
+                        {
+                            "losses/qf_loss": q_loss.item() / 2,
+                            "losses/qf1_values": q_means[0],
+                            "losses/qf2_values": q_means[1],
+                            "losses/actor_loss": actor_loss.item(),
+                            "losses/alpha": log_alpha.exp().item(),
+                            "losses/entropy": -mean_log_prob.item(),
+                            "charts/SPS": run.steps_per_second(global_step),
+                        },
+                    )
 
             # 5. Evaluate, checkpoint.
-            if cfg.eval_every and global_step % cfg.eval_every < N:
-                evaluate_and_log(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step)
-            if checkpoint is not None and checkpoint.due(global_step):
-                checkpoint.save(global_step, {
-                    **{key: module.state_dict() for key, module in restorable.items()},
-                    "log_alpha": log_alpha.detach().clone(), "next_obs": next_obs, "global_step": global_step,
-                    "updates": updates, "eval_history": eval_history, "recent_returns": list(recent_returns),
-                    "random_actions": random_actions.bit_generator.state, "rng": rng_state(),
-                }, extras={"replay": buffer.state_dict()})  # fmt: skip
+            run.evaluate_if_due(global_step, deterministic_policy)
+            run.checkpoint_if_due(global_step, updates=updates)
 
-        return finish_run(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step,
-                          start_step, start_time, recent_returns)  # fmt: skip
+        return run.finish(global_step, deterministic_policy)
     finally:
         envs.close()
 
 
 if __name__ == "__main__":
-    train_from_cli(Config, train)
+    run_algorithm_cli(__name__)

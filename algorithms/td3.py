@@ -1,27 +1,35 @@
-"""Twin Delayed DDPG (TD3).
+"""Twin Delayed DDPG (TD3), and DDPG as its ablation (`ddpg`).
 
-Paper: Fujimoto, van Hoof, Meger (2018), "Addressing Function Approximation Error in Actor-Critic
-Methods", ICML, arXiv:1802.09477 -- Algorithm 1: clipped double-Q learning (eq. 10, the target takes the
-smaller of two target critics), target policy smoothing (eq. 14, clipped Gaussian noise on the target
-action), delayed policy and target updates (every d critic updates), Gaussian exploration noise.
+Papers: Fujimoto, van Hoof, Meger (2018), "Addressing Function Approximation Error in Actor-Critic Methods", ICML,
+arXiv:1802.09477 -- Algorithm 1: clipped double-Q learning (eq. 10, the target takes the smaller of two target
+critics), target policy smoothing (eq. 14, clipped Gaussian noise on the target action), delayed policy and target
+updates (every d critic updates), Gaussian exploration noise. Lillicrap et al. (2016), "Continuous control with deep
+reinforcement learning", ICLR, arXiv:1509.02971 -- DDPG, Algorithm 1: one critic learned towards
+y = r + gamma Q'(s', mu'(s')), target networks tracking by Polyak averaging, an actor following the deterministic
+policy gradient (Silver et al. 2014, eq. 6) through the critic, exploration noise on the actions.
 
-The defaults are CleanRL's `td3_continuous_action.py` MuJoCo setting (the paper's: 256-256 ReLU MLPs,
-Adam 3e-4, batch 256, tau 0.005, policy noise 0.2 clipped at 0.5, exploration noise 0.1, d = 2, 25k random
-steps first, 1M buffer). Deviations, each on purpose:
-- Time-limit truncation is not termination: the target bootstraps from the true final observation of a
-  truncated episode (CleanRL does too since gymnasium 1.0; the paper's code stored `done` without the
-  time-limit correction for Hopper/Walker).
-- The two critics are one module holding both weight stacks and evaluated with batched matmuls: the same
-  two independent networks (separate initialisation, separate parameters, one summed loss as in the paper's
-  code), with one kernel per layer instead of two. The actor loss evaluates Q_1 alone and differentiates
-  through its value only, not into its weights (those gradients would be discarded).
+TD3 is DDPG with three changes, and its paper's ablation study adds each of them to, and removes each from, a DDPG
+with TD3's architecture and hyperparameters ("AHE"). `twin_critics=False, policy_noise=0` (registered as `ddpg`) is that DDPG with the delayed
+policy updates kept: exactly CleanRL's `ddpg_continuous_action.py` (based on `OurDDPG.py` of the TD3 authors'
+repository, with `policy_frequency` 2). Its differences from Lillicrap et al., taken from that re-tuning: Gaussian
+instead of Ornstein-Uhlenbeck exploration noise, no L2 weight decay on the critic, no batch normalisation, 256-256
+networks on the concatenated observation and action, Adam 3e-4 for both, batch 256, tau 0.005.
+
+The defaults are CleanRL's `td3_continuous_action.py` MuJoCo setting (the paper's: 256-256 ReLU MLPs, Adam 3e-4,
+batch 256, tau 0.005, policy noise 0.2 clipped at 0.5, exploration noise 0.1, d = 2, 25k random steps first, 1M
+buffer). Details, each on purpose:
+- Time-limit truncation is not termination: the target bootstraps from the true final observation of a truncated
+  episode, as CleanRL does (it stores `terminations` with the real final observation); the paper's code stored
+  `done` without the time-limit correction for Hopper/Walker.
+- The critics are one module holding both weight stacks and evaluated with batched matmuls (`QEnsemble`): the same
+  independent networks (separate initialisation and parameters, one summed loss as in the paper's code), with one
+  kernel per layer. The actor loss evaluates Q_1 alone and differentiates through its value only, not into its
+  weights (those gradients would be discarded).
 `compile=True` wraps the update and acting functions in torch.compile.
 """
 
 from __future__ import annotations
 
-import time
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,18 +37,27 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from algorithms.common import Checkpointer, Logger, NullLogger, TrainResult, restore_rng_state, rng_state, seed_everything
+from algorithms.common import Checkpointer, Logger, TrainResult, seed_everything
+from algorithms.common.cli import run_algorithm_cli
 from algorithms.common.config import RunConfig
-from algorithms.common.evaluation import evaluate_and_log, finish_run, record_episodes
-from algorithms.common.logging import train_from_cli
+from algorithms.common.networks import QEnsemble, soft_update
 from algorithms.common.replay import ReplayBuffer
+from algorithms.common.run import RunState, numpy_policy
 from envs import make_vec_env
 
-SMOKE = {"total_timesteps": 600, "learning_starts": 200, "buffer_size": 1000, "batch_size": 32, "eval_every": 300,
-         "eval_episodes": 2}  # fmt: skip
+SMOKE = {
+    "total_timesteps": 600,
+    "learning_starts": 200,
+    "buffer_size": 1000,
+    "batch_size": 32,
+    "eval_every": 300,
+    "eval_episodes": 2,
+}
 """Tiny settings for the contract tests."""
-ACTION_SPACES = ("continuous",)
+ACTION_SPACES = ("continuous",)  # deterministic policy gradient: Box actions
 OBSERVATIONS = ("vector",)
+VARIANTS = {"ddpg": {"twin_critics": False, "policy_noise": 0.0}}
+"""Registered names of the paper's ablations (suites and run directories use them): name -> Config values."""
 
 
 @dataclass(frozen=True)
@@ -57,8 +74,10 @@ class Config(RunConfig):
     """target smoothing coefficient (Polyak averaging)"""
     batch_size: int = 256
     """transitions per gradient step"""
+    twin_critics: bool = True
+    """clipped double-Q learning: two critics, the target takes the smaller (eq. 10); False: one critic (DDPG)"""
     policy_noise: float = 0.2
-    """std of the target policy smoothing noise, in units of the action half-range"""
+    """std of the target policy smoothing noise, in units of the action half-range (eq. 14; 0: none, DDPG)"""
     noise_clip: float = 0.5
     """clip of the target policy smoothing noise, in units of the action half-range"""
     exploration_noise: float = 0.1
@@ -72,53 +91,30 @@ class Config(RunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if min(self.num_envs, self.buffer_size, self.batch_size, self.policy_frequency,
-               self.hidden_size) < 1:  # fmt: skip
-            raise ValueError("num_envs, buffer_size, batch_size, policy_frequency and hidden_size "
-                             "must be >= 1")  # fmt: skip
+        if min(self.num_envs, self.buffer_size, self.batch_size, self.policy_frequency, self.hidden_size) < 1:
+            raise ValueError("num_envs, buffer_size, batch_size, policy_frequency and hidden_size must be >= 1")
         if not 0 < self.gamma <= 1 or not 0 < self.tau <= 1 or self.learning_rate <= 0:
-            raise ValueError(f"need 0 < gamma <= 1, 0 < tau <= 1, learning_rate > 0; got {self.gamma}, {self.tau}, "
-                             f"{self.learning_rate}")  # fmt: skip
+            raise ValueError(
+                f"need 0 < gamma <= 1, 0 < tau <= 1, learning_rate > 0; got {self.gamma}, {self.tau}, {self.learning_rate}"
+            )
         if min(self.policy_noise, self.noise_clip, self.exploration_noise, self.learning_starts) < 0:
             raise ValueError("noise scales and learning_starts must be >= 0")
 
 
 # --- networks ----------------------------------------------------------------------------------------
-class TwinQ(nn.Module):
-    """Q_1(s, a) and Q_2(s, a): two independent 3-layer ReLU MLPs whose weights are stacked (2, in, out), so
-    both are evaluated by one batched matmul per layer. Initialised like two nn.Linear stacks."""
-
-    def __init__(self, in_dim: int, hidden: int) -> None:
-        super().__init__()
-        sizes = [(in_dim, hidden), (hidden, hidden), (hidden, 1)]
-        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
-        for fan_in, fan_out in sizes:
-            layers = [nn.Linear(fan_in, fan_out) for _ in range(2)]
-            self.weights.append(nn.Parameter(torch.stack([layer.weight.T.detach() for layer in layers])))
-            self.biases.append(nn.Parameter(torch.stack([layer.bias.detach()[None] for layer in layers])))
-
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """(B, obs), (B, act) -> (2, B): both critics' values."""
-        x = torch.cat([obs, actions], -1).expand(2, -1, -1)  # (2, B, in)
-        x = F.relu(torch.baddbmm(self.biases[0], x, self.weights[0]))  # (2, B, H)
-        x = F.relu(torch.baddbmm(self.biases[1], x, self.weights[1]))  # (2, B, H)
-        return (x * self.weights[2].mT).sum(-1) + self.biases[2].squeeze(-1)  # (2, B): a width-1 layer as a dot product
-
-    def q1(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Q_1 alone with frozen weights, (B,): the actor's loss, whose gradient must reach the actions only."""
-        weights, biases = [w[0].detach() for w in self.weights], [b[0].detach() for b in self.biases]
-        x = F.relu(torch.addmm(biases[0], torch.cat([obs, actions], -1), weights[0]))  # (B, H)
-        x = F.relu(torch.addmm(biases[1], x, weights[1]))  # (B, H)
-        return x @ weights[2].squeeze(-1) + biases[2].squeeze()  # (B,)
-
-
 class Actor(nn.Module):
     """mu(s): a 3-layer ReLU MLP with a tanh output scaled to the action box."""
 
     def __init__(self, obs_dim: int, action_dim: int, hidden: int, low: np.ndarray, high: np.ndarray) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, action_dim), nn.Tanh())  # fmt: skip
+        self.net = nn.Sequential(
+            nn.Linear(obs_dim, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, action_dim),
+            nn.Tanh(),
+        )
         self.register_buffer("action_scale", torch.as_tensor((high - low) / 2.0, dtype=torch.float32))
         self.register_buffer("action_bias", torch.as_tensor((high + low) / 2.0, dtype=torch.float32))
 
@@ -127,44 +123,48 @@ class Actor(nn.Module):
 
 
 # --- pure maths --------------------------------------------------------------------------------------
-def smoothed_target_actions(target_actions: torch.Tensor, noise: torch.Tensor, noise_clip: float,
-                            action_scale: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:  # fmt: skip
+def smoothed_target_actions(
+    target_actions: torch.Tensor,
+    noise: torch.Tensor,
+    noise_clip: float,
+    action_scale: torch.Tensor,
+    low: torch.Tensor,
+    high: torch.Tensor,
+) -> torch.Tensor:
     """Target policy smoothing (eq. 14): a' = clip(mu'(s') + clip(eps, -c, c), low, high); `noise` is eps, already
     multiplied by the policy noise std, in action half-range units (times action_scale here)."""
     clipped = noise.clamp(-noise_clip, noise_clip) * action_scale
     return torch.max(torch.min(target_actions + clipped, high), low)
 
 
-def clipped_double_q_target(rewards: torch.Tensor, terminated: torch.Tensor, next_q: torch.Tensor,
-                            gamma: float) -> torch.Tensor:  # fmt: skip
-    """y = r + gamma (1 - terminated) min(Q'_1, Q'_2)(s', a') (eq. 10); next_q is (2, B). Truncation bootstraps."""
+def clipped_double_q_target(
+    rewards: torch.Tensor, terminated: torch.Tensor, next_q: torch.Tensor, gamma: float
+) -> torch.Tensor:
+    """y = r + gamma (1 - terminated) min_k Q'_k(s', a') (eq. 10); next_q is (K, B): with K = 1 (DDPG) the one critic's
+    value, y = r + gamma (1 - terminated) Q'(s', a'). Truncation bootstraps."""
     return rewards + gamma * (1.0 - terminated) * next_q.min(dim=0).values
-
-
-def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
-    """target <- tau * source + (1 - tau) * target, in one fused op over all parameters."""
-    with torch.no_grad():
-        torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
 
 
 # --- training ----------------------------------------------------------------------------------------
 def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | None = None) -> TrainResult:
-    logger = logger or NullLogger()
     seed_everything(cfg.seed, cfg.torch_deterministic)
     device = torch.device(cfg.device)
-    envs, first_obs = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed)
+    envs, _ = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed)
     try:
-        # 1. Actor, twin critics, their targets, optimizers, replay memory (Algorithm 1, "initialize").
+        # 1. Actor, critics, their targets, optimizers, replay memory (Algorithm 1, "initialize").
         if not envs.is_continuous:
-            raise ValueError(f"TD3 needs continuous (Box) actions; {cfg.env_id} has {envs.single_action_space}")
+            raise ValueError(
+                f"TD3 (and its DDPG ablation) needs continuous (Box) actions; {cfg.env_id} has {envs.single_action_space}"
+            )
         obs_dim = int(np.prod(envs.single_observation_space.shape))
         action_shape = envs.single_action_space.shape
         action_dim, N = int(np.prod(action_shape)), cfg.num_envs
         low_np, high_np = envs.single_action_space.low, envs.single_action_space.high
+        critics = 2 if cfg.twin_critics else 1
         actor = Actor(obs_dim, action_dim, cfg.hidden_size, low_np, high_np).to(device)
-        qf = TwinQ(obs_dim + action_dim, cfg.hidden_size).to(device)
+        qf = QEnsemble(obs_dim + action_dim, cfg.hidden_size, critics).to(device)
         actor_target = Actor(obs_dim, action_dim, cfg.hidden_size, low_np, high_np).to(device)
-        qf_target = TwinQ(obs_dim + action_dim, cfg.hidden_size).to(device)
+        qf_target = QEnsemble(obs_dim + action_dim, cfg.hidden_size, critics).to(device)
         actor_target.load_state_dict(actor.state_dict())
         qf_target.load_state_dict(qf.state_dict())
         fused = device.type in ("cpu", "cuda")
@@ -175,13 +175,15 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
         scale = actor.action_scale
 
         def update_critics(obs, actions, rewards, next_obs, terminated) -> tuple[torch.Tensor, torch.Tensor]:
-            """One step on (Q_1(s,a) - y)^2 + (Q_2(s,a) - y)^2; returns (loss, Q values (2, B))."""
+            """One step on sum_k (Q_k(s,a) - y)^2; returns (loss, Q values (K, B))."""
             with torch.no_grad():
-                noise = torch.randn_like(actions) * cfg.policy_noise
-                next_actions = smoothed_target_actions(actor_target(next_obs), noise, cfg.noise_clip, scale, low, high)
+                next_actions = actor_target(next_obs)
+                if cfg.policy_noise > 0:
+                    noise = torch.randn_like(actions) * cfg.policy_noise
+                    next_actions = smoothed_target_actions(next_actions, noise, cfg.noise_clip, scale, low, high)
                 target = clipped_double_q_target(rewards, terminated, qf_target(next_obs, next_actions), cfg.gamma)
             q_values = qf(obs, actions)
-            loss = F.mse_loss(q_values, target.expand(2, -1), reduction="none").mean(1).sum()
+            loss = F.mse_loss(q_values, target.expand(critics, -1), reduction="none").mean(1).sum()
             q_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             q_optimizer.step()
@@ -189,7 +191,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
 
         def update_actor(obs: torch.Tensor) -> torch.Tensor:
             """Deterministic policy gradient through Q_1 (Algorithm 1: grad of Q_theta1(s, mu(s)))."""
-            loss = -qf.q1(obs, actor(obs)).mean()
+            loss = -qf.first(obs, actor(obs)).mean()
             actor_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             actor_optimizer.step()
@@ -200,29 +202,24 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
 
         if cfg.compile:
             update_critics, update_actor, explore = map(torch.compile, (update_critics, update_actor, explore))
-
-        def deterministic_policy(obs: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
-                return actor(torch.as_tensor(obs, device=device)).cpu().numpy()
+        deterministic_policy = numpy_policy(actor, device)
 
         # 2. State: fresh, or restored from the newest checkpoint (replay memory included).
-        next_obs, global_step, updates = first_obs, 0, 0
-        eval_history: list[tuple[int, float]] = []
-        recent_returns: deque[float] = deque(maxlen=100)
         random_actions = np.random.default_rng(cfg.seed)  # the uniform warm-up actions
-        state = checkpoint.load() if checkpoint is not None else None
-        if state is not None:
-            restorable = {"actor": actor, "qf": qf, "actor_target": actor_target, "qf_target": qf_target,
-                          "q_optimizer": q_optimizer, "actor_optimizer": actor_optimizer, "envs": envs}  # fmt: skip
-            for key, module in restorable.items():
-                module.load_state_dict(state[key])
-            buffer.load_state_dict(checkpoint.load_extra("replay"))
-            next_obs, global_step, updates = state["next_obs"], state["global_step"], state["updates"]
-            eval_history, recent_returns = state["eval_history"], deque(state["recent_returns"], maxlen=100)
-            random_actions.bit_generator.state = state["random_actions"]
-            restore_rng_state(state["rng"])
-
-        start_time, start_step = time.perf_counter(), global_step
+        state = {
+            "actor": actor,
+            "qf": qf,
+            "actor_target": actor_target,
+            "qf_target": qf_target,
+            "q_optimizer": q_optimizer,
+            "actor_optimizer": actor_optimizer,
+            "envs": envs,
+            "random_actions": random_actions,
+        }
+        run = RunState(cfg, envs, logger, checkpoint, state, extras={"replay": buffer})
+        global_step, saved = run.restore(updates=0)
+        updates = saved["updates"]
+        next_obs = envs.observation()
         while global_step < cfg.total_timesteps:
             # 3. Act: uniform random before learning starts, then mu(s) + N(0, sigma) clipped to the box.
             global_step += N
@@ -235,7 +232,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
             obs = next_obs
             next_obs, rewards, terminated, truncated, info = envs.step(actions)
             buffer.add(obs, actions, rewards, info["final_obs"], terminated, truncated)
-            record_episodes(info["episodes"], recent_returns, logger, global_step)
+            run.record_episodes(info["episodes"], global_step)
 
             # 4. Critics every step; actor and targets every d-th step (Algorithm 1, "if t mod d").
             if global_step > cfg.learning_starts:
@@ -249,29 +246,18 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
                         soft_update(qf_target, qf, cfg.tau)
                 if updates % 100 < N and updates >= cfg.policy_frequency:  # CleanRL logs every 100 steps
                     q_means = q_values.mean(1).tolist()
-                    sps = (global_step - start_step) / (time.perf_counter() - start_time)
-                    logger.log(global_step, {"losses/qf_loss": q_loss.item() / 2, "losses/qf1_values": q_means[0],
-                                             "losses/qf2_values": q_means[1], "losses/actor_loss": actor_loss.item(),
-                                             "charts/SPS": sps})  # fmt: skip
+                    metrics = {f"losses/qf{k + 1}_values": q_mean for k, q_mean in enumerate(q_means)}
+                    metrics.update({"losses/qf_loss": q_loss.item() / critics, "losses/actor_loss": actor_loss.item()})
+                    run.logger.log(global_step, {**metrics, "charts/SPS": run.steps_per_second(global_step)})
 
             # 5. Evaluate, checkpoint.
-            if cfg.eval_every and global_step % cfg.eval_every < N:
-                evaluate_and_log(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step)
-            if checkpoint is not None and checkpoint.due(global_step):
-                checkpoint.save(global_step, {
-                    "actor": actor.state_dict(), "qf": qf.state_dict(), "actor_target": actor_target.state_dict(),
-                    "qf_target": qf_target.state_dict(), "q_optimizer": q_optimizer.state_dict(),
-                    "actor_optimizer": actor_optimizer.state_dict(), "envs": envs.state_dict(), "next_obs": next_obs,
-                    "global_step": global_step, "updates": updates, "eval_history": eval_history,
-                    "recent_returns": list(recent_returns), "random_actions": random_actions.bit_generator.state,
-                    "rng": rng_state(),
-                }, extras={"replay": buffer.state_dict()})  # fmt: skip
+            run.evaluate_if_due(global_step, deterministic_policy)
+            run.checkpoint_if_due(global_step, updates=updates)
 
-        return finish_run(envs, deterministic_policy, cfg.eval_episodes, cfg.seed, eval_history, logger, global_step,
-                          start_step, start_time, recent_returns)  # fmt: skip
+        return run.finish(global_step, deterministic_policy)
     finally:
         envs.close()
 
 
 if __name__ == "__main__":
-    train_from_cli(Config, train)
+    run_algorithm_cli(__name__)

@@ -24,7 +24,6 @@ readings, as rlgrid's is.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import re
 import subprocess
@@ -38,6 +37,7 @@ from ceiling import ceiling_line, flops_until
 
 from algorithms.common import RecordingLogger
 from algorithms.common.config import RunConfig
+from experiments.registry import load_algorithm
 
 ENV_ID = "Hopper-v5"
 WARMUP = 5_000
@@ -56,13 +56,13 @@ def rate_from_marks(marks: list[tuple[int, float]], first: int = 1) -> float:
 
 def learning_config(algo: str, steps: int, device: str = "cpu") -> RunConfig:
     """The measured run of `algo`: WARMUP random steps, then `steps` learning steps, no evaluation until the end."""
-    module = importlib.import_module(f"algorithms.{algo}")
+    module = load_algorithm(algo)
     return module.Config(env_id=ENV_ID, total_timesteps=WARMUP + steps, learning_starts=WARMUP, eval_every=0,
                          eval_episodes=1, device=device)  # fmt: skip
 
 
 def steady_sps(algo: str, steps: int, device: str = "cpu") -> float:
-    module = importlib.import_module(f"algorithms.{algo}")
+    module = load_algorithm(algo)
     logger = RecordingLogger()
     start = time.perf_counter()
     module.train(learning_config(algo, steps, device), logger)
@@ -95,7 +95,7 @@ def cleanrl_sps(cleanrl_dir: str, algo: str, steps: int, device: str, threads: i
 
 def learning_flops_per_step(algo: str, steps: int = 200, warmup: int = 1_000) -> float:
     """FLOPs of one learning step of `algo` (its default networks, batch 256): the warm-up's are subtracted."""
-    module = importlib.import_module(f"algorithms.{algo}")
+    module = load_algorithm(algo)
     cfg = module.Config(env_id=ENV_ID, total_timesteps=warmup + steps + 1, learning_starts=warmup, eval_every=0,
                         eval_episodes=1)  # fmt: skip
     return (flops_until(module.train, cfg, warmup + steps) - flops_until(module.train, cfg, warmup)) / steps

@@ -12,7 +12,6 @@ for cores. CleanRL's script is not part of rlgrid: pass the path of a copy adapt
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import re
 import subprocess
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from algorithms.common import RecordingLogger
+from experiments.registry import load_algorithm
 
 ON_POLICY = ["ppo", "ppo_kl", "a2c", "acktr", "trpo", "npg", "reinforce"]
 
@@ -42,7 +42,7 @@ def raw_env_rate(env_id: str, steps: int) -> float:
 
 
 def rlgrid_rate(algo: str, env_id: str, steps: int, eval_every: int) -> float:
-    module = importlib.import_module(f"algorithms.{algo}")
+    module = load_algorithm(algo)
     logger = RecordingLogger()
     module.train(module.Config(env_id=env_id, total_timesteps=steps, eval_every=eval_every), logger)
     return logger.series("charts/SPS")[-1][1]

@@ -6,7 +6,8 @@ The run is the speed benchmarks' run: DQN on Pong with CleanRL's `dqn_atari.py` 
 (atari_pong_sps.py), TD3, SAC and DDPG on Hopper-v5 with their defaults (offpolicy_hopper_sps.py). From its second
 `charts/SPS` reading to its last, timers are wrapped around
 - the vector env's `step`, the replay memory's `add` and `sample`;
-- every forward pass of the algorithm's own networks (the `nn.Module` classes of its file; TD3's `TwinQ.q1` too),
+- every forward pass of the algorithm's own networks (the `nn.Module` classes of its file and those it borrows from
+  `algorithms.common.networks`; TD3's `QEnsemble.first` too),
   split by batch size and grad mode: batch 1 is acting, batch 32 or 256 the update;
 - `Tensor.backward`, and the optimizers' `step` and `zero_grad`.
 The rest ("loop and small ops") is the training loop itself: targets, losses, noise, Polyak averaging, logging.
@@ -20,7 +21,6 @@ says whether twice its rate fits under that bound.
 from __future__ import annotations
 
 import argparse
-import importlib
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -31,9 +31,10 @@ import offpolicy_hopper_sps
 import torch
 import torch.nn as nn
 
-from algorithms.common import RecordingLogger
+from algorithms.common import RecordingLogger, networks
 from algorithms.common.frame_replay import FrameReplayBuffer
 from algorithms.common.replay import ReplayBuffer
+from experiments.registry import load_algorithm
 
 NETWORK_WORK = ("forward", "backward", "optimizer")  # the prefixes of the timers that count as network work
 
@@ -91,10 +92,10 @@ def forward_label(method: str) -> Callable[..., str]:
 def instrument(module: Any, timers: StepTimers) -> None:
     """Wrap the timers around the algorithm module's networks, env, replay memory, autograd and optimizers."""
     for obj in vars(module).values():
-        if isinstance(obj, type) and issubclass(obj, nn.Module) and obj.__module__ == module.__name__:
+        if isinstance(obj, type) and issubclass(obj, nn.Module) and obj.__module__ in (module.__name__, networks.__name__):
             timers.wrap(obj, "forward", forward_label(""))
-            if hasattr(obj, "q1"):  # TD3's actor loss: Q_1 through frozen weights, outside forward()
-                timers.wrap(obj, "q1", forward_label(".q1"))
+            if hasattr(obj, "first"):  # TD3's actor loss: Q_1 through frozen weights, outside forward()
+                timers.wrap(obj, "first", forward_label(".first"))
     for buffer in (ReplayBuffer, FrameReplayBuffer):
         timers.wrap(buffer, "add", "replay add")
         timers.wrap(buffer, "sample", "replay sample")
@@ -133,7 +134,7 @@ class WindowLogger(RecordingLogger):
 
 def run(algo: str, steps: int) -> tuple[StepTimers, int, float]:
     """Train `algo` as its speed benchmark does; returns the timers, the env steps and the seconds of the window."""
-    module = importlib.import_module(f"algorithms.{algo}")
+    module = load_algorithm(algo).module
     if algo == "dqn":
         cfg = atari_pong_sps.dqn_config(steps)
         readings = (steps // cfg.train_frequency - 1) // 100 + 1  # at updates 1, 101, 201, ...

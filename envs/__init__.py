@@ -11,7 +11,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from envs.vector import EnvSpec, RunningMeanStd, VecEnv, is_atari
+from envs.vector import EnvSpec, RunningMeanStd, VecEnv
 
 __all__ = [
     "EnvSpec",
@@ -46,6 +46,12 @@ def _register_optional(env_id: str) -> None:
             gym.register_envs(importlib.import_module("ale_py"))
     except ImportError:
         pass  # the lookup fails with the closest ids
+
+
+def is_atari(env_id: str) -> bool:
+    """Whether a registered id is an ALE game (`module:EnvId` ids register on make and are looked up by EnvId)."""
+    registered = gym.registry.get(env_id.split(":", 1)[-1])
+    return registered is not None and str(registered.entry_point).startswith("ale_py")
 
 
 def _spec(env_id: str) -> gym.envs.registration.EnvSpec:
@@ -130,10 +136,10 @@ def make_vec_env(
         env_kwargs=tuple(sorted((env_kwargs or {}).items())),
     )
     vec_env_class = VecEnv
-    if is_atari(env_id):
-        from envs.atari import AtariVecEnv, backend
+    if is_atari(env_id):  # the protocol's preprocessing, on the C++ path or the Python one (envs.atari)
+        from envs.atari import AtariPythonVecEnv, AtariVecEnv, backend
 
-        vec_env_class = AtariVecEnv if backend() == "vector" else VecEnv
+        vec_env_class = AtariVecEnv if backend() == "vector" else AtariPythonVecEnv
     envs = vec_env_class(spec, num_envs)
     return envs, envs.reset(seed=seed)
 

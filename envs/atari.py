@@ -142,7 +142,8 @@ class AtariGame(gym.Env):
     `terminated` is a game over, or in training under `dqn-nature` a lost life. `reset()` without a seed after a
     lost life leaves the game as it is (the vector env calls reset at every learner episode end); a new game starts
     after a game over or truncation, or when a seed is given (which reseeds the emulator and the no-op draws).
-    `info["game_end"]` is the unclipped score of a game that ended in this step."""
+    The step info says what `VecEnv` reports as episodes, whole games: `episode_continues` after a lost life that ended
+    the learner's episode, `episode_return` (the unclipped score) when a game ended."""
 
     metadata = {"render_modes": []}
 
@@ -221,7 +222,9 @@ class AtariGame(gym.Env):
         info: dict[str, Any] = {"lives": self.lives}
         if self.game_over or truncated:
             self.game_over = True
-            info["game_end"] = self.game_return
+            info["episode_return"] = self.game_return
+        elif terminated:
+            info["episode_continues"] = True
         clipped = float(np.sign(reward)) if self.settings.training else float(reward)
         return self._observation(), clipped, terminated, truncated, info
 
@@ -256,6 +259,23 @@ def make_atari_env(env_id: str, protocol: str | None = None, training: bool = Tr
 
     gym.register_envs(ale_py)
     return AtariGame(atari_settings(env_id, training, {"protocol": protocol, **kwargs}))
+
+
+class AtariPythonVecEnv(VecEnv):
+    """`VecEnv` on the Python path: one `AtariGame` per copy, with the training-only parts of the protocol (life loss,
+    reward clipping) left out of evaluation copies. Checkpoints capture every game exactly."""
+
+    def _make_copies(self, num_envs: int) -> list[gym.Env]:
+        settings = atari_settings(self.spec.env_id, self.training, dict(self.spec.env_kwargs))
+        return [AtariGame(settings) for _ in range(num_envs)]
+
+    def _load_copies_state(self, state: dict[str, Any]) -> None:
+        if "atari_vector" in state:
+            raise ValueError(
+                "this checkpoint was written on the C++ Atari path, which cannot save its games: resume it there "
+                "(RLGRID_ATARI_BACKEND=vector, the default)"
+            )
+        super()._load_copies_state(state)
 
 
 def _cpu_threads() -> int:

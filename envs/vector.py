@@ -11,6 +11,11 @@ ended, else the same as the returned one). Bootstrapping from `final_obs` is wha
 Wrapper flags, applied to the batch in this order: action clipping to the Box bounds; episode statistics
 (raw rewards); reward scaling by the std of the discounted return (as gymnasium's NormalizeReward, reset at
 every episode end) with clipping; observation normalisation by running mean/std with clipping.
+
+The episodes reported (`info["episodes"]`) are the learner's unless a copy reports its own through its step info:
+`episode_continues` (the learner's episode ended, the reported one goes on) and `episode_return` (the score of a
+reported episode that ended, e.g. unclipped where the learner's rewards are clipped). Subclasses change how the copies
+are made and stepped (`_make_copies`, `_step_copies`, ...); this module knows no particular environment.
 """
 
 from __future__ import annotations
@@ -78,10 +83,6 @@ class VecEnv:
         self.spec = spec
         self.num_envs = num_envs
         self.training = training  # False: statistics frozen (evaluation)
-        # Atari games get the standard preprocessing of their protocol (env_kwargs may name it: protocol=...), the
-        # training-only parts (life loss, reward clipping) left out of evaluation copies; episodes reported are
-        # whole games with unclipped scores.
-        self.whole_games = is_atari(spec.env_id)
         self.envs = self._make_copies(num_envs)
         self.single_observation_space, self.single_action_space = self._spaces()
         self.is_continuous = isinstance(self.single_action_space, gym.spaces.Box)
@@ -147,17 +148,9 @@ class VecEnv:
             final_obs = self._normalize_obs(raw)
         return obs_out, reward_out, terminated, truncated, {"final_obs": final_obs, "episodes": episodes}
 
-    # --- the copies: one gymnasium env each (envs.atari.AtariVecEnv: the C++ vector env) ---------------------
+    # --- the copies: one gymnasium env each (a subclass may step them otherwise, e.g. as one C++ vector env) ------
     def _make_copies(self, num_envs: int) -> list[gym.Env]:
         kwargs = dict(self.spec.env_kwargs)
-        if self.whole_games:
-            # Atari: the standard preprocessing of its protocol (env_kwargs may name it: protocol=...), the
-            # training-only parts (life loss, reward clipping) left out of evaluation copies; episodes reported
-            # are whole games with unclipped scores.
-            from envs.atari import AtariGame, atari_settings
-
-            settings = atari_settings(self.spec.env_id, self.training, kwargs)
-            return [AtariGame(settings) for _ in range(num_envs)]
         return [gym.make(self.spec.env_id, disable_env_checker=True, **kwargs) for _ in range(num_envs)]
 
     def _spaces(self) -> tuple[gym.Space, gym.Space]:
@@ -185,9 +178,8 @@ class VecEnv:
             self._episode_length[i] += 1
             if term or trunc:
                 final_raw[i] = obs
-                game_return = step_info.get("game_end")
-                if not self.whole_games or game_return is not None:  # an Atari life lost is not a game over
-                    episodic_return = game_return if game_return is not None else self._episode_return[i]
+                if not step_info.get("episode_continues", False):
+                    episodic_return = step_info.get("episode_return", self._episode_return[i])
                     episodes.append((i, float(episodic_return), int(self._episode_length[i])))
                     self._episode_return[i] = 0.0
                     self._episode_length[i] = 0
@@ -245,9 +237,6 @@ class VecEnv:
                 "action_spaces": [env.action_space.np_random.bit_generator.state for env in self.envs]}  # fmt: skip
 
     def _load_copies_state(self, state: dict[str, Any]) -> None:
-        if "atari_vector" in state:
-            raise ValueError("this checkpoint was written on the C++ Atari path, which cannot save its games: resume it "
-                             "there (RLGRID_ATARI_BACKEND=vector, the default)")  # fmt: skip
         saved = state.get("envs") or []
         if len(saved) != self.num_envs:
             raise ValueError(f"checkpoint has {len(saved)} env copies, this run has {self.num_envs}")
@@ -255,9 +244,3 @@ class VecEnv:
             env.reset()  # builds the simulator and passes OrderEnforcing; then overwrite everything
             set_env_state(env, env_state)
             env.action_space.np_random.bit_generator.state = space_state
-
-
-def is_atari(env_id: str) -> bool:
-    """Whether a registered id is an ALE game (`module:EnvId` ids register on make and are looked up by EnvId)."""
-    registered = gym.registry.get(env_id.split(":", 1)[-1])
-    return registered is not None and str(registered.entry_point).startswith("ale_py")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from algorithms.common import RunInterrupted
-from experiments.registry import config_fields, list_algorithms, load_algorithm, unknown_field_message
+from algorithms.common.cli import parse_command_line
+from experiments.registry import list_algorithms, load_algorithm
 from experiments.runs import RunDirectoryMismatch, RunSpec
 
 TRAIN_DESCRIPTION = """\
@@ -16,103 +18,76 @@ Train one run: ALGO on --env-id with --seed for --total-timesteps environment st
 
 Results go to RUNS_DIR/single/ALGO/ENV/seed<k>-<hash>/ (spec.json, config.json, metrics.jsonl,
 checkpoints/, result.json, DONE). Running the same command again resumes an unfinished run from its
-newest checkpoint, and does nothing for a finished one. Any Config field of the algorithm can be set as
---field-name value (booleans: --flag / --no-flag); `rlgrid train ALGO --help` lists them.
-"""
+newest checkpoint, and does nothing for a finished one. Every Config field of the algorithm is an option
+(booleans: --flag / --no-flag); `rlgrid train ALGO --help` lists them with their defaults."""
 
 
-def _train_parser(algo: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=f"rlgrid train {algo or 'ALGO'}",
-        description=TRAIN_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
-    )
-    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="root of run directories (default: ./runs)")
-    parser.add_argument("--track", action="store_true", help="mirror the run to Weights & Biases")
-    parser.add_argument("--wandb-mode", choices=["online", "offline", "disabled"], default=None,
-                        help="default: online if an API key is configured, else offline (then `wandb sync`)")  # fmt: skip
-    parser.add_argument("--wandb-project", default=None, help="W&B project (default: rlgrid-<suite>)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads for this run (default: 1)")
-    parser.add_argument("--checkpoint-every-steps", type=int, default=None, help="also checkpoint every N env steps")
-    parser.add_argument(
-        "--checkpoint-every-seconds", type=float, default=300.0, help="checkpoint every S seconds (default: 300)"
-    )
-    parser.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoint files kept (default: 2)")
-    parser.add_argument("--quiet", action="store_true", help="no progress display")
-    if algo is not None:
-        group = parser.add_argument_group(f"{algo} Config fields (default in brackets)")
-        for field in config_fields(load_algorithm(algo).Config).values():
-            group.add_argument(f"--{field.name.replace('_', '-')}", metavar="VALUE", help=f"{field.doc} [{field.default}]")
-    return parser
+@dataclasses.dataclass(frozen=True)
+class TrainOptions:
+    """Where and how `rlgrid train` runs (the algorithm's Config is parsed next to it, `parse_command_line`)."""
 
+    runs_dir: Path = Path("runs")
+    """root of run directories"""
+    track: bool = False
+    """mirror the run to Weights & Biases"""
+    wandb_mode: Literal["online", "offline", "disabled"] | None = None
+    """W&B mode (None: online if an API key is configured, else offline; then `wandb sync`)"""
+    wandb_project: str | None = None
+    """W&B project (None: rlgrid-<suite>)"""
+    threads: int = 1
+    """torch CPU threads for this run"""
+    checkpoint_every_steps: int | None = None
+    """also checkpoint every N env steps"""
+    checkpoint_every_seconds: float = 300.0
+    """checkpoint every S seconds of wall time"""
+    keep_checkpoints: int = 2
+    """checkpoint files kept"""
+    quiet: bool = False
+    """no progress display"""
 
-def parse_config_overrides(algo: str, args: list[str]) -> dict[str, Any]:
-    """`--field value`, `--field=value`, `--flag`, `--no-flag` -> {field: raw value}; unknown names are errors."""
-    config_cls = load_algorithm(algo).Config
-    fields = config_fields(config_cls)
-    overrides: dict[str, Any] = {}
-    i = 0
-    while i < len(args):
-        token = args[i]
-        if not token.startswith("--"):
-            raise ValueError(f"unexpected argument {token!r} (config fields are given as --name value)")
-        name, _, inline = token[2:].partition("=")
-        name = name.replace("-", "_")
-        bool_field = name in fields and fields[name].default in (True, False) and not inline
-        if name.startswith("no_") and name[3:] in fields and not inline:
-            overrides[name[3:]] = False
-            i += 1
-            continue
-        if name not in fields:
-            raise ValueError(unknown_field_message(config_cls, name, algo))
-        if inline:
-            overrides[name] = inline
-            i += 1
-        elif bool_field and (i + 1 == len(args) or args[i + 1].startswith("--")):
-            overrides[name] = True
-            i += 1
-        elif i + 1 < len(args):
-            overrides[name] = args[i + 1]
-            i += 2
-        else:
-            raise ValueError(f"--{name.replace('_', '-')} needs a value")
-    return overrides
+    def __post_init__(self) -> None:
+        if self.threads < 1 or self.keep_checkpoints < 1:
+            raise ValueError(f"--threads and --keep-checkpoints must be >= 1, got {self.threads}, {self.keep_checkpoints}")
 
 
 def cmd_train(argv: list[str]) -> int:
     from experiments.execute import RunOptions, execute_run
 
     if not argv or argv[0].startswith("-"):
-        _train_parser(None).print_help()
-        print(f"\nalgorithms: {', '.join(list_algorithms())}")
+        print(f"usage: rlgrid train ALGO [OPTIONS]\n\n{TRAIN_DESCRIPTION}\n\nalgorithms: {', '.join(list_algorithms())}")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     algo = argv[0]
     try:
-        load_algorithm(algo)
+        algorithm = load_algorithm(algo)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if "-h" in argv or "--help" in argv:
-        _train_parser(algo).print_help()
-        return 0
     try:
-        runner_args, rest = _train_parser(None).parse_known_args(argv[1:])
-    except SystemExit as exc:  # argparse has printed the problem
+        parsed = parse_command_line(
+            argv[1:], f"rlgrid train {algo}", TRAIN_DESCRIPTION, runner=TrainOptions, config=algorithm.Config
+        )
+    except SystemExit as exc:  # tyro has printed the problem, or the help
         return int(exc.code or 0)
+    runner, config = parsed["runner"], parsed["config"]
     try:
-        overrides = parse_config_overrides(algo, rest)
-        defaults = load_algorithm(algo).Config()
-        spec = RunSpec.create(algo, overrides.pop("env_id", defaults.env_id), overrides.pop("seed", defaults.seed), overrides)
+        defaults = algorithm.Config()
+        overrides = {
+            f.name: getattr(config, f.name)
+            for f in dataclasses.fields(config)
+            if getattr(config, f.name) != getattr(defaults, f.name)
+        }
+        spec = RunSpec.create(algo, config.env_id, config.seed, overrides)
         options = RunOptions(
-            runs_dir=runner_args.runs_dir, track=runner_args.track, wandb_mode=runner_args.wandb_mode,
-            wandb_project=runner_args.wandb_project, threads=runner_args.threads,
-            checkpoint_every_steps=runner_args.checkpoint_every_steps,
-            checkpoint_every_seconds=runner_args.checkpoint_every_seconds,
-            keep_checkpoints=runner_args.keep_checkpoints, progress=not runner_args.quiet,
-        )  # fmt: skip
-        if options.threads < 1 or options.keep_checkpoints < 1:
-            raise ValueError("--threads and --keep-checkpoints must be >= 1")
+            runs_dir=runner.runs_dir,
+            track=runner.track,
+            wandb_mode=runner.wandb_mode,
+            wandb_project=runner.wandb_project,
+            threads=runner.threads,
+            checkpoint_every_steps=runner.checkpoint_every_steps,
+            checkpoint_every_seconds=runner.checkpoint_every_seconds,
+            keep_checkpoints=runner.keep_checkpoints,
+            progress=not runner.quiet,
+        )
         outcome = execute_run(spec, options)
     except (ValueError, RunDirectoryMismatch) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -123,11 +98,15 @@ def cmd_train(argv: list[str]) -> int:
     result = outcome["result"]
     verb = "already finished, nothing to do" if outcome["status"] == "skipped" else "finished"
     print(f"{verb}: {outcome['run_dir']}")
-    print(f"  final eval return {result['final_eval_return']:.2f} at step {result['global_step']:,}"
-          f" ({result['steps_per_second']:,.0f} steps/s)")  # fmt: skip
+    print(
+        f"  final eval return {result['final_eval_return']:.2f} at step {result['global_step']:,}"
+        f" ({result['steps_per_second']:,.0f} steps/s)"
+    )
     if result.get("resumed_from_step"):
-        print(f"  resumed from step {result['resumed_from_step']:,}; {result['total_wall_time_s']:,.0f} s of training"
-              " over all of the run's processes")  # fmt: skip
+        print(
+            f"  resumed from step {result['resumed_from_step']:,}; {result['total_wall_time_s']:,.0f} s of training"
+            " over all of the run's processes"
+        )
     return 0
 
 
@@ -147,16 +126,28 @@ def cmd_run(argv: list[str]) -> int:
     from experiments.grid import GridOptions, GridRunner, plan
     from experiments.suite import SuiteError, load_suite
 
-    parser = argparse.ArgumentParser(prog="rlgrid run", description=RUN_DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="rlgrid run",
+        description=RUN_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
     parser.add_argument("suite", help="suite file or shipped suite name (e.g. quickstart, mujoco_1m)")
-    parser.add_argument("--executor", choices=["local", "inline", "ray", "slurm"], default="local",
-                        help="local: a process per run, N at once (default); inline: one by one in this process; "
-                             "ray: a task per run on a Ray cluster; slurm: submitit job arrays")  # fmt: skip
+    parser.add_argument(
+        "--executor",
+        choices=["local", "inline", "ray", "slurm"],
+        default="local",
+        help="local: a process per run, N at once (default); inline: one by one in this process; "
+        "ray: a task per run on a Ray cluster; slurm: submitit job arrays",
+    )
     parser.add_argument("--slurm-partition", default=None, help="Slurm partition")
     parser.add_argument("--slurm-time-min", type=int, default=240, help="time limit per job, minutes (requeued after)")
-    parser.add_argument("--slurm-cluster", default=None, choices=["slurm", "local", "debug"],
-                        help="submitit backend (default: Slurm when available; local/debug run here)")  # fmt: skip
+    parser.add_argument(
+        "--slurm-cluster",
+        default=None,
+        choices=["slurm", "local", "debug"],
+        help="submitit backend (default: Slurm when available; local/debug run here)",
+    )
     parser.add_argument("--ray-address", default=None, help="Ray cluster address or 'auto' (default: start a local one)")
     parser.add_argument("--workers", type=int, default=None, help="runs at once (default: cores / threads per run)")
     parser.add_argument("--threads-per-run", type=int, default=1, help="torch threads per run (default: 1)")
@@ -190,17 +181,33 @@ def cmd_run(argv: list[str]) -> int:
         return 0
     # Local runs default to filling the cores; elsewhere (Ray, Slurm) no limit unless asked.
     workers = args.workers or (max(1, (os.cpu_count() or 1) // args.threads_per_run) if args.executor == "local" else None)
-    run_options = RunOptions(runs_dir=args.runs_dir, track=args.track, wandb_mode=args.wandb_mode,
-                             threads=args.threads_per_run, checkpoint_every_seconds=args.checkpoint_every_seconds,
-                             checkpoint_every_steps=args.checkpoint_every_steps,
-                             progress=args.executor == "inline", quiet_tracking=args.executor != "inline")  # fmt: skip
-    grid = GridOptions(executor=args.executor, workers=workers, retries=args.retries, gpus_per_run=args.gpus_per_run,
-                       progress_interval_s=args.progress_interval, ray_address=args.ray_address,
-                       slurm_partition=args.slurm_partition, slurm_time_min=args.slurm_time_min,
-                       slurm_cluster=args.slurm_cluster)  # fmt: skip
+    run_options = RunOptions(
+        runs_dir=args.runs_dir,
+        track=args.track,
+        wandb_mode=args.wandb_mode,
+        threads=args.threads_per_run,
+        checkpoint_every_seconds=args.checkpoint_every_seconds,
+        checkpoint_every_steps=args.checkpoint_every_steps,
+        progress=args.executor == "inline",
+        quiet_tracking=args.executor != "inline",
+    )
+    grid = GridOptions(
+        executor=args.executor,
+        workers=workers,
+        retries=args.retries,
+        gpus_per_run=args.gpus_per_run,
+        progress_interval_s=args.progress_interval,
+        ray_address=args.ray_address,
+        slurm_partition=args.slurm_partition,
+        slurm_time_min=args.slurm_time_min,
+        slurm_cluster=args.slurm_cluster,
+    )
     at_once = workers or "as many as the cluster takes"
-    print(f"{suite.name}: {len(rows)} runs ({sum(1 for _, s in rows if s == 'done')} already done), {at_once} at once, "
-          f"{args.threads_per_run} thread(s) each -> {args.runs_dir / suite.name}", flush=True)  # fmt: skip
+    print(
+        f"{suite.name}: {len(rows)} runs ({sum(1 for _, s in rows if s == 'done')} already done), {at_once} at once, "
+        f"{args.threads_per_run} thread(s) each -> {args.runs_dir / suite.name}",
+        flush=True,
+    )
     if args.track:
         from experiments.tracking import resolve_wandb_mode
 
@@ -212,9 +219,12 @@ def cmd_run(argv: list[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     counts = summary["counts"]
-    print(f"\n{suite.name}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-          + f" in {summary['wall_time_s']:.0f} s, {summary['env_steps_this_invocation']:,} env steps"
-          f" ({summary['aggregate_steps_per_second']:,.0f} steps/s)")  # fmt: skip
+    print(
+        f"\n{suite.name}: "
+        + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        + f" in {summary['wall_time_s']:.0f} s, {summary['env_steps_this_invocation']:,} env steps"
+        f" ({summary['aggregate_steps_per_second']:,.0f} steps/s)"
+    )
     for row in summary["runs_detail"]:
         if row["status"] in ("failed", "diverged"):
             print(
@@ -267,11 +277,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     commands = {"train": cmd_train, "run": cmd_run, "report": cmd_report, "tune": cmd_tune, "tune-report": cmd_tune_report}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
-        print("usage: rlgrid COMMAND ...\n\ncommands:\n  train   train one run (rlgrid train --help)"
-              "\n  run     run a suite: a seeded grid (rlgrid run --help)"
-              "\n  report  tables, figures, reference verdicts and report.html from runs (rlgrid report --help)"
-              "\n  tune    Optuna search over a study file, any number of workers (rlgrid tune --help)"
-              "\n  tune-report  best trials, search figures, best config as a suite (rlgrid tune-report --help)")  # fmt: skip
+        print(
+            "usage: rlgrid COMMAND ...\n\ncommands:\n  train   train one run (rlgrid train --help)"
+            "\n  run     run a suite: a seeded grid (rlgrid run --help)"
+            "\n  report  tables, figures, reference verdicts and report.html from runs (rlgrid report --help)"
+            "\n  tune    Optuna search over a study file, any number of workers (rlgrid tune --help)"
+            "\n  tune-report  best trials, search figures, best config as a suite (rlgrid tune-report --help)"
+        )
         if argv and argv[0] not in ("-h", "--help"):
             print(f"\nerror: unknown command {argv[0]!r}", file=sys.stderr)
             return 2

@@ -18,7 +18,7 @@ import torch
 
 from algorithms.common import Checkpointer, ConsoleLogger, RunInterrupted, RunPaused
 from envs import validate_env_id
-from experiments.registry import check_env_support, load_algorithm
+from experiments.registry import load_algorithm
 from experiments.runs import JsonlLogger, RunDirectory, RunSpec
 
 
@@ -58,10 +58,10 @@ class MultiLogger:
 
 def validate_spec(spec: RunSpec) -> Any:
     """Everything that can be checked before compute is spent; returns the resolved Config."""
-    load_algorithm(spec.algo)
+    algorithm = load_algorithm(spec.algo)
     config = spec.config()
     validate_env_id(spec.env_id)
-    check_env_support(spec.algo, spec.env_id)
+    algorithm.check_env(spec.env_id)
     return config
 
 

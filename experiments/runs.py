@@ -102,8 +102,10 @@ class RunDirectory:
         config_dict = dataclasses.asdict(config)
         if self.spec_file.exists():
             old_config = json.loads(self.config_file.read_text())
-            diff = {k: (old_config.get(k), v) for k, v in config_dict.items() if old_config.get(k) != v}
-            diff.update({k: (v, "<absent>") for k, v in old_config.items() if k not in config_dict})
+            # The directory's name hashes every non-default value, so a field only one side has (added to or removed
+            # from the Config since the directory was made, e.g. when ppo_kl became ppo's objective option) was at its
+            # default on both: only the values both sides have can differ, which happens when a default changed.
+            diff = {k: (old_config[k], v) for k, v in config_dict.items() if k in old_config and old_config[k] != v}
             if diff:
                 lines = "\n".join(f"  {k}: directory has {a!r}, this run has {b!r}" for k, (a, b) in sorted(diff.items()))
                 raise RunDirectoryMismatch(

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from envs import validate_env_id
-from experiments.registry import check_env_support, config_fields, convert_value, list_algorithms, load_algorithm, make_config
+from experiments.registry import config_fields, convert_value, list_algorithms, load_algorithm, make_config
 from experiments.suite import resolve_named_file, suggest
 
 if sys.version_info >= (3, 11):
@@ -261,7 +261,7 @@ def load_study(name_or_path: str) -> Study:
     for i, env_id in enumerate(env_ids):
         try:
             validate_env_id(str(env_id))
-            check_env_support(algo, str(env_id))
+            load_algorithm(algo).check_env(str(env_id))
         except ValueError as exc:
             problems.append(f"env_ids[{i}]: {exc}")
     seeds, export_seeds = data.get("seeds", []), data.get("export_seeds", [])

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from envs import ENV_FAMILIES, env_family, validate_env_id
-from experiments.registry import check_env_support, config_fields, convert_value, list_algorithms, load_algorithm
+from experiments.registry import config_fields, convert_value, list_algorithms, load_algorithm
 from experiments.runs import RunSpec
 
 if sys.version_info >= (3, 11):
@@ -181,7 +181,7 @@ def load_suite(name_or_path: str) -> Suite:
                 overrides = {**common_clean, **algo_flat, **algo_families.get(family, {}), **variant_overrides}
                 try:  # Config.__post_init__ checks ranges and combinations, once per grid cell
                     RunSpec.create(algo, env_id, seeds[0] if seeds else 1, overrides).config()
-                    check_env_support(algo, env_id)
+                    load_algorithm(algo).check_env(env_id)
                 except ValueError as exc:
                     problems.append(f"{algo} x {env_id} x {variant_name}: {exc}")
                     continue

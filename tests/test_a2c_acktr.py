@@ -9,9 +9,8 @@ import torch
 import torch.nn as nn
 
 from algorithms import a2c, acktr
-from algorithms.a2c import a2c_loss
 from algorithms.acktr import KFAC, conv_factors, kfac_precondition, linear_factors, trust_region_step_size
-from algorithms.ppo import compute_gae
+from algorithms.common.policy_gradient import a2c_loss, compute_gae
 
 
 @pytest.fixture
@@ -184,10 +183,10 @@ def test_acktr_takes_a_trust_region_step_on_a_cnn_policy():
     """A CNN agent's every parameter is covered by a Kronecker block (conv and linear layers), and one K-FAC step
     changes the policy by about the trust region's KL (the predicted KL is kl_clip / 2). MinAtar's torso: the
     Nature CNN's 3137-input layer makes the eigendecomposition take a minute here."""
-    from algorithms.ppo import Agent
+    from algorithms.common.networks import ActorCritic
 
     torch.manual_seed(8)
-    agent = Agent((10, 10, 4), action_dim=6, continuous=False, hidden=64)
+    agent = ActorCritic((10, 10, 4), action_dim=6, continuous=False, hidden=64)
     kfac = KFAC(agent, lr=10.0, kl_clip=0.002, damping=1e-3, stat_decay=0.0, momentum=0.0)
     assert {m for m in kfac.layers if isinstance(m, nn.Conv2d)} == {m for m in agent.modules() if isinstance(m, nn.Conv2d)}
     obs = (torch.rand(32, 10, 10, 4) < 0.2).float()

@@ -91,7 +91,7 @@ def test_life_loss_ends_training_episodes_under_dqn_nature_only():
     env = make_atari_env("ALE/Breakout-v5", protocol="dqn-nature")
     steps = list(play(env, actions, seed=7))
     lives = env.ale.lives()
-    assert steps[-1][3] and "game_end" not in steps[-1][5] and lives == 4  # one life lost: the game goes on
+    assert steps[-1][3] and "episode_return" not in steps[-1][5] and lives == 4  # one life lost: the game goes on
     obs, _ = env.reset()  # continues the same game: no new game, no no-op, the same frames
     assert env.ale.lives() == 4 and np.array_equal(obs, steps[-1][1])
 
@@ -99,7 +99,7 @@ def test_life_loss_ends_training_episodes_under_dqn_nature_only():
         env = make_atari_env("ALE/Breakout-v5", protocol=protocol, training=training, repeat_action_probability=0.0)
         steps = list(play(env, actions, seed=7))
         assert steps[-1][3] or steps[-1][4]
-        score = steps[-1][5]["game_end"]  # a whole game: all five lives
+        score = steps[-1][5]["episode_return"]  # a whole game: all five lives
         assert env.ale.lives() == 0 and env.ale.getEpisodeFrameNumber() > 4 * (len(steps) - 1)  # the last skip may stop early
         rewards = sum(step[2] for step in steps)
         assert score == rewards if not training else score >= rewards  # Breakout's raw rewards are 1, 4 or 7
@@ -129,7 +129,7 @@ def test_the_id_picks_the_protocol():
 def _play_vector(backend: str, env_id: str, num_envs: int, steps: int, monkeypatch, evaluation: bool = False) -> list:
     monkeypatch.setenv("RLGRID_ATARI_BACKEND", backend)
     envs, obs = make_vec_env(env_id, num_envs, seed=3)
-    assert type(envs).__name__ == ("AtariVecEnv" if backend == "vector" else "VecEnv")
+    assert type(envs).__name__ == ("AtariVecEnv" if backend == "vector" else "AtariPythonVecEnv")
     if evaluation:
         train, envs = envs, envs.frozen_copy(num_envs)
         train.close()

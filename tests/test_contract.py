@@ -1,9 +1,11 @@
-"""The algorithm contract: every algorithm module is discovered, has smoke settings, runs, and is deterministic."""
+"""The algorithm contract: every algorithm module (and each variant it registers) is discovered, has smoke settings,
+runs, and is deterministic."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
-import importlib
+import inspect
 import math
 import pkgutil
 
@@ -11,7 +13,7 @@ import pytest
 
 import algorithms
 from algorithms.common import RecordingLogger, TrainResult
-from experiments.registry import config_fields, list_algorithms
+from experiments.registry import config_fields, list_algorithms, load_algorithm
 
 ALGOS = list_algorithms()
 REQUIRED_KEYS = {"charts/episodic_return", "charts/episodic_length", "charts/SPS", "eval/episodic_return"}
@@ -19,29 +21,49 @@ SMOKE_ENVS = {"discrete": "CartPole-v1", "continuous": "Pendulum-v1"}
 
 
 def supported(algo: str) -> tuple[str, ...]:
-    return importlib.import_module(f"algorithms.{algo}").ACTION_SPACES
+    return load_algorithm(algo).ACTION_SPACES
 
 
 CASES = [(algo, kind) for algo in ALGOS for kind in sorted(SMOKE_ENVS) if kind in supported(algo)]
 IMAGE_ENV = "MinAtar/Breakout-v1"
 """the image smoke task: MinAtar's 10 x 10 grids run the CNN branch in seconds (Atari frames are in test_resume)"""
-IMAGE_ALGOS = [algo for algo in ALGOS if "image" in importlib.import_module(f"algorithms.{algo}").OBSERVATIONS]
+IMAGE_ALGOS = [algo for algo in ALGOS if "image" in load_algorithm(algo).OBSERVATIONS]
 
 
 def smoke_config(algo: str, env_id: str, seed: int = 1):
-    module = importlib.import_module(f"algorithms.{algo}")
+    module = load_algorithm(algo)
     return module, module.Config(**{**module.SMOKE, "env_id": env_id, "seed": seed})
 
 
-def test_every_algorithm_module_is_discovered():
+def field_docstrings(config_cls: type) -> dict[str, str]:
+    """The string literal under each field of a Config and of the dataclasses it extends (what `--help` shows)."""
+    docs: dict[str, str] = {}
+    for cls in reversed([c for c in config_cls.__mro__ if dataclasses.is_dataclass(c)]):
+        try:
+            body = ast.parse(inspect.getsource(cls)).body[0].body
+        except (OSError, TypeError):  # a variant's generated Config: its fields' docstrings are its base's
+            continue
+        for node, following in zip(body, body[1:]):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
+            ):
+                docs[node.target.id] = str(following.value.value).strip()
+    return docs
+
+
+def test_every_algorithm_module_and_variant_is_discovered():
     modules = {m.name for m in pkgutil.iter_modules(algorithms.__path__) if not m.ispkg and not m.name.startswith("_")}
     assert modules, "no algorithm modules found"
-    assert set(ALGOS) == modules, f"modules without Config/train: {modules - set(ALGOS)}"
+    variants = {name for algo in modules for name in getattr(load_algorithm(algo).module, "VARIANTS", {})}
+    assert set(ALGOS) == modules | variants, f"modules without Config/train: {modules - set(ALGOS)}"
+    assert {"ppo_kl", "npg", "ddpg", "double_dqn"} <= variants, "the registered names suites and run directories use"
 
 
 @pytest.mark.parametrize("algo", ALGOS)
 def test_config_contract(algo):
-    module = importlib.import_module(f"algorithms.{algo}")
+    module = load_algorithm(algo)
     assert isinstance(module.SMOKE, dict) and module.SMOKE, f"{algo} has no smoke settings"
     assert set(module.ACTION_SPACES) <= set(SMOKE_ENVS) and module.ACTION_SPACES, f"{algo}: ACTION_SPACES"
     assert "vector" in module.OBSERVATIONS and set(module.OBSERVATIONS) <= {"vector", "image"}, f"{algo}: OBSERVATIONS"
@@ -50,7 +72,8 @@ def test_config_contract(algo):
     fields = config_fields(module.Config)
     for common in ("env_id", "seed", "total_timesteps", "num_envs", "eval_every", "eval_episodes", "device", "compile"):
         assert common in fields, f"{algo}.Config lacks {common}"
-    undocumented = [name for name, f in fields.items() if not f.doc]
+    docs = field_docstrings(module.Config)
+    undocumented = [name for name in fields if not docs.get(name)]
     assert not undocumented, f"fields without a docstring: {undocumented}"
     with pytest.raises(ValueError):
         module.Config(total_timesteps=0)
@@ -127,7 +150,5 @@ def test_smoke_run_on_images_with_the_cnn_torso(algo):
 @pytest.mark.parametrize("algo", [a for a in ALGOS if a not in IMAGE_ALGOS and "discrete" in supported(a)])
 def test_an_algorithm_without_a_cnn_refuses_image_observations_before_it_starts(algo):
     """(The continuous-action-only ones are refused MinAtar by the action check already.)"""
-    from experiments.registry import check_env_support
-
     with pytest.raises(ValueError, match="no CNN"):
-        check_env_support(algo, IMAGE_ENV)
+        load_algorithm(algo).check_env(IMAGE_ENV)

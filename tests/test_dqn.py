@@ -6,9 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from algorithms import double_dqn, dqn
+from algorithms import dqn
 from algorithms.common import NullLogger
+from algorithms.common.networks import soft_update
 from algorithms.common.replay import ReplayBuffer
+from experiments.registry import load_algorithm
+
+double_dqn = load_algorithm("double_dqn")  # dqn.py with double_q=True
 
 REWARDS, TERMINATED = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.0, 1.0, 0.0])
 NEXT_Q_TARGET = torch.tensor([[1.0, 5.0], [2.0, 3.0], [4.0, 0.0]])
@@ -47,9 +51,9 @@ def test_epsilon_schedule_and_target_update():
     assert dqn.linear_schedule(1.0, 0.05, 100, 1000) == 0.05
     target, source = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
     before = target.weight.detach().clone()
-    dqn.soft_update(target, source, 0.25)
+    soft_update(target, source, 0.25)
     torch.testing.assert_close(target.weight, 0.75 * before + 0.25 * source.weight)
-    dqn.soft_update(target, source, 1.0)
+    soft_update(target, source, 1.0)
     torch.testing.assert_close(target.weight, source.weight)
 
 

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import pytest
 
-from algorithms import ddpg, sac, td3
+from algorithms import sac, td3
 from algorithms.common import NullLogger
+from experiments.registry import load_algorithm
+
+ddpg = load_algorithm("ddpg")  # td3.py without clipped double-Q and target smoothing
 
 PENDULUM = {"env_id": "Pendulum-v1", "total_timesteps": 20_000, "learning_starts": 1_000, "hidden_size": 64,
             "eval_every": 0, "eval_episodes": 10}  # fmt: skip

@@ -21,9 +21,12 @@ import numpy as np
 import pytest
 import torch
 
-from algorithms import ppo_kl
 from algorithms.common import NullLogger, RecordingLogger
-from algorithms.ppo_kl import adapt_beta, categorical_kl, gaussian_kl, kl_penalty_loss
+from algorithms.common.distributions import categorical_kl, gaussian_kl
+from algorithms.ppo import adapt_beta, kl_penalty_loss
+from experiments.registry import load_algorithm
+
+ppo_kl = load_algorithm("ppo_kl")  # ppo.py with objective="kl"
 
 TARGET = 0.01
 

@@ -16,8 +16,11 @@ from torch.distributions import Categorical, Normal, kl_divergence
 from torch.func import functional_call
 from torch.nn.utils import parameters_to_vector
 
-from algorithms import npg, trpo
+from algorithms import trpo
 from algorithms.common import NullLogger
+from experiments.registry import load_algorithm
+
+npg = load_algorithm("npg")  # trpo.py with line_search=False
 
 OBS_DIM, ACTION_DIM, HIDDEN, BATCH = 3, 3, 4, 64
 
@@ -25,7 +28,7 @@ OBS_DIM, ACTION_DIM, HIDDEN, BATCH = 3, 3, 4, 64
 def tiny_batch(continuous: bool, seed: int = 0):
     """A float64 policy with 3-4-4-3 layers and a batch of its own actions with random advantages (normalised)."""
     torch.manual_seed(seed)
-    policy = npg.Policy(OBS_DIM, ACTION_DIM, continuous, HIDDEN).double()
+    policy = trpo.Policy(OBS_DIM, ACTION_DIM, continuous, HIDDEN).double()
     with torch.no_grad():  # larger output weights than the 0.01 init, so the action distributions differ by state
         policy.net[-1].weight.normal_(0.0, 0.5)
     g = torch.Generator().manual_seed(seed)
@@ -80,7 +83,7 @@ def test_fisher_vector_product_is_the_hessian_of_the_mean_kl(continuous):
     params = list(policy.parameters())
     with torch.no_grad():
         old_out = policy(obs)
-    fvp = npg.fisher_vector_product(npg.kl_divergence(old_out, policy(obs), continuous).mean(), params, damping=0.1)
+    fvp = trpo.fisher_vector_product(trpo.kl_divergence(old_out, policy(obs), continuous).mean(), params, damping=0.1)
     for seed in range(3):
         v = torch.randn(fisher.shape[0], generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         torch.testing.assert_close(fvp(v), fisher @ v + 0.1 * v, rtol=1e-9, atol=1e-12)
@@ -89,7 +92,7 @@ def test_fisher_vector_product_is_the_hessian_of_the_mean_kl(continuous):
         for a in range(ACTION_DIM):
             log_probs = policy(obs)[:, a]
             for s in range(BATCH):
-                score = npg.flat_grad(log_probs[s], params, retain_graph=True)
+                score = trpo.flat_grad(log_probs[s], params, retain_graph=True)
                 expected += old_out[s, a].exp() * torch.outer(score, score) / BATCH
         torch.testing.assert_close(fisher, expected, rtol=1e-9, atol=1e-12)
 
@@ -103,18 +106,18 @@ def test_conjugate_gradient_solves_the_damped_fisher_system(continuous):
     params = list(policy.parameters())
     with torch.no_grad():
         old_out = policy(obs)
-        old_log_probs = npg.log_prob(old_out, actions, continuous)
+        old_log_probs = trpo.log_prob(old_out, actions, continuous)
     out = policy(obs)
-    g = npg.flat_grad(npg.surrogate(out, actions, old_log_probs, advantages, continuous), params, retain_graph=True)
-    fvp = npg.fisher_vector_product(npg.kl_divergence(old_out, out, continuous).mean(), params, damping)
+    g = trpo.flat_grad(trpo.surrogate(out, actions, old_log_probs, advantages, continuous), params, retain_graph=True)
+    fvp = trpo.fisher_vector_product(trpo.kl_divergence(old_out, out, continuous).mean(), params, damping)
     exact = torch.linalg.solve(fisher, g)
-    solved = npg.conjugate_gradient(fvp, g, iterations=4 * len(g), residual_tol=1e-24)
+    solved = trpo.conjugate_gradient(fvp, g, iterations=4 * len(g), residual_tol=1e-24)
     torch.testing.assert_close(solved, exact, rtol=1e-6, atol=1e-9)
     # A few iterations already give most of the direction: the 10 CG steps used by default leave a small residual.
-    truncated = npg.conjugate_gradient(fvp, g, iterations=10)
+    truncated = trpo.conjugate_gradient(fvp, g, iterations=10)
     assert torch.linalg.norm(fisher @ truncated - g) < 0.5 * torch.linalg.norm(g)
     # The natural step is that direction scaled onto the KL radius: s^T (F + damping I) s = 2 delta.
-    step, expected, _, _ = npg.natural_step(policy, obs, actions, advantages, 0.01, 4 * len(g), damping)
+    step, expected, _, _ = trpo.natural_step(policy, obs, actions, advantages, 0.01, 4 * len(g), damping)
     torch.testing.assert_close(step @ fisher @ step, torch.tensor(0.02, dtype=torch.float64), rtol=1e-6, atol=0)
     assert torch.nn.functional.cosine_similarity(step, exact, dim=0) > 1 - 1e-6  # CG stops at residual^2 < 1e-10
     assert expected > 0
@@ -131,8 +134,10 @@ def test_npg_takes_the_step_to_the_kl_radius(continuous, damping):
     theta_old = parameters_to_vector(policy.parameters()).detach().clone()
     with torch.no_grad():
         old_out = policy(obs)
-    step, *_ = npg.natural_step(policy, obs, actions, advantages, max_kl, cg_iters=10, cg_damping=damping)
-    stats = npg.npg_update(policy, obs, actions, advantages, max_kl, cg_iters=10, cg_damping=damping)
+    step, *_ = trpo.natural_step(policy, obs, actions, advantages, max_kl, cg_iters=10, cg_damping=damping)
+    stats = trpo.policy_update(
+        policy, obs, actions, advantages, trpo.Config(max_kl=max_kl, cg_damping=damping, line_search=False)
+    )
     torch.testing.assert_close(parameters_to_vector(policy.parameters()) - theta_old, step.detach(), rtol=1e-9, atol=1e-12)
     assert (step @ fisher @ step + damping * step @ step).item() / 2 == pytest.approx(max_kl, rel=1e-9)
     kl = reference_kl(old_out, policy(obs).detach(), continuous).item()
@@ -152,8 +157,7 @@ def test_trpo_update_measured_afterwards_keeps_the_kl_and_improves_the_surrogate
     theta_old = parameters_to_vector(policy.parameters()).detach().clone()
     with torch.no_grad():
         old_out = policy(obs)
-    stats = trpo.trpo_update(policy, obs, actions, advantages, max_kl, cg_iters=10, cg_damping=damping,
-                             backtrack_coef=0.5, backtrack_iters=10)  # fmt: skip
+    stats = trpo.policy_update(policy, obs, actions, advantages, trpo.Config(max_kl=max_kl, cg_damping=damping))
     kl = reference_kl(old_out, policy(obs).detach(), continuous).item()
     improvement = (reference_surrogate(policy, old_out, obs, actions, advantages, continuous) - advantages.mean()).item()
     assert stats["step_fraction"] > 0 and not torch.equal(parameters_to_vector(policy.parameters()), theta_old)
@@ -162,7 +166,7 @@ def test_trpo_update_measured_afterwards_keeps_the_kl_and_improves_the_surrogate
     if max_kl == 0.5:
         assert stats["step_fraction"] < 1.0
         npg_policy, *_ = tiny_batch(continuous, seed=1)
-        npg.npg_update(npg_policy, obs, actions, advantages, max_kl, cg_iters=10, cg_damping=damping)
+        trpo.policy_update(npg_policy, obs, actions, advantages, npg.Config(max_kl=max_kl, cg_damping=damping))
         assert reference_kl(old_out, npg_policy(obs).detach(), continuous).item() > max_kl
 
 
@@ -174,7 +178,7 @@ def trials(policy, obs, actions, advantages, continuous, full_step):
     seen = []
 
     def evaluate(fraction):
-        npg.set_flat_params(policy, theta_old + fraction * full_step)
+        trpo.set_flat_params(policy, theta_old + fraction * full_step)
         improvement = (reference_surrogate(policy, old_out, obs, actions, advantages, continuous) - advantages.mean()).item()
         kl = reference_kl(old_out, policy(obs).detach(), continuous).item()
         seen.append((fraction, improvement, kl))
@@ -189,7 +193,7 @@ def test_line_search_rejects_steps_outside_the_trust_region(continuous):
     (about 1/10, that is 1/16 with halving), and with too few trials it takes no step at all."""
     policy, obs, actions, advantages = tiny_batch(continuous, seed=2)
     max_kl = 0.01
-    step, *_ = npg.natural_step(policy, obs, actions, advantages, max_kl, cg_iters=10, cg_damping=0.1)
+    step, *_ = trpo.natural_step(policy, obs, actions, advantages, max_kl, cg_iters=10, cg_damping=0.1)
     evaluate, seen = trials(policy, obs, actions, advantages, continuous, 10.0 * step)
     fraction = trpo.line_search(evaluate, max_kl, backtrack_coef=0.5, backtrack_iters=10)
     assert seen[0][1] > 0 and seen[0][2] > max_kl  # the full step: better surrogate, outside the region
@@ -206,17 +210,17 @@ def test_line_search_rejects_a_step_that_worsens_the_surrogate(continuous):
     """The reversed natural step stays inside the KL ball but lowers the surrogate at every fraction: no step."""
     policy, obs, actions, advantages = tiny_batch(continuous, seed=3)
     max_kl = 0.01
-    step, *_ = npg.natural_step(policy, obs, actions, advantages, max_kl, cg_iters=10, cg_damping=0.1)
+    step, *_ = trpo.natural_step(policy, obs, actions, advantages, max_kl, cg_iters=10, cg_damping=0.1)
     evaluate, seen = trials(policy, obs, actions, advantages, continuous, -step)
     assert trpo.line_search(evaluate, max_kl, backtrack_coef=0.5, backtrack_iters=10) == 0.0
     assert len(seen) == 10
     assert all(kl <= max_kl and improvement < 0 for _, improvement, kl in seen), seen
 
 
-def test_configs_share_the_defaults_and_trpo_adds_the_line_search():
+def test_npg_is_trpo_without_the_line_search():
     npg_fields, trpo_fields = vars(npg.Config()), vars(trpo.Config())
-    assert set(trpo_fields) - set(npg_fields) == {"backtrack_iters", "backtrack_coef"}
-    assert all(trpo_fields[k] == v for k, v in npg_fields.items())
+    assert {k for k, v in trpo_fields.items() if npg_fields[k] != v} == {"line_search"}
+    assert trpo_fields["line_search"] and not npg_fields["line_search"]
     defaults = npg.Config()
     assert (defaults.max_kl, defaults.cg_iters, defaults.cg_damping, defaults.num_steps) == (0.01, 10, 0.1, 2048)
     with pytest.raises(ValueError, match="backtrack_coef"):

@@ -1,6 +1,12 @@
-"""Plumbing shared by every algorithm: seeding, logging, results, checkpoints.
+"""What algorithm files borrow (see the sharing rule in the README's layout section).
 
-Nothing here changes learning dynamics (see the sharing rule in DESIGN.md).
+- protocol and plumbing: `RunConfig` (config.py), seeding, `RunState` (run.py: resume, evaluation, the result),
+  checkpoints, loggers, the command line of an algorithm file (cli.py), on-policy rollout storage and replay memories;
+- networks and maths used by two or more algorithms: networks.py (actor-critic MLPs, Q ensembles, target updates),
+  torsos.py (CNNs for images), distributions.py (Gaussian and categorical policies), policy_gradient.py (GAE, the
+  A2C loss).
+
+Nothing here imports an algorithm file or the runner.
 """
 
 from algorithms.common.checkpoint import Checkpointer, RunInterrupted, RunPaused, restore_rng_state, rng_state

@@ -135,25 +135,3 @@ class ConsoleLogger:
         elif self.line_open:
             self.stream.write("\n")
             self.stream.flush()
-
-
-def train_from_cli(config_class: type, train: Any) -> None:
-    """The `__main__` of every algorithm file: parse `config_class` from the command line (tyro: `--help` lists
-    every field with its docstring) and train with a console progress display."""
-    import tyro
-
-    config = tyro.cli(config_class)
-    from pathlib import Path
-
-    from envs import check_env_support
-
-    module = sys.modules[train.__module__]  # "__main__" when run as a script
-    try:
-        check_env_support(config.env_id, Path(module.__file__).stem, module.ACTION_SPACES, module.OBSERVATIONS)
-    except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from None
-    logger = ConsoleLogger(total_steps=config.total_timesteps)
-    try:
-        train(config, logger)
-    finally:
-        logger.close()

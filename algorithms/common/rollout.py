@@ -1,20 +1,17 @@
 """Storage for one on-policy rollout: T steps in N env copies, filled step by step, read back as tensors.
 
-Plumbing shared by the on-policy algorithms (PPO, PPO-KL, A2C, ACKTR, NPG/TRPO): what is stored and how the
+Plumbing shared by the on-policy algorithms (PPO and PPO-KL, A2C, ACKTR, TRPO and NPG): what is stored and how the
 env is stepped is the same for all of them; what they compute from it (log-probs, values, advantages) stays
 in each file.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from algorithms.common.evaluation import record_episodes
-from algorithms.common.logging import Logger
 from envs.vector import VecEnv
 
 
@@ -29,8 +26,9 @@ class RolloutBatch:
 
 
 class RolloutStorage:
-    def __init__(self, num_steps: int, num_envs: int, obs_shape: tuple[int, ...], action_shape: tuple[int, ...],
-                 continuous: bool) -> None:  # fmt: skip
+    def __init__(
+        self, num_steps: int, num_envs: int, obs_shape: tuple[int, ...], action_shape: tuple[int, ...], continuous: bool
+    ) -> None:
         T, N = num_steps, num_envs
         self.obs = np.zeros((T, N, *obs_shape), np.float32)
         self.final_obs = np.zeros((T, N, *obs_shape), np.float32)
@@ -39,16 +37,16 @@ class RolloutStorage:
         self.truncated = np.zeros((T, N), bool)
         self.actions = torch.zeros((T, N, *action_shape), dtype=torch.float32 if continuous else torch.long)
 
-    def step(self, envs: VecEnv, t: int, obs: np.ndarray, action: np.ndarray, recent_returns: deque[float],
-             logger: Logger, global_step: int) -> np.ndarray:  # fmt: skip
-        """Store (s_t, a_t), step every env copy with `action`, store what comes back, log finished episodes;
-        return the next observation (after an automatic reset where an episode ended)."""
+    def step(
+        self, envs: VecEnv, t: int, obs: np.ndarray, action: np.ndarray
+    ) -> tuple[np.ndarray, list[tuple[int, float, int]]]:
+        """Store (s_t, a_t), step every env copy with `action` and store what comes back. Returns the next observation
+        (after an automatic reset where an episode ended) and the training episodes that ended (`info["episodes"]`)."""
         self.obs[t] = obs
         self.actions[t] = torch.from_numpy(action)
         next_obs, self.rewards[t], self.terminated[t], self.truncated[t], info = envs.step(action)
         self.final_obs[t] = info["final_obs"]
-        record_episodes(info["episodes"], recent_returns, logger, global_step)
-        return next_obs
+        return next_obs, info["episodes"]
 
     def tensors(self, device: torch.device) -> RolloutBatch:
         terminated = torch.from_numpy(self.terminated).to(device)
