@@ -9,11 +9,12 @@ y = r + gamma Q'(s', mu'(s')), target networks tracking by Polyak averaging, an 
 policy gradient (Silver et al. 2014, eq. 6) through the critic, exploration noise on the actions.
 
 TD3 is DDPG with three changes, and its paper's ablation study adds each of them to, and removes each from, a DDPG
-with TD3's architecture and hyperparameters ("AHE"). `twin_critics=False, policy_noise=0` (registered as `ddpg`) is that DDPG with the delayed
-policy updates kept: exactly CleanRL's `ddpg_continuous_action.py` (based on `OurDDPG.py` of the TD3 authors'
-repository, with `policy_frequency` 2). Its differences from Lillicrap et al., taken from that re-tuning: Gaussian
-instead of Ornstein-Uhlenbeck exploration noise, no L2 weight decay on the critic, no batch normalisation, 256-256
-networks on the concatenated observation and action, Adam 3e-4 for both, batch 256, tau 0.005.
+with TD3's architecture and hyperparameters ("AHE"). `twin_critics=False, policy_noise=0` (registered as `ddpg`) is
+that DDPG with the delayed policy updates kept: the algorithm and defaults of CleanRL's `ddpg_continuous_action.py`
+(based on `OurDDPG.py` of the TD3 authors' repository, with `policy_frequency` 2). Its differences from Lillicrap et
+al., taken from that re-tuning: Gaussian instead of Ornstein-Uhlenbeck exploration noise, no L2 weight decay on the
+critic, no batch normalisation, 256-256 networks on the concatenated observation and action, Adam 3e-4 for both,
+batch 256, tau 0.005.
 
 The defaults are CleanRL's `td3_continuous_action.py` MuJoCo setting (the paper's: 256-256 ReLU MLPs, Adam 3e-4,
 batch 256, tau 0.005, policy noise 0.2 clipped at 0.5, exploration noise 0.1, d = 2, 25k random steps first, 1M

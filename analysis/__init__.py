@@ -1,4 +1,4 @@
-"""Run directories -> tidy frame -> final scores -> (next) rliable statistics, figures, reference verdicts."""
+"""Run directories -> tidy frame -> final scores -> rliable statistics, figures, reference verdicts, reports."""
 
 from analysis.load import find_run_dirs, history_to_frame, load_run_dir, load_runs, load_wandb
 from analysis.scores import (

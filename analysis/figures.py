@@ -36,8 +36,15 @@ def save(fig: plt.Figure, out_dir: str | Path, name: str) -> list[Path]:
     return paths
 
 
-def learning_curves(frame: pd.DataFrame, out_dir: str | Path, metric: str = "eval/episodic_return", points: int = 100,
-                    reps: int = 1000, seed: int = 0, name: str = "learning_curves") -> list[Path]:  # fmt: skip
+def learning_curves(
+    frame: pd.DataFrame,
+    out_dir: str | Path,
+    metric: str = "eval/episodic_return",
+    points: int = 100,
+    reps: int = 1000,
+    seed: int = 0,
+    name: str = "learning_curves",
+) -> list[Path]:
     """One panel per env: mean over seeds and a 95% bootstrap band, on a common step grid (interpolated)."""
     rows = frame[frame["metric"] == metric].copy()
     rows["method"] = [method_name(a, v) for a, v in zip(rows["algo"], rows["variant"])]
@@ -53,8 +60,12 @@ def learning_curves(frame: pd.DataFrame, out_dir: str | Path, metric: str = "eva
         env_rows = rows[rows["env_id"] == env_id]
         grid = np.linspace(env_rows["step"].min(), env_rows["step"].max(), points)
         for method, group in env_rows.groupby("method"):
-            curves = np.stack([np.interp(grid, run["step"].to_numpy(float), run["value"].to_numpy(float))
-                               for _, run in group.sort_values("step").groupby("run_id")])  # fmt: skip
+            curves = np.stack(
+                [
+                    np.interp(grid, run["step"].to_numpy(float), run["value"].to_numpy(float))
+                    for _, run in group.sort_values("step").groupby("run_id")
+                ]
+            )
             resampled = curves[rng.integers(0, len(curves), size=(reps, len(curves)))].mean(axis=1)
             low, high = np.percentile(resampled, [2.5, 97.5], axis=0)
             ax.plot(grid, curves.mean(axis=0), color=colors[method], label=f"{method} ({len(curves)} seeds)")
@@ -120,8 +131,9 @@ def improvement_plot(table: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     return save(fig, out_dir, "probability_of_improvement")
 
 
-def variant_comparison(scores: pd.DataFrame, out_dir: str | Path, column: str = "score", reps: int = 2000,
-                       seed: int = 0) -> list[Path]:  # fmt: skip
+def variant_comparison(
+    scores: pd.DataFrame, out_dir: str | Path, column: str = "score", reps: int = 2000, seed: int = 0
+) -> list[Path]:
     """Hyperparameter variants side by side: a row of panels per algorithm that has several variants, a panel
     per env; each variant's per-seed final scores (dots) and their mean with a 95% bootstrap CI (bar).
     Returns no files when no algorithm has more than one variant."""
@@ -131,8 +143,9 @@ def variant_comparison(scores: pd.DataFrame, out_dir: str | Path, column: str = 
     colors = method_colors([method_name(a, v) for a, v in zip(scores["algo"], scores["variant"])])
     envs = sorted(scores.loc[scores["algo"].isin(algos), "env_id"].unique())
     most_variants = max(scores.loc[scores["algo"] == a, "variant"].nunique() for a in algos)
-    fig, axes = plt.subplots(len(algos), len(envs), figsize=(4.2 * len(envs), 0.8 + 0.45 * most_variants * len(algos)),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        len(algos), len(envs), figsize=(4.2 * len(envs), 0.8 + 0.45 * most_variants * len(algos)), squeeze=False
+    )
     rng = np.random.default_rng(seed)
     for row, algo in enumerate(algos):
         for ax, env_id in zip(axes[row], envs):

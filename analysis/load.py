@@ -50,8 +50,15 @@ def _rows_to_frame(labels: dict[str, Any], rows: Iterable[tuple[int, dict[str, A
 def load_run_dir(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     spec = json.loads((path / "spec.json").read_text())
-    labels = {"suite": spec["suite"], "algo": spec["algo"], "variant": spec["variant"], "env_id": spec["env_id"],
-              "seed": spec["seed"], "run_id": path.name, "complete": (path / "DONE").exists()}  # fmt: skip
+    labels = {
+        "suite": spec["suite"],
+        "algo": spec["algo"],
+        "variant": spec["variant"],
+        "env_id": spec["env_id"],
+        "seed": spec["seed"],
+        "run_id": path.name,
+        "complete": (path / "DONE").exists(),
+    }
     metrics = path / "metrics.jsonl"
     lines = metrics.read_text().splitlines() if metrics.exists() else []
     rows = ((row["step"], row) for row in map(json.loads, filter(None, lines)))
@@ -77,16 +84,23 @@ def load_runs(paths: str | os.PathLike | Iterable[str | os.PathLike], include_in
     return _select_complete(frame, include_incomplete, "the run directories")
 
 
-def history_to_frame(config: dict[str, Any], rows: Iterable[dict[str, Any]], run_id: str, complete: bool = True,
-                     suite: str | None = None) -> pd.DataFrame:  # fmt: skip
+def history_to_frame(
+    config: dict[str, Any], rows: Iterable[dict[str, Any]], run_id: str, complete: bool = True, suite: str | None = None
+) -> pd.DataFrame:
     """A W&B run (its config and `scan_history()` rows) in the tidy schema.
 
     Labels come from the flat config keys rlgrid and CleanRL both write (`exp_name`, `env_id`, `seed`; rlgrid
     adds `suite`, `variant`). The step is `global_step` (environment steps), else W&B's `_step`.
     """
-    labels = {"suite": suite or config.get("suite", "wandb"), "algo": config.get("exp_name", config.get("algo", "?")),
-              "variant": config.get("variant", "default"), "env_id": config["env_id"], "seed": int(config["seed"]),
-              "run_id": run_id, "complete": complete}  # fmt: skip
+    labels = {
+        "suite": suite or config.get("suite", "wandb"),
+        "algo": config.get("exp_name", config.get("algo", "?")),
+        "variant": config.get("variant", "default"),
+        "env_id": config["env_id"],
+        "seed": int(config["seed"]),
+        "run_id": run_id,
+        "complete": complete,
+    }
 
     def step_of(row: dict[str, Any]) -> int:
         step = row.get("global_step")
@@ -96,8 +110,13 @@ def history_to_frame(config: dict[str, Any], rows: Iterable[dict[str, Any]], run
     return _rows_to_frame(labels, clean)
 
 
-def load_wandb(project: str, entity: str | None = None, group: str | None = None, tags: list[str] | None = None,
-               include_incomplete: bool = False) -> pd.DataFrame:  # fmt: skip
+def load_wandb(
+    project: str,
+    entity: str | None = None,
+    group: str | None = None,
+    tags: list[str] | None = None,
+    include_incomplete: bool = False,
+) -> pd.DataFrame:
     """Runs of a W&B project (optionally one group / runs with all `tags`), full histories. Needs the network."""
     import wandb
 

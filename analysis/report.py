@@ -25,8 +25,11 @@ from analysis.scores import CELL_KEYS, PROTOCOLS, env_bounds, eval_curves, norma
 from analysis.stats import aggregate_table, method_name, performance_profiles, probability_of_improvement, sample_efficiency
 from analysis.verdicts import SOURCES, bootstrap_ci, compare_to_references, eval_max_ci
 
-METRIC_OF = {"eval-last": "eval/episodic_return", "eval-max": "eval/episodic_return",
-             "train-last100": "charts/episodic_return"}  # fmt: skip
+METRIC_OF = {
+    "eval-last": "eval/episodic_return",
+    "eval-max": "eval/episodic_return",
+    "train-last100": "charts/episodic_return",
+}
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,9 @@ def _families(env_ids: list[str]) -> dict[str, str]:
     return families
 
 
-def score_table(frame: pd.DataFrame, scores: pd.DataFrame, protocol: str, normalized: bool, reps: int,
-                seed: int) -> pd.DataFrame:  # fmt: skip
+def score_table(
+    frame: pd.DataFrame, scores: pd.DataFrame, protocol: str, normalized: bool, reps: int, seed: int
+) -> pd.DataFrame:
     """One row per cell: seeds, budget, the protocol's score with its 95% bootstrap CI, std over seeds."""
     rows = []
     budgets = frame.groupby(CELL_KEYS)["step"].max()
@@ -80,9 +84,17 @@ def score_table(frame: pd.DataFrame, scores: pd.DataFrame, protocol: str, normal
             low, high = eval_max_ci(eval_curves(frame, cell), reps, seed)
         else:
             low, high = bootstrap_ci(values, reps, seed)
-        row = {"method": method_name(cell[1], cell[2]), "env_id": cell[3], "suite": cell[0], "seeds": len(values),
-               "steps": int(budgets.loc[cell]), "score": values.mean(), "ci_low": low, "ci_high": high,
-               "std": values.std(ddof=1) if len(values) > 1 else np.nan}  # fmt: skip
+        row = {
+            "method": method_name(cell[1], cell[2]),
+            "env_id": cell[3],
+            "suite": cell[0],
+            "seeds": len(values),
+            "steps": int(budgets.loc[cell]),
+            "score": values.mean(),
+            "ci_low": low,
+            "ci_high": high,
+            "std": values.std(ddof=1) if len(values) > 1 else np.nan,
+        }
         if normalized:
             row["normalized"] = group["normalized"].mean()
         rows.append(row)
@@ -90,10 +102,17 @@ def score_table(frame: pd.DataFrame, scores: pd.DataFrame, protocol: str, normal
 
 
 def _show_scores(table: pd.DataFrame) -> pd.DataFrame:
-    shown = pd.DataFrame({"method": table["method"], "env": table["env_id"], "seeds": table["seeds"],
-                          "steps": table["steps"].map(lambda s: f"{s:,}"), "score": table["score"].map(fmt),
-                          "95% CI": [f"[{fmt(a)}, {fmt(b)}]" for a, b in zip(table["ci_low"], table["ci_high"])],
-                          "std": table["std"].map(fmt)})  # fmt: skip
+    shown = pd.DataFrame(
+        {
+            "method": table["method"],
+            "env": table["env_id"],
+            "seeds": table["seeds"],
+            "steps": table["steps"].map(lambda s: f"{s:,}"),
+            "score": table["score"].map(fmt),
+            "95% CI": [f"[{fmt(a)}, {fmt(b)}]" for a, b in zip(table["ci_low"], table["ci_high"])],
+            "std": table["std"].map(fmt),
+        }
+    )
     if "normalized" in table:
         shown["normalized"] = table["normalized"].map(lambda x: fmt(x, 3))
     return shown
@@ -104,21 +123,29 @@ def _show_aggregates(table: pd.DataFrame, digits: int) -> pd.DataFrame:
     if "env_id" in table:
         shown.insert(1, "env", table["env_id"])
     for name in [n for n in ("IQM", "Median", "Mean", "Optimality Gap") if n in table]:
-        shown[name] = [f"{fmt(p, digits)} [{fmt(a, digits)}, {fmt(b, digits)}]"
-                       for p, a, b in zip(table[name], table[f"{name} low"], table[f"{name} high"])]  # fmt: skip
+        shown[name] = [
+            f"{fmt(p, digits)} [{fmt(a, digits)}, {fmt(b, digits)}]"
+            for p, a, b in zip(table[name], table[f"{name} low"], table[f"{name} high"])
+        ]
     return shown
 
 
 def _show_verdicts(table: pd.DataFrame) -> pd.DataFrame:
     spreads = zip(table["reference_value"], table["reference_std"], table["reference_n"].astype(float))
     ref = [f"{fmt(v)} ± {fmt(s)} (n={int(n)})" if not (np.isnan(s) or np.isnan(n)) else fmt(v) for v, s, n in spreads]
-    return pd.DataFrame({"method": [method_name(a, v) for a, v in zip(table["algo"], table["variant"])],
-                         "env": table["env_id"], "protocol": table["protocol"],
-                         "ours": [f"{fmt(m)} ± {fmt(s)} ({n} seeds)" for m, s, n in
-                                  zip(table["ours"], table["ours_std"], table["seeds"])],
-                         "reference": [f"{a} on {e}" for a, e in zip(table["reference_algorithm"], table["reference_env"])],
-                         "reference score": ref, "statistic": table["statistic"], "verdict": table["verdict"],
-                         "note": table["note"]})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "method": [method_name(a, v) for a, v in zip(table["algo"], table["variant"])],
+            "env": table["env_id"],
+            "protocol": table["protocol"],
+            "ours": [f"{fmt(m)} ± {fmt(s)} ({n} seeds)" for m, s, n in zip(table["ours"], table["ours_std"], table["seeds"])],
+            "reference": [f"{a} on {e}" for a, e in zip(table["reference_algorithm"], table["reference_env"])],
+            "reference score": ref,
+            "statistic": table["statistic"],
+            "verdict": table["verdict"],
+            "note": table["note"],
+        }
+    )
 
 
 def build_report(frame: pd.DataFrame, out_dir: str | Path, options: ReportOptions, log=print) -> Report:
@@ -147,10 +174,16 @@ def build_report(frame: pd.DataFrame, out_dir: str | Path, options: ReportOption
     if pooled:
         aggregates = aggregate_table(scores, column, options.reps, options.seed)
     else:
-        aggregates = pd.concat([aggregate_table(scores[scores["env_id"] == e], column, options.reps, options.seed)
-                                .assign(env_id=e) for e in env_ids], ignore_index=True)  # fmt: skip
-        report.notes.append("Scores are not normalised, so the aggregates are per env (rliable across envs needs "
-                            "--normalize).")  # fmt: skip
+        aggregates = pd.concat(
+            [
+                aggregate_table(scores[scores["env_id"] == e], column, options.reps, options.seed).assign(env_id=e)
+                for e in env_ids
+            ],
+            ignore_index=True,
+        )
+        report.notes.append(
+            "Scores are not normalised, so the aggregates are per env (rliable across envs needs --normalize)."
+        )
     if not normalized:  # the optimality gap is measured against a normalised target of 1.0
         aggregates = aggregates.drop(columns=[c for c in aggregates if c.startswith("Optimality Gap")])
     report.tables["aggregates"] = aggregates
@@ -161,9 +194,14 @@ def build_report(frame: pd.DataFrame, out_dir: str | Path, options: ReportOption
         try:
             improvement = probability_of_improvement(scores, pairs, column, options.reps, options.seed)
             report.tables["probability_of_improvement"] = improvement
-            report.shown["probability_of_improvement"] = pd.DataFrame({
-                "X": improvement["X"], "Y": improvement["Y"], "P(X > Y)": improvement["P(X > Y)"].map(lambda x: fmt(x, 3)),
-                "95% CI": [f"[{a:.3f}, {b:.3f}]" for a, b in zip(improvement["low"], improvement["high"])]})  # fmt: skip
+            report.shown["probability_of_improvement"] = pd.DataFrame(
+                {
+                    "X": improvement["X"],
+                    "Y": improvement["Y"],
+                    "P(X > Y)": improvement["P(X > Y)"].map(lambda x: fmt(x, 3)),
+                    "95% CI": [f"[{a:.3f}, {b:.3f}]" for a, b in zip(improvement["low"], improvement["high"])],
+                }
+            )
             report.figures["probability_of_improvement"] = figures.improvement_plot(improvement, figure_dir)
         except ValueError as exc:
             report.notes.append(f"Probability of improvement not computed: {exc}")
@@ -171,8 +209,7 @@ def build_report(frame: pd.DataFrame, out_dir: str | Path, options: ReportOption
     references = list(SOURCES) if "auto" in options.references else [r for r in options.references if r != "none"]
     if references:
         log(f"reference comparison: {', '.join(references)}")
-        verdicts = compare_to_references(frame, references, _families(env_ids), options.protocol, options.last_n,
-                                         options.seed)  # fmt: skip
+        verdicts = compare_to_references(frame, references, _families(env_ids), options.protocol, options.last_n, options.seed)
         if verdicts.empty:
             report.notes.append(f"No reference row matched any (algorithm, env) cell in: {', '.join(references)}.")
         else:
@@ -180,8 +217,9 @@ def build_report(frame: pd.DataFrame, out_dir: str | Path, options: ReportOption
             report.shown["reference_verdicts"] = _show_verdicts(verdicts)
 
     log("figures")
-    report.figures["learning_curves"] = figures.learning_curves(frame, figure_dir, metric, reps=options.reps // 2,
-                                                                seed=options.seed)  # fmt: skip
+    report.figures["learning_curves"] = figures.learning_curves(
+        frame, figure_dir, metric, reps=options.reps // 2, seed=options.seed
+    )
     report.figures["aggregate_intervals"] = figures.aggregate_intervals(aggregates, figure_dir)
     if pooled:
         values = scores[column].to_numpy(float)
@@ -190,12 +228,14 @@ def build_report(frame: pd.DataFrame, out_dir: str | Path, options: ReportOption
         label = "normalised score tau" if normalized else "score tau"
         report.figures["performance_profiles"] = figures.performance_profile_plot(profiles, figure_dir, label)
         if frame["metric"].eq("eval/episodic_return").any():
-            curves = sample_efficiency(frame[frame["env_id"].isin(env_ids)], bounds=bounds, reps=max(200, options.reps // 4),
-                                       seed=options.seed)  # fmt: skip
+            curves = sample_efficiency(
+                frame[frame["env_id"].isin(env_ids)], bounds=bounds, reps=max(200, options.reps // 4), seed=options.seed
+            )
             report.figures["sample_efficiency"] = figures.sample_efficiency_plot(curves, figure_dir)
     else:
-        report.notes.append("Performance profiles and sample-efficiency curves pool envs, so they need --normalize "
-                            "(or a single env).")  # fmt: skip
+        report.notes.append(
+            "Performance profiles and sample-efficiency curves pool envs, so they need --normalize (or a single env)."
+        )
     variants = figures.variant_comparison(scores, figure_dir, column, options.reps, options.seed)
     if variants:
         report.figures["variant_comparison"] = variants
@@ -215,8 +255,12 @@ def latex_table(table: pd.DataFrame) -> str:
             out = out.replace(char, "\\" + char)
         return out.replace("±", r"$\pm$").replace("–", "--").replace("·", r"$\cdot$").replace("~", r"\textasciitilde{}")
 
-    lines = [r"\begin{tabular}{" + "l" * len(table.columns) + "}", r"\toprule",
-             " & ".join(escape(c) for c in table.columns) + r" \\", r"\midrule"]  # fmt: skip
+    lines = [
+        r"\begin{tabular}{" + "l" * len(table.columns) + "}",
+        r"\toprule",
+        " & ".join(escape(c) for c in table.columns) + r" \\",
+        r"\midrule",
+    ]
     lines += [" & ".join(escape(c) for c in row) + r" \\" for row in table.astype(str).to_numpy()]
     return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
 
@@ -230,18 +274,27 @@ def text_table(table: pd.DataFrame, max_width: int = 48) -> str:
     return "\n".join(lines)
 
 
-TITLES = {"scores": "Scores per cell", "reference_verdicts": "Reference comparison",
-          "aggregates": "Aggregates (rliable, 95% stratified bootstrap CIs)",
-          "probability_of_improvement": "Probability of improvement", "best_trials": "Best trials (tuning)",
-          "trials": "All trials (tuning)"}  # fmt: skip
-FIGURE_TITLES = {"learning_curves": "Learning curves (mean over seeds, 95% bootstrap band)",
-                 "aggregate_intervals": "Aggregate intervals", "performance_profiles": "Performance profiles",
-                 "sample_efficiency": "Sample efficiency (IQM over runs and envs)",
-                 "probability_of_improvement": "Probability of improvement",
-                 "variant_comparison": "Hyperparameter variants", "optimization_history": "Optimisation history",
-                 "intermediate_values": "Intermediate values (what the pruner saw)",
-                 "param_importances": "Parameter importances (fANOVA)", "parallel_coordinate": "Parallel coordinates",
-                 "slice": "Slice plots"}  # fmt: skip
+TITLES = {
+    "scores": "Scores per cell",
+    "reference_verdicts": "Reference comparison",
+    "aggregates": "Aggregates (rliable, 95% stratified bootstrap CIs)",
+    "probability_of_improvement": "Probability of improvement",
+    "best_trials": "Best trials (tuning)",
+    "trials": "All trials (tuning)",
+}
+FIGURE_TITLES = {
+    "learning_curves": "Learning curves (mean over seeds, 95% bootstrap band)",
+    "aggregate_intervals": "Aggregate intervals",
+    "performance_profiles": "Performance profiles",
+    "sample_efficiency": "Sample efficiency (IQM over runs and envs)",
+    "probability_of_improvement": "Probability of improvement",
+    "variant_comparison": "Hyperparameter variants",
+    "optimization_history": "Optimisation history",
+    "intermediate_values": "Intermediate values (what the pruner saw)",
+    "param_importances": "Parameter importances (fANOVA)",
+    "parallel_coordinate": "Parallel coordinates",
+    "slice": "Slice plots",
+}
 CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border-bottom:1px solid #ddd;padding:4px 10px;
 text-align:left}th{background:#f4f4f4}img{max-width:100%;border:1px solid #eee;margin:0.5em 0}.meta{color:#555}
@@ -252,16 +305,20 @@ def html_table(table: pd.DataFrame) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
     body = []
     for row in table.astype(str).to_numpy():
-        cells = [f'<td class="{html.escape(v)}">{html.escape(v)}</td>' if c == "verdict" else f"<td>{html.escape(v)}</td>"
-                 for c, v in zip(table.columns, row)]  # fmt: skip
+        cells = [
+            f'<td class="{html.escape(v)}">{html.escape(v)}</td>' if c == "verdict" else f"<td>{html.escape(v)}</td>"
+            for c, v in zip(table.columns, row)
+        ]
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def render_html(report: Report) -> str:
     title = html.escape(report.title)
-    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{title}</title><style>{CSS}</style>"
-             f"</head><body><h1>{title}</h1>"]  # fmt: skip
+    parts = [
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{title}</title><style>{CSS}</style>"
+        f"</head><body><h1>{title}</h1>"
+    ]
     parts += [f'<p class="meta">{html.escape(line)}</p>' for line in report.header]
     for name, shown in report.shown.items():
         parts.append(f"<h2>{TITLES.get(name, name)}</h2>{html_table(shown)}")
@@ -308,21 +365,36 @@ seed-average, TD3 Table 1's). Reference verdicts always use the protocol of the 
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="rlgrid report", description=DESCRIPTION, allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="rlgrid report", description=DESCRIPTION, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("runs", nargs="*", type=Path, help="run directories or folders of them")
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="eval-last", help="final-score protocol (default eval-last)")
     parser.add_argument("--last-n", type=int, default=10, help="evaluations averaged by eval-last (default 10)")
-    parser.add_argument("--reference", action="append", default=None, metavar="NAME|FILE",
-                        help=f"reference table to compare with (repeatable): auto (default: every shipped source), none, "
-                             f"a shipped name ({', '.join(SOURCES)}) or a CSV in the same format whose algorithm "
-                             f"column uses our algorithm names")  # fmt: skip
-    parser.add_argument("--normalize", default="none", metavar="KIND",
-                        help="none (default), human (Atari), d4rl (MuJoCo), or TABLE:LOW_ALGO:HIGH_ALGO to min-max "
-                             "normalise by two algorithms' rows of a reference table")  # fmt: skip
-    parser.add_argument("--pair", action="append", default=[], metavar="X,Y",
-                        help="P(X > Y) for methods X and Y (repeatable; default: all pairs)")  # fmt: skip
+    parser.add_argument(
+        "--reference",
+        action="append",
+        default=None,
+        metavar="NAME|FILE",
+        help=f"reference table to compare with (repeatable): auto (default: every shipped source), none, "
+        f"a shipped name ({', '.join(SOURCES)}) or a CSV in the same format whose algorithm "
+        f"column uses our algorithm names",
+    )
+    parser.add_argument(
+        "--normalize",
+        default="none",
+        metavar="KIND",
+        help="none (default), human (Atari), d4rl (MuJoCo), or TABLE:LOW_ALGO:HIGH_ALGO to min-max "
+        "normalise by two algorithms' rows of a reference table",
+    )
+    parser.add_argument(
+        "--pair",
+        action="append",
+        default=[],
+        metavar="X,Y",
+        help="P(X > Y) for methods X and Y (repeatable; default: all pairs)",
+    )
     parser.add_argument("--include-incomplete", action="store_true", help="keep runs that did not finish")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples (default 2000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (same seed, same intervals)")
@@ -382,8 +454,9 @@ def main(argv: list[str]) -> int:
         frames.append(load_runs(args.runs, include_incomplete=args.include_incomplete))
     if args.wandb_project:
         log(f"loading W&B project {args.wandb_project}")
-        frames.append(load_wandb(args.wandb_project, args.wandb_entity, args.wandb_group,
-                                 include_incomplete=args.include_incomplete))  # fmt: skip
+        frames.append(
+            load_wandb(args.wandb_project, args.wandb_entity, args.wandb_group, include_incomplete=args.include_incomplete)
+        )
     frame = pd.concat(frames, ignore_index=True)
     if frame.empty:
         print("error: no finished runs found (unfinished ones are kept with --include-incomplete)", file=sys.stderr)
@@ -399,10 +472,11 @@ def main(argv: list[str]) -> int:
     source = ", ".join(map(str, args.runs)) or args.wandb_project
     kept = f"; {incomplete} of them incomplete (kept by --include-incomplete)" if incomplete else ""
     protocol = options.protocol + (f" (last {options.last_n} evaluations)" if options.protocol == "eval-last" else "")
-    report.header = [f"{n_runs} runs from {source} (suites: {suites}){kept}",
-                     f"protocol: {protocol}; normalisation: {options.normalize}; "
-                     f"bootstrap: {options.reps} resamples, seed {options.seed}",
-                     f"generated {time.strftime('%Y-%m-%d %H:%M:%S')}"]  # fmt: skip
+    report.header = [
+        f"{n_runs} runs from {source} (suites: {suites}){kept}",
+        f"protocol: {protocol}; normalisation: {options.normalize}; bootstrap: {options.reps} resamples, seed {options.seed}",
+        f"generated {time.strftime('%Y-%m-%d %H:%M:%S')}",
+    ]
     write_report(report)
     print(f"\n{TITLES['scores']} ({options.protocol})\n{text_table(report.shown['scores'])}")
     if "reference_verdicts" in report.shown:

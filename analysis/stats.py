@@ -46,16 +46,18 @@ def stratified_resamples(matrix: np.ndarray, reps: int, rng: np.random.Generator
     return matrix[index, np.arange(n_tasks)]
 
 
-def bootstrap(statistic: Callable[..., np.ndarray], matrices: tuple[np.ndarray, ...], reps: int,
-              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def bootstrap(
+    statistic: Callable[..., np.ndarray], matrices: tuple[np.ndarray, ...], reps: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Point estimate and (2, ...) 95% percentile interval of a batched statistic.
 
     `statistic` takes arrays with a leading batch axis, one per matrix (each resampled independently), and
     returns (batch, ...). Resamples are evaluated in chunks of about 2e7 elements."""
     point = statistic(*(m[None] for m in matrices))[0]
     chunk = max(1, int(2e7 // max(1, np.prod([m.size for m in matrices]))))
-    estimates = [statistic(*(stratified_resamples(m, min(chunk, reps - done), rng) for m in matrices))
-                 for done in range(0, reps, chunk)]  # fmt: skip
+    estimates = [
+        statistic(*(stratified_resamples(m, min(chunk, reps - done), rng) for m in matrices)) for done in range(0, reps, chunk)
+    ]
     return point, np.percentile(np.concatenate(estimates), [2.5, 97.5], axis=0)
 
 
@@ -67,8 +69,15 @@ def batched_aggregates(x: np.ndarray, optimality_threshold: float = 1.0) -> np.n
     """(batch, runs, tasks) -> (batch, 4): rliable's IQM, median, mean, optimality gap, for a batch at once."""
     flat = x.reshape(len(x), -1)
     task_means = x.mean(axis=1)
-    return np.stack([stats.trim_mean(flat, 0.25, axis=1), np.median(task_means, axis=1), task_means.mean(axis=1),
-                     optimality_threshold - np.minimum(flat, optimality_threshold).mean(axis=1)], axis=1)  # fmt: skip
+    return np.stack(
+        [
+            stats.trim_mean(flat, 0.25, axis=1),
+            np.median(task_means, axis=1),
+            task_means.mean(axis=1),
+            optimality_threshold - np.minimum(flat, optimality_threshold).mean(axis=1),
+        ],
+        axis=1,
+    )
 
 
 def batched_improvement(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -78,13 +87,13 @@ def batched_improvement(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return ((pairs > 0).mean(axis=(1, 2)) + 0.5 * (pairs == 0).mean(axis=(1, 2))).mean(axis=1)
 
 
-def aggregate_table(scores: pd.DataFrame, column: str = "score", reps: int = 2000, seed: int = 0,
-                    optimality_threshold: float = 1.0) -> pd.DataFrame:  # fmt: skip
+def aggregate_table(
+    scores: pd.DataFrame, column: str = "score", reps: int = 2000, seed: int = 0, optimality_threshold: float = 1.0
+) -> pd.DataFrame:
     """One row per method: IQM, median, mean and optimality gap with 95% stratified bootstrap CIs."""
     rows = []
     for method, matrix in score_matrices(scores, column).items():
-        point, interval = bootstrap(lambda x: batched_aggregates(x, optimality_threshold), (matrix,), reps,
-                                    _rng(seed, method))  # fmt: skip
+        point, interval = bootstrap(lambda x: batched_aggregates(x, optimality_threshold), (matrix,), reps, _rng(seed, method))
         row = {"method": method, "runs": matrix.shape[0], "tasks": matrix.shape[1]}
         for i, name in enumerate(AGGREGATES):
             row[name], row[f"{name} low"], row[f"{name} high"] = point[i], interval[0, i], interval[1, i]
@@ -92,8 +101,9 @@ def aggregate_table(scores: pd.DataFrame, column: str = "score", reps: int = 200
     return pd.DataFrame(rows)
 
 
-def probability_of_improvement(scores: pd.DataFrame, pairs: list[tuple[str, str]], column: str = "score",
-                               reps: int = 2000, seed: int = 0) -> pd.DataFrame:  # fmt: skip
+def probability_of_improvement(
+    scores: pd.DataFrame, pairs: list[tuple[str, str]], column: str = "score", reps: int = 2000, seed: int = 0
+) -> pd.DataFrame:
     """P(X > Y) per named pair (X, Y) of methods, with 95% stratified bootstrap CIs (X and Y resampled
     independently). Both methods need the same tasks."""
     matrices = score_matrices(scores, column)
@@ -109,22 +119,29 @@ def probability_of_improvement(scores: pd.DataFrame, pairs: list[tuple[str, str]
     return pd.DataFrame(rows)
 
 
-def performance_profiles(scores: pd.DataFrame, thresholds: np.ndarray, column: str = "score", reps: int = 2000,
-                         seed: int = 0) -> pd.DataFrame:  # fmt: skip
+def performance_profiles(
+    scores: pd.DataFrame, thresholds: np.ndarray, column: str = "score", reps: int = 2000, seed: int = 0
+) -> pd.DataFrame:
     """Score distributions: fraction of runs above each threshold tau, with 95% bootstrap CIs (long frame)."""
     thresholds = np.asarray(thresholds, dtype=float)
     fraction_above = lambda x: (x.reshape(len(x), -1)[:, :, None] > thresholds).mean(axis=1)  # noqa: E731
     frames = []
     for method, matrix in score_matrices(scores, column).items():
         profile, interval = bootstrap(fraction_above, (matrix,), reps, _rng(seed, method))
-        frames.append(pd.DataFrame({"method": method, "tau": thresholds, "fraction": profile, "low": interval[0],
-                                    "high": interval[1]}))  # fmt: skip
+        frames.append(
+            pd.DataFrame({"method": method, "tau": thresholds, "fraction": profile, "low": interval[0], "high": interval[1]})
+        )
     return pd.concat(frames, ignore_index=True)
 
 
-def sample_efficiency(frame: pd.DataFrame, points: int = 20, metric: str = "eval/episodic_return",
-                      bounds: dict[str, tuple[float, float]] | None = None, reps: int = 1000,
-                      seed: int = 0) -> pd.DataFrame:  # fmt: skip
+def sample_efficiency(
+    frame: pd.DataFrame,
+    points: int = 20,
+    metric: str = "eval/episodic_return",
+    bounds: dict[str, tuple[float, float]] | None = None,
+    reps: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
     """IQM over runs x envs at `points` common steps (each run's curve linearly interpolated), with 95% CIs.
 
     `bounds` min-max normalises per env first, so tasks with different return scales can be pooled."""

@@ -57,7 +57,7 @@ SOURCES = {
             "td3": "CleanRL td3_continuous_action.py",
             "ddpg": "CleanRL ddpg_continuous_action.py",
         },
-    ),  # fmt: skip
+    ),
     # TD3 paper Table 1: max over evaluations (every 5k steps) of the 10-seed average.
     "mujoco_td3_paper_2018": Source(
         "eval-max",
@@ -70,7 +70,7 @@ SOURCES = {
             "sac": "SAC (author code)",
         },
         metric_contains="max average return",
-    ),  # fmt: skip
+    ),
     # Atari papers: Nature DQN and Double DQN are evaluation scores (no-op starts); the PPO paper's
     # A2C/PPO columns are the last 100 training episodes.
     # Double DQN's human-start scores are a different protocol from our no-op starts: left out.
@@ -79,10 +79,10 @@ SOURCES = {
         {"dqn": "DQN (Nature)", "double_dqn": "Double DQN"},
         metric_contains="evaluation score",
         metric_excludes="Human start",
-    ),  # fmt: skip
+    ),
     "atari_paper_scores_training": Source(
         "train-last100", {"ppo": "PPO", "a2c": "A2C (PPO paper)"}, metric_contains="last 100 training episodes"
-    ),  # fmt: skip
+    ),
     # gymnasium's reward_threshold: "solved" for every algorithm; `above` or `reproduced` means solved.
     "gymnasium_reward_thresholds": Source(
         "eval-last", any_algorithm=True, same_version=True, label="gymnasium reward_threshold (solved)"
@@ -147,8 +147,14 @@ def eval_max_ci(curves: np.ndarray, reps: int = 2000, seed: int = 0) -> tuple[fl
     return float(low), float(high)
 
 
-def verdict(ours: np.ndarray, ref_value: float, ref_std: float | None = None, ref_n: int | None = None,
-            ci: tuple[float, float] | None = None, alpha: float = 0.05) -> dict[str, object]:  # fmt: skip
+def verdict(
+    ours: np.ndarray,
+    ref_value: float,
+    ref_std: float | None = None,
+    ref_n: int | None = None,
+    ci: tuple[float, float] | None = None,
+    alpha: float = 0.05,
+) -> dict[str, object]:
     """Our per-seed scores against a reference (mean, optional seed std with ddof=1, optional n).
 
     `ci` replaces the bootstrap CI of the mean (for protocols whose statistic is not a mean over seeds)."""
@@ -156,8 +162,9 @@ def verdict(ours: np.ndarray, ref_value: float, ref_std: float | None = None, re
     if len(ours) < 2:
         return {"verdict": "inconclusive", "statistic": f"{len(ours)} seed: no spread to test"}
     if ref_std is not None and ref_n is not None and ref_n >= 2:
-        result = stats.ttest_ind_from_stats(ours.mean(), ours.std(ddof=1), len(ours), ref_value, ref_std, ref_n,
-                                            equal_var=False)  # fmt: skip
+        result = stats.ttest_ind_from_stats(
+            ours.mean(), ours.std(ddof=1), len(ours), ref_value, ref_std, ref_n, equal_var=False
+        )
         p = float(result.pvalue)
         outcome = "reproduced" if p >= alpha else ("below" if ours.mean() < ref_value else "above")
         return {"verdict": outcome, "statistic": f"Welch t={result.statistic:.2f}, p={p:.3f}", "p_value": p}
@@ -182,8 +189,14 @@ def _reference_summary(row: pd.Series) -> tuple[float, float | None, int | None]
     return float(row["value"]), std, n_ref
 
 
-def compare_to_references(frame: pd.DataFrame, references: list[str], families: dict[str, str],
-                          protocol: str = "eval-last", last_n: int = 10, seed: int = 0) -> pd.DataFrame:  # fmt: skip
+def compare_to_references(
+    frame: pd.DataFrame,
+    references: list[str],
+    families: dict[str, str],
+    protocol: str = "eval-last",
+    last_n: int = 10,
+    seed: int = 0,
+) -> pd.DataFrame:
     """One row per (cell, reference row) matched: our score, the reference, the statistic and the verdict.
 
     `references` are shipped source names or CSV paths; `families` maps each env id to its env family.
@@ -216,15 +229,29 @@ def compare_to_references(frame: pd.DataFrame, references: list[str], families: 
                 if outcome["verdict"] != "inconclusive":
                     outcome["verdict"] = "budget differs"
             ref_version = _version(str(row["env_id"]), str(row["env_version_in_source"]))
-            out.append({
-                "suite": suite, "algo": algo, "variant": variant, "env_id": env_id, "seeds": len(ours),
-                "protocol": cell_protocol, "ours": float(ours.mean()),
-                "ours_std": float(ours.std(ddof=1)) if len(ours) > 1 else float("nan"), "reference": name,
-                "reference_algorithm": (source.label if source else "") or row["algorithm"],
-                "reference_env": row["env_id"], "versions": f"ours {_version(env_id)}, reference {ref_version}",
-                "reference_env_version": row["env_version_in_source"], "reference_value": value,
-                "reference_std": float("nan") if std is None else std, "reference_n": n_ref, "budget": budget,
-                "reference_budget": ref_budget, **outcome, "note": "; ".join(notes),
-                "citation": row["citation"],
-            })  # fmt: skip
+            out.append(
+                {
+                    "suite": suite,
+                    "algo": algo,
+                    "variant": variant,
+                    "env_id": env_id,
+                    "seeds": len(ours),
+                    "protocol": cell_protocol,
+                    "ours": float(ours.mean()),
+                    "ours_std": float(ours.std(ddof=1)) if len(ours) > 1 else float("nan"),
+                    "reference": name,
+                    "reference_algorithm": (source.label if source else "") or row["algorithm"],
+                    "reference_env": row["env_id"],
+                    "versions": f"ours {_version(env_id)}, reference {ref_version}",
+                    "reference_env_version": row["env_version_in_source"],
+                    "reference_value": value,
+                    "reference_std": float("nan") if std is None else std,
+                    "reference_n": n_ref,
+                    "budget": budget,
+                    "reference_budget": ref_budget,
+                    **outcome,
+                    "note": "; ".join(notes),
+                    "citation": row["citation"],
+                }
+            )
     return pd.DataFrame(out)

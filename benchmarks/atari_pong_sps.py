@@ -48,10 +48,26 @@ from algorithms.common.config import RunConfig
 ENV_ID = "PongNoFrameskip-v4"
 DQN_WARMUP = 2_000
 CLEANRL_DQN_SPS = (115, 121)
-DQN_ATARI = {"buffer_size": 100_000, "learning_rate": 1e-4, "batch_size": 32, "target_network_frequency": 1000,
-             "end_e": 0.01, "exploration_fraction": 0.1, "train_frequency": 4}  # fmt: skip
-PPO_ATARI = {"num_envs": 8, "num_steps": 128, "learning_rate": 2.5e-4, "num_minibatches": 4, "update_epochs": 4,
-             "clip_coef": 0.1, "ent_coef": 0.01, "normalize_obs": False, "normalize_reward": False}  # fmt: skip
+DQN_ATARI = {
+    "buffer_size": 100_000,
+    "learning_rate": 1e-4,
+    "batch_size": 32,
+    "target_network_frequency": 1000,
+    "end_e": 0.01,
+    "exploration_fraction": 0.1,
+    "train_frequency": 4,
+}
+PPO_ATARI = {
+    "num_envs": 8,
+    "num_steps": 128,
+    "learning_rate": 2.5e-4,
+    "num_minibatches": 4,
+    "update_epochs": 4,
+    "clip_coef": 0.1,
+    "ent_coef": 0.01,
+    "normalize_obs": False,
+    "normalize_reward": False,
+}
 
 
 def rate_from_marks(marks: list[tuple[int, float]], first: int) -> float:
@@ -71,8 +87,15 @@ def dqn_config(steps: int, warmup: int = DQN_WARMUP, device: str = "cpu") -> Run
     """The measured DQN run: `warmup` random steps, then `steps` learning steps, no evaluation until the end."""
     from algorithms import dqn
 
-    return dqn.Config(env_id=ENV_ID, total_timesteps=warmup + steps, learning_starts=warmup, eval_every=0,
-                      eval_episodes=1, device=device, **DQN_ATARI)  # fmt: skip
+    return dqn.Config(
+        env_id=ENV_ID,
+        total_timesteps=warmup + steps,
+        learning_starts=warmup,
+        eval_every=0,
+        eval_episodes=1,
+        device=device,
+        **DQN_ATARI,
+    )
 
 
 def dqn_sps(steps: int, warmup: int = DQN_WARMUP, device: str = "cpu") -> float:
@@ -90,8 +113,9 @@ def ppo_sps(iterations: int, device: str = "cpu") -> float:
 
     logger = RecordingLogger()
     batch = PPO_ATARI["num_envs"] * PPO_ATARI["num_steps"]
-    cfg = ppo.Config(env_id=ENV_ID, total_timesteps=(iterations + 1) * batch, eval_every=0, eval_episodes=1,
-                     device=device, **PPO_ATARI)  # fmt: skip
+    cfg = ppo.Config(
+        env_id=ENV_ID, total_timesteps=(iterations + 1) * batch, eval_every=0, eval_episodes=1, device=device, **PPO_ATARI
+    )
     in_step = 0.0
 
     def timed_vec_env(*args, **kwargs):
@@ -124,8 +148,9 @@ def dqn_flops_per_step(steps: int = 400, warmup: int = 200) -> float:
     """FLOPs of one DQN step after learning starts (acting, plus a quarter of an update): the warm-up's subtracted."""
     from algorithms import dqn
 
-    cfg = dqn.Config(env_id=ENV_ID, total_timesteps=warmup + steps + 1, learning_starts=warmup, eval_every=0,
-                     eval_episodes=1, **DQN_ATARI)  # fmt: skip
+    cfg = dqn.Config(
+        env_id=ENV_ID, total_timesteps=warmup + steps + 1, learning_starts=warmup, eval_every=0, eval_episodes=1, **DQN_ATARI
+    )
     return (flops_until(dqn.train, cfg, warmup + steps) - flops_until(dqn.train, cfg, warmup)) / steps
 
 
@@ -171,8 +196,9 @@ def cleanrl_dqn_sps(cleanrl_dir: str, steps: int, device: str, threads: int, war
 def cleanrl_ppo_sps(cleanrl_dir: str, iterations: int, device: str, threads: int) -> float:
     batch = PPO_ATARI["num_envs"] * PPO_ATARI["num_steps"]
     shared = {key: value for key, value in PPO_ATARI.items() if not key.startswith("normalize_")}  # rlgrid-only keys
-    readings = run_cleanrl(cleanrl_dir, "ppo_atari.py", {"total_timesteps": (iterations + 1) * batch, **shared}, device,
-                           threads)  # fmt: skip
+    readings = run_cleanrl(
+        cleanrl_dir, "ppo_atari.py", {"total_timesteps": (iterations + 1) * batch, **shared}, device, threads
+    )
     # ppo_atari.py prints `SPS: int(global_step / elapsed)` after each iteration, at global_step = iteration * batch.
     if len(readings) != iterations + 1:
         raise RuntimeError(f"ppo_atari.py printed {len(readings)} SPS lines, expected {iterations + 1}")
@@ -212,8 +238,18 @@ def ale_vector_sps(steps: int = 2_000, num_envs: int = 8) -> float | None:
         from ale_py.vector_env import AtariVectorEnv
     except ImportError:
         return None
-    envs = AtariVectorEnv(game="pong", num_envs=num_envs, frameskip=4, grayscale=True, stack_num=4, img_height=84,
-                          img_width=84, noop_max=30, episodic_life=True, reward_clipping=True)  # fmt: skip
+    envs = AtariVectorEnv(
+        game="pong",
+        num_envs=num_envs,
+        frameskip=4,
+        grayscale=True,
+        stack_num=4,
+        img_height=84,
+        img_width=84,
+        noop_max=30,
+        episodic_life=True,
+        reward_clipping=True,
+    )
     envs.reset(seed=0)
     return random_play_sps(envs, num_envs, steps)
 

@@ -55,5 +55,7 @@ def ceiling_line(flops_per_step: float, achieved: float) -> str:
     """One line: FLOPs per step, the matmul rate, the ceiling in steps/s and the share of it that `achieved` reached."""
     rate = matmul_rate()
     ceiling = rate / flops_per_step
-    return (f"  {flops_per_step / 1e6:,.0f} MFLOP per step; matmuls run at {rate / 1e9:,.0f} GFLOP/s here: ceiling "
-            f"{ceiling:,.0f} steps/s (the run reached {achieved / ceiling:.0%} of it)")  # fmt: skip
+    return (
+        f"  {flops_per_step / 1e6:,.0f} MFLOP per step; matmuls run at {rate / 1e9:,.0f} GFLOP/s here: ceiling "
+        f"{ceiling:,.0f} steps/s (the run reached {achieved / ceiling:.0%} of it)"
+    )

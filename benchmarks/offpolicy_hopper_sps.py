@@ -57,8 +57,9 @@ def rate_from_marks(marks: list[tuple[int, float]], first: int = 1) -> float:
 def learning_config(algo: str, steps: int, device: str = "cpu") -> RunConfig:
     """The measured run of `algo`: WARMUP random steps, then `steps` learning steps, no evaluation until the end."""
     module = load_algorithm(algo)
-    return module.Config(env_id=ENV_ID, total_timesteps=WARMUP + steps, learning_starts=WARMUP, eval_every=0,
-                         eval_episodes=1, device=device)  # fmt: skip
+    return module.Config(
+        env_id=ENV_ID, total_timesteps=WARMUP + steps, learning_starts=WARMUP, eval_every=0, eval_episodes=1, device=device
+    )
 
 
 def steady_sps(algo: str, steps: int, device: str = "cpu") -> float:
@@ -75,8 +76,19 @@ def cleanrl_sps(cleanrl_dir: str, algo: str, steps: int, device: str, threads: i
     total = WARMUP + steps
     script = Path(cleanrl_dir, CLEANRL_SCRIPTS[algo]).resolve()
     cuda = "--cuda" if device.startswith("cuda") else "--no-cuda"  # CleanRL's choice: cuda or cpu
-    cmd = [sys.executable, str(script), "--env-id", ENV_ID, "--total-timesteps", str(total),
-           "--learning-starts", str(WARMUP), "--seed", "1", cuda]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(script),
+        "--env-id",
+        ENV_ID,
+        "--total-timesteps",
+        str(total),
+        "--learning-starts",
+        str(WARMUP),
+        "--seed",
+        "1",
+        cuda,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as cwd:  # its tensorboard `runs/` folder goes there
@@ -96,8 +108,9 @@ def cleanrl_sps(cleanrl_dir: str, algo: str, steps: int, device: str, threads: i
 def learning_flops_per_step(algo: str, steps: int = 200, warmup: int = 1_000) -> float:
     """FLOPs of one learning step of `algo` (its default networks, batch 256): the warm-up's are subtracted."""
     module = load_algorithm(algo)
-    cfg = module.Config(env_id=ENV_ID, total_timesteps=warmup + steps + 1, learning_starts=warmup, eval_every=0,
-                        eval_episodes=1)  # fmt: skip
+    cfg = module.Config(
+        env_id=ENV_ID, total_timesteps=warmup + steps + 1, learning_starts=warmup, eval_every=0, eval_episodes=1
+    )
     return (flops_until(module.train, cfg, warmup + steps) - flops_until(module.train, cfg, warmup)) / steps
 
 

@@ -49,8 +49,13 @@ def rlgrid_rate(algo: str, env_id: str, steps: int, eval_every: int) -> float:
 
 
 def cleanrl_rate(script: str, env_id: str, steps: int) -> float:
-    out = subprocess.run([sys.executable, script, "--env-id", env_id, "--total-timesteps", str(steps), "--seed", "1"],
-                         capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.abspath(script)))  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, script, "--env-id", env_id, "--total-timesteps", str(steps), "--seed", "1"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=os.path.dirname(os.path.abspath(script)),
+    )
     rates = re.findall(r"SPS:\s*(\d+)", out.stdout + out.stderr)
     if not rates:
         raise RuntimeError(f"no SPS lines in CleanRL's output:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")

@@ -23,8 +23,13 @@ from experiments.cli import main as rlgrid  # noqa: E402
 from tests.helpers import write_synthetic_runs  # noqa: E402
 
 GAMES = ["Pong", "Breakout", "BeamRider", "Seaquest", "SpaceInvaders", "Qbert", "Enduro", "Asterix", "Alien", "Boxing"]
-METHODS = {("dqn", "default"): 0.8, ("double_dqn", "default"): 1.0, ("ppo", "default"): 1.2, ("ppo", "lr_x3"): 0.9,
-           ("a2c", "default"): 0.6}  # fmt: skip
+METHODS = {
+    ("dqn", "default"): 0.8,
+    ("double_dqn", "default"): 1.0,
+    ("ppo", "default"): 1.2,
+    ("ppo", "lr_x3"): 0.9,
+    ("a2c", "default"): 0.6,
+}
 
 
 def main() -> None:
@@ -38,11 +43,15 @@ def main() -> None:
     env_ids = [f"ALE/{game}-v5" for game in GAMES]
     bounds = env_bounds(env_ids, "human")
     # Each method reaches a fixed fraction of the human score on every game (plus seed noise).
-    cells = {(algo, variant, env_id): bounds[env_id][0] + level * (bounds[env_id][1] - bounds[env_id][0])
-             for (algo, variant), level in METHODS.items() for env_id in env_ids}  # fmt: skip
+    cells = {
+        (algo, variant, env_id): bounds[env_id][0] + level * (bounds[env_id][1] - bounds[env_id][0])
+        for (algo, variant), level in METHODS.items()
+        for env_id in env_ids
+    }
     start = time.perf_counter()
-    dirs = write_synthetic_runs(root / "runs", cells, seeds=list(range(20)), points=200, total_steps=10_000_000,
-                                noise=50.0, suite="atari_scale")  # fmt: skip
+    dirs = write_synthetic_runs(
+        root / "runs", cells, seeds=list(range(20)), points=200, total_steps=10_000_000, noise=50.0, suite="atari_scale"
+    )
     print(f"wrote {len(dirs)} runs x 200 evaluation points in {time.perf_counter() - start:.1f} s -> {root / 'runs'}")
 
     start = time.perf_counter()

@@ -95,8 +95,9 @@ def check_env_support(env_id: str, algo: str, action_spaces: tuple[str, ...], ob
     if kind not in action_spaces:
         raise ValueError(f"{algo} needs {' or '.join(action_spaces)} actions; {env_id} has {kind} actions")
     if observation not in observations:
-        raise ValueError(f"{algo} has no CNN for the image observations of {env_id} (dqn, double_dqn, ppo, a2c and acktr "
-                         f"have one)")  # fmt: skip
+        raise ValueError(
+            f"{algo} has no CNN for the image observations of {env_id} (dqn, double_dqn, ppo, a2c and acktr have one)"
+        )
 
 
 def validate_env_id(env_id: str) -> None:

@@ -95,10 +95,13 @@ def atari_settings(env_id: str, training: bool, env_kwargs: dict[str, Any]) -> A
         raise ValueError(f"unsupported Atari env_kwargs {sorted(unknown)}; supported: protocol, {', '.join(ALE_SETTINGS)}")
     protocol = PROTOCOLS[name]
     game = gym.spec(env_id.split(":", 1)[-1]).kwargs["game"]
-    return AtariSettings(game=game, protocol=protocol, training=training,
-                         repeat_action_probability=float(kwargs.get("repeat_action_probability",
-                                                                    protocol.repeat_action_probability)),
-                         full_action_space=bool(kwargs.get("full_action_space", False)))  # fmt: skip
+    return AtariSettings(
+        game=game,
+        protocol=protocol,
+        training=training,
+        repeat_action_probability=float(kwargs.get("repeat_action_probability", protocol.repeat_action_probability)),
+        full_action_space=bool(kwargs.get("full_action_space", False)),
+    )
 
 
 def backend() -> str:
@@ -230,9 +233,13 @@ class AtariGame(gym.Env):
 
     # --- exact resume (envs.state) ------------------------------------------------------------------
     def capture_state(self) -> dict[str, Any]:
-        return {"ale": self.ale.cloneState(include_rng=True), "noops": self.noops.rng.get_state(), "raw": self.raw.copy(),
-                "stack": self.stack.copy(), "counters": (self.newest, self.frames, self.lives, self.game_return,
-                                                         self.game_over, self.last_action)}  # fmt: skip
+        return {
+            "ale": self.ale.cloneState(include_rng=True),
+            "noops": self.noops.rng.get_state(),
+            "raw": self.raw.copy(),
+            "stack": self.stack.copy(),
+            "counters": (self.newest, self.frames, self.lives, self.game_return, self.game_over, self.last_action),
+        }
 
     def restore_state(self, state: dict[str, Any]) -> None:
         """The emulator, and with sticky actions the action it would repeat, which its saved state leaves out: the
@@ -290,13 +297,26 @@ def make_vector_games(settings: AtariSettings, num_envs: int) -> Any:
     the caller (`AtariVecEnv` below), so game scores stay unclipped."""
     from ale_py.vector_env import AtariVectorEnv
 
-    return AtariVectorEnv(settings.game, num_envs, num_threads=min(num_envs, _cpu_threads()), autoreset_mode="SameStep",
-                          max_num_frames_per_episode=MAX_FRAMES_PER_GAME, frameskip=FRAME_SKIP, maxpool=True,
-                          img_height=SCREEN_SIZE, img_width=SCREEN_SIZE, grayscale=True, stack_num=STACK,
-                          noop_max=settings.protocol.noop_max, use_fire_reset=settings.protocol.fire_reset,
-                          episodic_life=False, life_loss_info=False, reward_clipping=False,
-                          repeat_action_probability=settings.repeat_action_probability,
-                          full_action_space=settings.full_action_space)  # fmt: skip
+    return AtariVectorEnv(
+        settings.game,
+        num_envs,
+        num_threads=min(num_envs, _cpu_threads()),
+        autoreset_mode="SameStep",
+        max_num_frames_per_episode=MAX_FRAMES_PER_GAME,
+        frameskip=FRAME_SKIP,
+        maxpool=True,
+        img_height=SCREEN_SIZE,
+        img_width=SCREEN_SIZE,
+        grayscale=True,
+        stack_num=STACK,
+        noop_max=settings.protocol.noop_max,
+        use_fire_reset=settings.protocol.fire_reset,
+        episodic_life=False,
+        life_loss_info=False,
+        reward_clipping=False,
+        repeat_action_probability=settings.repeat_action_probability,
+        full_action_space=settings.full_action_space,
+    )
 
 
 class AtariVecEnv(VecEnv):

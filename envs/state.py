@@ -17,9 +17,22 @@ import numpy as np
 
 # Attributes that are rendering handles, static descriptions, or handled separately below.
 _SKIP = {
-    "model", "data", "mujoco_renderer", "viewer", "screen", "clock", "render_mode", "spec", "metadata",
-    "action_space", "observation_space", "_action_space", "_observation_space", "_np_random", "np_random",
-}  # fmt: skip
+    "model",
+    "data",
+    "mujoco_renderer",
+    "viewer",
+    "screen",
+    "clock",
+    "render_mode",
+    "spec",
+    "metadata",
+    "action_space",
+    "observation_space",
+    "_action_space",
+    "_observation_space",
+    "_np_random",
+    "np_random",
+}
 _PLAIN = (bool, int, float, str, type(None), np.ndarray, np.generic, list, tuple)
 # Wrapper attributes that describe the wrapper rather than its state.
 _WRAPPER_SKIP = {"env", "_saved_kwargs", "_cached_spec", "_metadata", "_action_space", "_observation_space"}
@@ -37,13 +50,15 @@ def get_env_state(env: gym.Env) -> dict[str, Any]:
     base = env.unwrapped
     own_capture = hasattr(base, "capture_state")  # envs.atari.AtariGame: emulator, no-op RNG, frames, counters
     state: dict[str, Any] = {
-        "attrs": {} if own_capture else {k: copy.deepcopy(v) for k, v in vars(base).items()
-                                         if k not in _SKIP and isinstance(v, _PLAIN)},
+        "attrs": {}
+        if own_capture
+        else {k: copy.deepcopy(v) for k, v in vars(base).items() if k not in _SKIP and isinstance(v, _PLAIN)},
         "np_random": base.np_random.bit_generator.state if base._np_random is not None else None,
-        "wrappers": [{k: copy.deepcopy(v) for k, v in vars(w).items()
-                      if k not in _WRAPPER_SKIP and isinstance(v, (*_PLAIN, deque))}
-                     for w in _wrapper_chain(env)],
-    }  # fmt: skip
+        "wrappers": [
+            {k: copy.deepcopy(v) for k, v in vars(w).items() if k not in _WRAPPER_SKIP and isinstance(v, (*_PLAIN, deque))}
+            for w in _wrapper_chain(env)
+        ],
+    }
     if hasattr(base, "data") and type(base.data).__name__ == "MjData":
         state["mjdata"] = copy.copy(base.data)
     if own_capture:

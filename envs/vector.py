@@ -233,8 +233,10 @@ class VecEnv:
         self._load_copies_state(state)
 
     def _copies_state(self) -> dict[str, Any]:
-        return {"envs": [get_env_state(env) for env in self.envs],
-                "action_spaces": [env.action_space.np_random.bit_generator.state for env in self.envs]}  # fmt: skip
+        return {
+            "envs": [get_env_state(env) for env in self.envs],
+            "action_spaces": [env.action_space.np_random.bit_generator.state for env in self.envs],
+        }
 
     def _load_copies_state(self, state: dict[str, Any]) -> None:
         saved = state.get("envs") or []

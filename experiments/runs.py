@@ -66,8 +66,15 @@ class RunSpec:
         return Path(runs_dir) / self.suite / self.algo / env_slug(self.env_id) / f"seed{self.seed}-{self.hash}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"algo": self.algo, "env_id": self.env_id, "seed": self.seed, "overrides": dict(self.overrides),
-                "suite": self.suite, "variant": self.variant, "hash": self.hash}  # fmt: skip
+        return {
+            "algo": self.algo,
+            "env_id": self.env_id,
+            "seed": self.seed,
+            "overrides": dict(self.overrides),
+            "suite": self.suite,
+            "variant": self.variant,
+            "hash": self.hash,
+        }
 
 
 class RunDirectoryMismatch(ValueError):

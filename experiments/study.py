@@ -61,14 +61,38 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 STUDIES_DIR = Path(__file__).parent / "studies"
-TOP_LEVEL = {"name", "description", "algorithm", "env_ids", "seeds", "total_timesteps", "eval_every", "eval_episodes",
-             "n_trials", "objective", "aggregate", "normalize", "export_seeds", "sampler", "pruner", "fixed",
-             "params"}  # fmt: skip
-SAMPLERS = {"tpe": {"seed", "n_startup_trials", "multivariate", "constant_liar"}, "random": {"seed"},
-            "cmaes": {"seed", "n_startup_trials", "sigma0"}, "gp": {"seed", "n_startup_trials"}}  # fmt: skip
-PRUNERS = {"median": {"n_startup_trials", "n_warmup_evals"}, "sha": {"min_resource", "reduction_factor"},
-           "hyperband": {"min_resource", "reduction_factor"}, "wilcoxon": {"p_threshold", "n_startup_steps"},
-           "none": set()}  # fmt: skip
+TOP_LEVEL = {
+    "name",
+    "description",
+    "algorithm",
+    "env_ids",
+    "seeds",
+    "total_timesteps",
+    "eval_every",
+    "eval_episodes",
+    "n_trials",
+    "objective",
+    "aggregate",
+    "normalize",
+    "export_seeds",
+    "sampler",
+    "pruner",
+    "fixed",
+    "params",
+}
+SAMPLERS = {
+    "tpe": {"seed", "n_startup_trials", "multivariate", "constant_liar"},
+    "random": {"seed"},
+    "cmaes": {"seed", "n_startup_trials", "sigma0"},
+    "gp": {"seed", "n_startup_trials"},
+}
+PRUNERS = {
+    "median": {"n_startup_trials", "n_warmup_evals"},
+    "sha": {"min_resource", "reduction_factor"},
+    "hyperband": {"min_resource", "reduction_factor"},
+    "wilcoxon": {"p_threshold", "n_startup_steps"},
+    "none": set(),
+}
 RUN_FIELDS = ("env_id", "seed", "total_timesteps", "eval_every", "eval_episodes")
 
 
@@ -124,8 +148,13 @@ class Study:
 
     def overrides(self, params: dict[str, Any]) -> dict[str, Any]:
         """Config overrides of one trial's runs (without env_id and seed)."""
-        return {**self.fixed, **params, "total_timesteps": self.total_timesteps, "eval_every": self.eval_every,
-                "eval_episodes": self.eval_episodes}  # fmt: skip
+        return {
+            **self.fixed,
+            **params,
+            "total_timesteps": self.total_timesteps,
+            "eval_every": self.eval_every,
+            "eval_episodes": self.eval_episodes,
+        }
 
 
 def resolve_study_path(name_or_path: str) -> Path:
@@ -201,8 +230,10 @@ def _parse_params(algo: str, table: Any, fixed: dict[str, Any], problems: list[s
 def _parse_bounds(value: Any, env_ids: list[str], problems: list[str]) -> dict[str, tuple[float, float]] | None:
     if value is None:
         if len(env_ids) > 1:
-            problems.append("normalize: several envs need min-max bounds to average their scores "
-                            "({env = [low, high]}, \"human\", \"d4rl\" or \"TABLE:LOW_ALGO:HIGH_ALGO\")")  # fmt: skip
+            problems.append(
+                "normalize: several envs need min-max bounds to average their scores "
+                '({env = [low, high]}, "human", "d4rl" or "TABLE:LOW_ALGO:HIGH_ALGO")'
+            )
         return None
     if isinstance(value, str):
         from analysis.scores import env_bounds
@@ -271,8 +302,10 @@ def load_study(name_or_path: str) -> Study:
         elif len(set(value)) != len(value):
             problems.append(f"{key}: duplicate seeds")
     if isinstance(seeds, list) and isinstance(export_seeds, list) and set(seeds) & set(export_seeds):
-        problems.append(f"export_seeds: {sorted(set(seeds) & set(export_seeds))} were tuned on; the exported suite "
-                        "must measure other seeds")  # fmt: skip
+        problems.append(
+            f"export_seeds: {sorted(set(seeds) & set(export_seeds))} were tuned on; the exported suite "
+            "must measure other seeds"
+        )
     total, every = _positive_int(data, "total_timesteps", problems), _positive_int(data, "eval_every", problems)
     if every > total:
         problems.append(f"eval_every ({every}) must be at most total_timesteps ({total})")
@@ -296,16 +329,25 @@ def load_study(name_or_path: str) -> Study:
                 problems.append(f"fixed.{key}: {exc}")
     params = _parse_params(algo, data.get("params"), fixed, problems)
     study = Study(
-        name=str(data.get("name", path.stem)), path=path, algorithm=algo, env_ids=tuple(map(str, env_ids)),
-        seeds=tuple(seeds) if isinstance(seeds, list) else (), total_timesteps=total, eval_every=every,
+        name=str(data.get("name", path.stem)),
+        path=path,
+        algorithm=algo,
+        env_ids=tuple(map(str, env_ids)),
+        seeds=tuple(seeds) if isinstance(seeds, list) else (),
+        total_timesteps=total,
+        eval_every=every,
         eval_episodes=_positive_int(data, "eval_episodes", problems, default=10),
-        n_trials=_positive_int(data, "n_trials", problems), objective=objective, aggregate=aggregate,
+        n_trials=_positive_int(data, "n_trials", problems),
+        objective=objective,
+        aggregate=aggregate,
         bounds=_parse_bounds(data.get("normalize"), list(map(str, env_ids)), problems),
         export_seeds=tuple(export_seeds) if isinstance(export_seeds, list) else (),
         sampler=_parse_options("sampler", data.get("sampler"), SAMPLERS, "tpe", problems),
         pruner=_parse_options("pruner", data.get("pruner"), PRUNERS, "median", problems),
-        fixed=fixed, params=tuple(params), raw=data,
-    )  # fmt: skip
+        fixed=fixed,
+        params=tuple(params),
+        raw=data,
+    )
     if not problems:  # the fixed part of every trial's Config must be valid on its own
         try:
             make_config(algo, {**study.overrides({}), "env_id": study.env_ids[0], "seed": study.seeds[0]})

@@ -40,8 +40,18 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 SUITES_DIR = Path(__file__).parent / "suites"
-TOP_LEVEL = {"name", "description", "algorithms", "env_ids", "seeds", "total_timesteps", "eval_every", "eval_episodes",
-             "algo", "variants"}  # fmt: skip
+TOP_LEVEL = {
+    "name",
+    "description",
+    "algorithms",
+    "env_ids",
+    "seeds",
+    "total_timesteps",
+    "eval_every",
+    "eval_episodes",
+    "algo",
+    "variants",
+}
 COMMON_FIELDS = ("total_timesteps", "eval_every", "eval_episodes")
 
 
@@ -101,8 +111,10 @@ def load_suite(name_or_path: str) -> Suite:
         algos = []
     for i, algo in enumerate(algos):
         if algo not in known_algos:
-            problems.append(f"algorithms[{i}]: unknown algorithm {algo!r}{suggest(str(algo), known_algos)}; "
-                            f"known: {', '.join(known_algos)}")  # fmt: skip
+            problems.append(
+                f"algorithms[{i}]: unknown algorithm {algo!r}{suggest(str(algo), known_algos)}; "
+                f"known: {', '.join(known_algos)}"
+            )
     algos = [a for a in algos if a in known_algos]
 
     env_ids = data.get("env_ids", [])

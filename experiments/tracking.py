@@ -48,13 +48,29 @@ def wandb_run_id(spec: RunSpec) -> str:
 
 
 class WandbLogger:
-    def __init__(self, spec: RunSpec, config: Any, run_dir: Path, mode: str, project: str | None = None,
-                 job_type: str = "train", group: str | None = None, quiet: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        spec: RunSpec,
+        config: Any,
+        run_dir: Path,
+        mode: str,
+        project: str | None = None,
+        job_type: str = "train",
+        group: str | None = None,
+        quiet: bool = False,
+    ) -> None:
         import wandb
 
         self.mode = mode
-        flat = {**dataclasses.asdict(config), "env_id": spec.env_id, "exp_name": spec.algo, "seed": spec.seed,
-                "suite": spec.suite, "variant": spec.variant, "run_hash": spec.hash}  # fmt: skip
+        flat = {
+            **dataclasses.asdict(config),
+            "env_id": spec.env_id,
+            "exp_name": spec.algo,
+            "seed": spec.seed,
+            "suite": spec.suite,
+            "variant": spec.variant,
+            "run_hash": spec.hash,
+        }
         self.run = wandb.init(
             project=project or f"rlgrid-{env_slug(spec.suite)}",
             group=group or f"{spec.suite}/{spec.algo}/{spec.env_id}",

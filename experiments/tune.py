@@ -56,10 +56,12 @@ def open_storage(url: str, heartbeat_interval: int = 30, grace_period: int = 120
 
     if "://" in url:
         if url.startswith("sqlite"):
-            raise ValueError("SQLite storage breaks under several writer processes; use a journal file (the default) "
-                             "or postgresql://")  # fmt: skip
-        return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                                          engine_kwargs={"pool_pre_ping": True})  # fmt: skip
+            raise ValueError(
+                "SQLite storage breaks under several writer processes; use a journal file (the default) or postgresql://"
+            )
+        return optuna.storages.RDBStorage(
+            url, heartbeat_interval=heartbeat_interval, grace_period=grace_period, engine_kwargs={"pool_pre_ping": True}
+        )
     path = Path(url.removeprefix("journal:"))
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))
@@ -89,8 +91,9 @@ def make_pruner(study: Study) -> Any:
     options = {k: v for k, v in study.pruner.items() if k != "name"}
     name = study.pruner["name"]
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=options.get("n_startup_trials", 5),
-                                           n_warmup_steps=options.get("n_warmup_evals", 1))  # fmt: skip
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=options.get("n_startup_trials", 5), n_warmup_steps=options.get("n_warmup_evals", 1)
+        )
     if name == "sha":
         return optuna.pruners.SuccessiveHalvingPruner(**options)
     if name == "hyperband":
@@ -122,8 +125,9 @@ def read_evals(run_dir: Path) -> list[float]:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return []
-    return [row["eval/episodic_return"] for row in map(json.loads, path.read_text().splitlines())
-            if "eval/episodic_return" in row]  # fmt: skip
+    return [
+        row["eval/episodic_return"] for row in map(json.loads, path.read_text().splitlines()) if "eval/episodic_return" in row
+    ]
 
 
 def aggregate(values: list[float], how: str) -> float:
@@ -145,9 +149,13 @@ class TrialRun:
             make_config(study.algorithm, {**overrides, "env_id": study.env_ids[0], "seed": study.seeds[0]})
         except ValueError as exc:
             raise TrialConfigError(f"invalid config: {exc}") from None
-        self.specs = [RunSpec.create(study.algorithm, env_id, seed, overrides, suite=f"tune-{study.name}",
-                                     variant=f"trial-{trial.number:04d}")
-                      for env_id in study.env_ids for seed in study.seeds]  # fmt: skip
+        self.specs = [
+            RunSpec.create(
+                study.algorithm, env_id, seed, overrides, suite=f"tune-{study.name}", variant=f"trial-{trial.number:04d}"
+            )
+            for env_id in study.env_ids
+            for seed in study.seeds
+        ]
         self.options = options
 
     def advance(self, spec: RunSpec, pause_at_step: int | None) -> None:
@@ -287,20 +295,29 @@ def load_or_create_study(study: Study, storage_url: str, worker_index: int = 0) 
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     storage = open_storage(storage_url)
-    study_obj = optuna.create_study(study_name=study.name, storage=storage, direction="maximize", load_if_exists=True,
-                                    sampler=make_sampler(study, worker_index), pruner=make_pruner(study))  # fmt: skip
+    study_obj = optuna.create_study(
+        study_name=study.name,
+        storage=storage,
+        direction="maximize",
+        load_if_exists=True,
+        sampler=make_sampler(study, worker_index),
+        pruner=make_pruner(study),
+    )
     attrs = study_obj.user_attrs
     if "fingerprint" not in attrs:
         study_obj.set_user_attr("fingerprint", study.fingerprint())
         study_obj.set_user_attr("study_file", study.raw)
     elif attrs["fingerprint"] != study.fingerprint():
-        raise ValueError(f"study {study.name!r} in {storage_url} was created from a different study file; "
-                         "give this search another name (or another storage)")  # fmt: skip
+        raise ValueError(
+            f"study {study.name!r} in {storage_url} was created from a different study file; "
+            "give this search another name (or another storage)"
+        )
     return study_obj
 
 
-def run_trial(study: Study, study_obj: Any, trial: Any, runs_dir: Path, options: RunOptions,
-              log: Callable[[str], None]) -> None:  # fmt: skip
+def run_trial(
+    study: Study, study_obj: Any, trial: Any, runs_dir: Path, options: RunOptions, log: Callable[[str], None]
+) -> None:
     """Sample, run and tell one trial: complete, pruned, or failed (config's fault, or re-raised interrupt)."""
     from optuna.trial import TrialState
 
@@ -339,9 +356,16 @@ def run_trial(study: Study, study_obj: Any, trial: Any, runs_dir: Path, options:
         log(f"trial {trial.number}: {value:.4f} ({seconds:.0f} s): {params}")
 
 
-def optuna_worker(study_ref: str, storage_url: str, n_trials: int | None = None, runs_dir: str | Path = "runs",
-                  worker_index: int = 0, options: RunOptions | None = None, stale_after_s: float = 180.0,
-                  log: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
+def optuna_worker(
+    study_ref: str,
+    storage_url: str,
+    n_trials: int | None = None,
+    runs_dir: str | Path = "runs",
+    worker_index: int = 0,
+    options: RunOptions | None = None,
+    stale_after_s: float = 180.0,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Run trials of the study until `n_trials` count (default: the study file's); returns counts."""
     import optuna
     from optuna.trial import TrialState
@@ -350,9 +374,17 @@ def optuna_worker(study_ref: str, storage_url: str, n_trials: int | None = None,
     n_trials = n_trials or study.n_trials
     runs_dir = Path(runs_dir)
     options = options or RunOptions(progress=False)
-    options = RunOptions(**{**vars(options), "runs_dir": runs_dir, "progress": False, "keep_checkpoints": 1,
-                            "wandb_group": f"tune/{study.name}", "wandb_job_type": "trial",
-                            "wandb_project": options.wandb_project or f"rlgrid-tune-{study.name}"})  # fmt: skip
+    options = RunOptions(
+        **{
+            **vars(options),
+            "runs_dir": runs_dir,
+            "progress": False,
+            "keep_checkpoints": 1,
+            "wandb_group": f"tune/{study.name}",
+            "wandb_job_type": "trial",
+            "wandb_project": options.wandb_project or f"rlgrid-tune-{study.name}",
+        }
+    )
     study_obj = load_or_create_study(study, storage_url, worker_index)
     failed = fail_dead_trials(study_obj, stale_after_s)
     if failed:

@@ -33,14 +33,20 @@ def toml_value(value: Any) -> str:
 
 def export_suite(study: Study, trial: Any, path: Path) -> Path:
     """The best trial's config (the study's fixed values and the trial's parameters) as a suite file."""
-    lines = [f"# Exported by rlgrid tune-report from study {study.name!r} ({study.path}), trial {trial.number}.",
-             f"# Tuned on seeds {list(study.seeds)}; this suite measures seeds {list(study.export_seeds)}.",
-             f"name = {toml_value(f'tuned-{study.name}')}",
-             f"description = {toml_value(f'best trial {trial.number} of study {study.name} (objective {trial.value:.4f})')}",
-             f"algorithms = {toml_value([study.algorithm])}", f"env_ids = {toml_value(list(study.env_ids))}",
-             f"seeds = {toml_value(list(study.export_seeds))}", f"total_timesteps = {study.total_timesteps}",
-             f"eval_every = {study.eval_every}", f"eval_episodes = {study.eval_episodes}", "",
-             f"[algo.{study.algorithm}]"]  # fmt: skip
+    lines = [
+        f"# Exported by rlgrid tune-report from study {study.name!r} ({study.path}), trial {trial.number}.",
+        f"# Tuned on seeds {list(study.seeds)}; this suite measures seeds {list(study.export_seeds)}.",
+        f"name = {toml_value(f'tuned-{study.name}')}",
+        f"description = {toml_value(f'best trial {trial.number} of study {study.name} (objective {trial.value:.4f})')}",
+        f"algorithms = {toml_value([study.algorithm])}",
+        f"env_ids = {toml_value(list(study.env_ids))}",
+        f"seeds = {toml_value(list(study.export_seeds))}",
+        f"total_timesteps = {study.total_timesteps}",
+        f"eval_every = {study.eval_every}",
+        f"eval_episodes = {study.eval_episodes}",
+        "",
+        f"[algo.{study.algorithm}]",
+    ]
     lines += [f"{key} = {toml_value(value)}" for key, value in {**study.fixed, **trial.params}.items()]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
@@ -52,9 +58,17 @@ def trials_table(study_obj: Any) -> pd.DataFrame:
     for t in study_obj.get_trials(deepcopy=False):
         intermediate = t.intermediate_values
         attrs = t.user_attrs
-        rows.append({"trial": t.number, "state": t.state.name.lower(), "value": t.value,
-                     "last_step": max(intermediate, default=None), **{f"param {k}": v for k, v in t.params.items()},
-                     "fail_reason": attrs.get("fail_reason", ""), "run_dir": attrs.get("run_dir", "")})  # fmt: skip
+        rows.append(
+            {
+                "trial": t.number,
+                "state": t.state.name.lower(),
+                "value": t.value,
+                "last_step": max(intermediate, default=None),
+                **{f"param {k}": v for k, v in t.params.items()},
+                "fail_reason": attrs.get("fail_reason", ""),
+                "run_dir": attrs.get("run_dir", ""),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -65,9 +79,14 @@ def best_table(study_obj: Any, top: int = 5) -> pd.DataFrame:
     rows = []
     for t in complete:
         scores = t.user_attrs.get("scores", {})
-        rows.append({"trial": t.number, "value": round(t.value, 4),
-                     **{k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in t.params.items()},
-                     "per-seed scores": ", ".join(f"{k} {v:.3f}" for k, v in scores.items())})  # fmt: skip
+        rows.append(
+            {
+                "trial": t.number,
+                "value": round(t.value, 4),
+                **{k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in t.params.items()},
+                "per-seed scores": ", ".join(f"{k} {v:.3f}" for k, v in scores.items()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -83,10 +102,13 @@ def optuna_figures(study_obj: Any, out_dir: Path) -> tuple[dict[str, list[Path]]
     from analysis.figures import save
 
     figures, notes = {}, []
-    for name, plot in (("optimization_history", plots.plot_optimization_history),
-                       ("intermediate_values", plots.plot_intermediate_values),
-                       ("param_importances", plots.plot_param_importances),
-                       ("parallel_coordinate", plots.plot_parallel_coordinate), ("slice", plots.plot_slice)):  # fmt: skip
+    for name, plot in (
+        ("optimization_history", plots.plot_optimization_history),
+        ("intermediate_values", plots.plot_intermediate_values),
+        ("param_importances", plots.plot_param_importances),
+        ("parallel_coordinate", plots.plot_parallel_coordinate),
+        ("slice", plots.plot_slice),
+    ):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
@@ -111,8 +133,12 @@ def cmd_tune_report(argv: list[str]) -> int:
     from experiments.tune import default_storage, load_or_create_study
     from experiments.tune_cli import summary
 
-    parser = argparse.ArgumentParser(prog="rlgrid tune-report", description=DESCRIPTION, allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="rlgrid tune-report",
+        description=DESCRIPTION,
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("study", help="study file or shipped study name")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--storage", default=None, help="journal file or postgresql:// URL (default: as rlgrid tune)")
@@ -138,8 +164,11 @@ def cmd_tune_report(argv: list[str]) -> int:
         print(f"error: study {study.name} has no complete trial yet", file=sys.stderr)
         return 1
     objective = f"{study.objective} ({study.aggregate} over {len(study.env_ids)} env(s) x {len(study.seeds)} seed(s))"
-    report = Report(args.out, title=f"rlgrid tune report: {study.name}", header=[summary(study_obj, study.n_trials),
-                                      f"study file {study.path}; storage {storage}; objective {objective}"])  # fmt: skip
+    report = Report(
+        args.out,
+        title=f"rlgrid tune report: {study.name}",
+        header=[summary(study_obj, study.n_trials), f"study file {study.path}; storage {storage}; objective {objective}"],
+    )
     report.tables["best_trials"] = report.shown["best_trials"] = best
     trials = trials_table(study_obj)
     report.tables["trials"] = trials

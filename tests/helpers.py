@@ -31,9 +31,18 @@ def deterministic_metrics(run_dir: str | Path) -> list[dict]:
     return [{k: v for k, v in json.loads(line).items() if k not in WALL_CLOCK} for line in lines]
 
 
-def write_synthetic_runs(root: str | Path, cells: dict[tuple[str, str, str], float], seeds: list[int], points: int = 20,
-                         total_steps: int = 100_000, noise: float = 1.0, train_episodes: int = 120, suite: str = "synthetic",
-                         rng_seed: int = 0, complete: bool = True) -> list[Path]:  # fmt: skip
+def write_synthetic_runs(
+    root: str | Path,
+    cells: dict[tuple[str, str, str], float],
+    seeds: list[int],
+    points: int = 20,
+    total_steps: int = 100_000,
+    noise: float = 1.0,
+    train_episodes: int = 120,
+    suite: str = "synthetic",
+    rng_seed: int = 0,
+    complete: bool = True,
+) -> list[Path]:
     """Run directories in rlgrid's format whose scores are known: for cell (algo, variant, env_id) -> level, each
     seed's curve rises linearly to `level + noise * N(0, 1)` (one draw per seed, held for the last half of the run).
     Evaluations at `points` evenly spaced steps; `train_episodes` training episodes at the same per-seed level."""

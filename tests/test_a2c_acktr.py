@@ -250,8 +250,7 @@ def test_kfac_step_is_the_trust_region_bounded_natural_gradient():
     holder = nn.Module()
     holder.layer, holder.log_std = layer, log_std
     for kl_clip, expect_clipped in ((1e-6, True), (1e3, False)):
-        kfac = KFAC(holder, lr=0.5, kl_clip=kl_clip, damping=0.1, stat_decay=0.0, momentum=0.0,
-                    diagonal_fisher={log_std: 2.0})  # fmt: skip
+        kfac = KFAC(holder, lr=0.5, kl_clip=kl_clip, damping=0.1, stat_decay=0.0, momentum=0.0, diagonal_fisher={log_std: 2.0})
         x = torch.randn(16, 3, generator=g)
         with kfac.record():
             out = layer(x)

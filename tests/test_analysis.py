@@ -14,8 +14,15 @@ from analysis.scores import env_bounds, load_reference, normalize_by_bounds, per
 from experiments.execute import RunOptions, execute_run
 from experiments.runs import RunSpec
 
-TINY = {"total_timesteps": 1024, "num_envs": 2, "num_steps": 128, "update_epochs": 2, "num_minibatches": 4,
-        "eval_every": 512, "eval_episodes": 2}  # fmt: skip
+TINY = {
+    "total_timesteps": 1024,
+    "num_envs": 2,
+    "num_steps": 128,
+    "update_epochs": 2,
+    "num_minibatches": 4,
+    "eval_every": 512,
+    "eval_episodes": 2,
+}
 
 
 @pytest.fixture(scope="module")
@@ -65,25 +72,39 @@ def test_incomplete_runs_are_left_out_loudly_or_kept_on_request(runs_dir, tmp_pa
 def test_wandb_history_rows_convert_to_the_same_frame_as_the_run_directory(runs_dir):
     (run_dir,) = [p for p in runs_dir.rglob("seed2-*") if p.is_dir()]
     spec = json.loads((run_dir / "spec.json").read_text())
-    config = {**json.loads((run_dir / "config.json").read_text()), "exp_name": spec["algo"], "suite": spec["suite"],
-              "variant": spec["variant"]}  # fmt: skip
+    config = {
+        **json.loads((run_dir / "config.json").read_text()),
+        "exp_name": spec["algo"],
+        "suite": spec["suite"],
+        "variant": spec["variant"],
+    }
     # scan_history yields one dict per wandb.log call: W&B's own keys, global_step, and what was logged then.
     rows = []
     for index, line in enumerate((run_dir / "metrics.jsonl").read_text().splitlines()):
         logged = json.loads(line)
         step, wall = logged.pop("step"), logged.pop("time")
-        rows.append({"_step": index, "_runtime": wall - 1.0, "_timestamp": wall, "global_step": step, **logged,
-                     "charts/unlogged_here": None})  # fmt: skip
+        rows.append(
+            {
+                "_step": index,
+                "_runtime": wall - 1.0,
+                "_timestamp": wall,
+                "global_step": step,
+                **logged,
+                "charts/unlogged_here": None,
+            }
+        )
     converted = history_to_frame(config, rows, run_id=run_dir.name)
     pd.testing.assert_frame_equal(converted, load_run_dir(run_dir))
 
 
 def _frame(records):
     return pd.DataFrame(
-        [("s", algo, "default", env, seed, f"{algo}-{env}-{seed}", step, metric, value, True)
-         for algo, env, seed, step, metric, value in records],
+        [
+            ("s", algo, "default", env, seed, f"{algo}-{env}-{seed}", step, metric, value, True)
+            for algo, env, seed, step, metric, value in records
+        ],
         columns=["suite", "algo", "variant", "env_id", "seed", "run_id", "step", "metric", "value", "complete"],
-    )  # fmt: skip
+    )
 
 
 def test_protocols_on_a_hand_built_frame():

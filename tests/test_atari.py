@@ -76,10 +76,16 @@ def test_noop_starts_vary_the_first_frame_number_by_seed():
 def test_rewards_are_clipped_in_training_only_and_the_game_score_is_unclipped():
     """Same seed, same actions: the training env's rewards are the signs of the evaluation env's."""
     actions = np.random.default_rng(4).integers(0, 6, 600)
-    train = list(play(make_atari_env("ALE/SpaceInvaders-v5", protocol="machado2018", repeat_action_probability=0.0),
-                      actions, seed=5))  # fmt: skip
-    evaluation = list(play(make_atari_env("ALE/SpaceInvaders-v5", protocol="machado2018", training=False,
-                                          repeat_action_probability=0.0), actions, seed=5))  # fmt: skip
+    train = list(
+        play(make_atari_env("ALE/SpaceInvaders-v5", protocol="machado2018", repeat_action_probability=0.0), actions, seed=5)
+    )
+    evaluation = list(
+        play(
+            make_atari_env("ALE/SpaceInvaders-v5", protocol="machado2018", training=False, repeat_action_probability=0.0),
+            actions,
+            seed=5,
+        )
+    )
     raw = np.array([step[2] for step in evaluation])
     clipped = np.array([step[2] for step in train])
     assert len(raw) == len(clipped) and raw.max() > 1  # SpaceInvaders scores 5-30 per alien
@@ -117,9 +123,11 @@ def test_the_id_picks_the_protocol():
     from envs.atari import default_protocol
 
     assert default_protocol("PongNoFrameskip-v4") == "dqn-nature" and default_protocol("ALE/Pong-v5") == "machado2018"
-    for env_id, protocol, life_loss, sticky in (("BreakoutNoFrameskip-v4", None, True, 0.0),
-                                                 ("ALE/Breakout-v5", None, False, 0.25),
-                                                 ("ALE/Breakout-v5", "dqn-nature", True, 0.0)):  # fmt: skip
+    for env_id, protocol, life_loss, sticky in (
+        ("BreakoutNoFrameskip-v4", None, True, 0.0),
+        ("ALE/Breakout-v5", None, False, 0.25),
+        ("ALE/Breakout-v5", "dqn-nature", True, 0.0),
+    ):
         env = make_atari_env(env_id, protocol=protocol)
         assert env.settings.life_loss == life_loss, env_id
         assert env.ale.getFloat("repeat_action_probability") == pytest.approx(sticky), env_id
@@ -143,11 +151,14 @@ def _play_vector(backend: str, env_id: str, num_envs: int, steps: int, monkeypat
     return record
 
 
-@pytest.mark.parametrize("env_id, steps, evaluation, min_games", [
-    ("BreakoutNoFrameskip-v4", 1500, False, 20),  # dqn-nature: no-op starts, FIRE, lives lost, clipped rewards
-    ("ALE/Pong-v5", 1500, False, 4),  # machado2018: sticky actions (the emulator's RNG)
-    ("SpaceInvadersNoFrameskip-v4", 900, True, 2),  # an evaluation copy: unclipped rewards (5-30), no life loss
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "env_id, steps, evaluation, min_games",
+    [
+        ("BreakoutNoFrameskip-v4", 1500, False, 20),  # dqn-nature: no-op starts, FIRE, lives lost, clipped rewards
+        ("ALE/Pong-v5", 1500, False, 4),  # machado2018: sticky actions (the emulator's RNG)
+        ("SpaceInvadersNoFrameskip-v4", 900, True, 2),  # an evaluation copy: unclipped rewards (5-30), no life loss
+    ],
+)
 def test_vector_path_equals_python_path(env_id, steps, evaluation, min_games, monkeypatch):
     """ale-py's C++ AtariVectorEnv and AtariGame, same seeds and actions: every observation, reward, termination,
     truncation, true final observation and reported game, step by step, through episode and game ends."""
@@ -165,12 +176,34 @@ def test_vector_path_equals_python_path(env_id, steps, evaluation, min_games, mo
     assert (rewards.max() > 1) == evaluation  # clipped in training only
 
 
-@pytest.mark.parametrize("algo, settings", [
-    ("dqn", {"total_timesteps": 1200, "learning_starts": 400, "buffer_size": 1000, "batch_size": 32, "train_frequency": 4,
-             "target_network_frequency": 200}),
-    ("ppo", {"total_timesteps": 1024, "num_envs": 8, "num_steps": 64, "num_minibatches": 4, "update_epochs": 1,
-             "normalize_obs": False, "normalize_reward": False}),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "algo, settings",
+    [
+        (
+            "dqn",
+            {
+                "total_timesteps": 1200,
+                "learning_starts": 400,
+                "buffer_size": 1000,
+                "batch_size": 32,
+                "train_frequency": 4,
+                "target_network_frequency": 200,
+            },
+        ),
+        (
+            "ppo",
+            {
+                "total_timesteps": 1024,
+                "num_envs": 8,
+                "num_steps": 64,
+                "num_minibatches": 4,
+                "update_epochs": 1,
+                "normalize_obs": False,
+                "normalize_reward": False,
+            },
+        ),
+    ],
+)
 def test_image_agents_train_and_evaluate_on_the_fast_path(algo, settings, monkeypatch):
     """DQN (one env copy, frame replay) and PPO (8 copies) through the C++ vector env, with an evaluation of whole
     games (capped here by a short run: evaluation plays each game to its end, so a random Pong agent's score)."""
@@ -181,8 +214,9 @@ def test_image_agents_train_and_evaluate_on_the_fast_path(algo, settings, monkey
     monkeypatch.setenv("RLGRID_ATARI_BACKEND", "vector")
     module = importlib.import_module(f"algorithms.{algo}")
     logger = RecordingLogger()
-    result = module.train(module.Config(env_id="PongNoFrameskip-v4", seed=1, eval_every=0, eval_episodes=2, **settings),
-                          logger)  # fmt: skip
+    result = module.train(
+        module.Config(env_id="PongNoFrameskip-v4", seed=1, eval_every=0, eval_episodes=2, **settings), logger
+    )
     (step, score), *_ = logger.series("eval/episodic_return")[-1:]
     assert step == settings["total_timesteps"] and -21 <= score <= 21
     assert result is not None

@@ -148,8 +148,9 @@ def test_bad_input_is_refused_with_a_clear_message(tmp_path, capsys, case_id, al
 def test_bad_input_exit_code_through_a_real_process(tmp_path):
     """`python -m experiments` (what the `rlgrid` script runs) exits 2 with the message on stderr."""
     runs_dir = tmp_path / "runs"
-    proc = subprocess.run([sys.executable, "-m", "experiments", *train_argv(runs_dir, "ppoo")],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments", *train_argv(runs_dir, "ppoo")], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2, proc.stderr
     assert "Did you mean 'ppo'?" in proc.stderr
     assert proc.stdout == ""

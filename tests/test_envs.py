@@ -15,14 +15,17 @@ def _random_actions(space: gym.Space, n: int, seed: int) -> list:
     return [space.sample() for _ in range(n)]
 
 
-@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1", "rlgrid-test/Count-v0",
-                                    pytest.param("MinAtar/Breakout-v1", marks=pytest.mark.minatar)])  # fmt: skip
+@pytest.mark.parametrize(
+    "env_id",
+    ["CartPole-v1", "Pendulum-v1", "rlgrid-test/Count-v0", pytest.param("MinAtar/Breakout-v1", marks=pytest.mark.minatar)],
+)
 def test_matches_gymnasium_same_step_vector_env(env_id):
     """Our vector env without normalisation equals gymnasium's SyncVectorEnv in SAME_STEP mode."""
     num_envs = 3
     ours, obs = make_vec_env(env_id, num_envs, seed=7, clip_actions=False)
-    ref = gym.vector.SyncVectorEnv([lambda: gym.make(env_id) for _ in range(num_envs)],
-                                   autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)  # fmt: skip
+    ref = gym.vector.SyncVectorEnv(
+        [lambda: gym.make(env_id) for _ in range(num_envs)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+    )
     ref_obs, _ = ref.reset(seed=[7 + i for i in range(num_envs)])
     np.testing.assert_array_equal(obs, ref_obs)
     ended = 0
@@ -157,9 +160,14 @@ def test_minatar_ids_register_on_first_use():
         envs.close()
 
 
-@pytest.mark.parametrize("env_id", [pytest.param("BreakoutNoFrameskip-v4", marks=pytest.mark.atari),
-                                    pytest.param("ALE/Breakout-v5", marks=pytest.mark.atari),
-                                    pytest.param("MinAtar/Breakout-v1", marks=pytest.mark.minatar)])  # fmt: skip
+@pytest.mark.parametrize(
+    "env_id",
+    [
+        pytest.param("BreakoutNoFrameskip-v4", marks=pytest.mark.atari),
+        pytest.param("ALE/Breakout-v5", marks=pytest.mark.atari),
+        pytest.param("MinAtar/Breakout-v1", marks=pytest.mark.minatar),
+    ],
+)
 def test_state_capture_restores_games_exactly(env_id, monkeypatch):
     """Emulator (with its RNG: sticky actions under -v5's machado2018), no-op draws, frame stack, life counter and
     game score of Atari on its Python path (life loss under NoFrameskip-v4's dqn-nature); MinAtar's game object."""

@@ -128,8 +128,10 @@ def test_memory_per_transition_is_about_one_frame():
     frame_bytes = 84 * 84
     buffer = FrameReplayBuffer(10_000, 8, (4, 84, 84), (), torch.int64)
     per_transition = buffer.bytes_per_transition()
-    print(f"frame replay: {per_transition:,.0f} bytes per transition (one frame {frame_bytes:,}, "
-          f"two stacks {2 * 4 * frame_bytes:,})")  # fmt: skip
+    print(
+        f"frame replay: {per_transition:,.0f} bytes per transition (one frame {frame_bytes:,}, "
+        f"two stacks {2 * 4 * frame_bytes:,})"
+    )
     assert frame_bytes < per_transition < 1.05 * frame_bytes + 100
 
 

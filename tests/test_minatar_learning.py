@@ -16,13 +16,36 @@ from algorithms import dqn, ppo
 pytest.importorskip("minatar")
 
 BREAKOUT = "MinAtar/Breakout-v1"
-PPO_SETTINGS = {"env_id": BREAKOUT, "total_timesteps": 150_000, "num_envs": 8, "num_steps": 128, "learning_rate": 2.5e-4,
-                "num_minibatches": 4, "update_epochs": 4, "clip_coef": 0.1, "ent_coef": 0.01, "normalize_obs": False,
-                "normalize_reward": False, "eval_every": 50_000, "eval_episodes": 10}  # fmt: skip
-DQN_SETTINGS = {"env_id": BREAKOUT, "total_timesteps": 50_000, "buffer_size": 50_000, "learning_rate": 2.5e-4,
-                "batch_size": 32, "target_network_frequency": 1000, "end_e": 0.05, "exploration_fraction": 0.3,
-                "learning_starts": 5000, "train_frequency": 2, "loss": "huber", "eval_every": 25_000,
-                "eval_episodes": 10}  # fmt: skip
+PPO_SETTINGS = {
+    "env_id": BREAKOUT,
+    "total_timesteps": 150_000,
+    "num_envs": 8,
+    "num_steps": 128,
+    "learning_rate": 2.5e-4,
+    "num_minibatches": 4,
+    "update_epochs": 4,
+    "clip_coef": 0.1,
+    "ent_coef": 0.01,
+    "normalize_obs": False,
+    "normalize_reward": False,
+    "eval_every": 50_000,
+    "eval_episodes": 10,
+}
+DQN_SETTINGS = {
+    "env_id": BREAKOUT,
+    "total_timesteps": 50_000,
+    "buffer_size": 50_000,
+    "learning_rate": 2.5e-4,
+    "batch_size": 32,
+    "target_network_frequency": 1000,
+    "end_e": 0.05,
+    "exploration_fraction": 0.3,
+    "learning_starts": 5000,
+    "train_frequency": 2,
+    "loss": "huber",
+    "eval_every": 25_000,
+    "eval_episodes": 10,
+}
 
 
 @pytest.mark.slow

@@ -20,8 +20,14 @@ from experiments.registry import load_algorithm
 
 ddpg = load_algorithm("ddpg")  # td3.py without clipped double-Q and target smoothing
 
-PENDULUM = {"env_id": "Pendulum-v1", "total_timesteps": 20_000, "learning_starts": 1_000, "hidden_size": 64,
-            "eval_every": 0, "eval_episodes": 10}  # fmt: skip
+PENDULUM = {
+    "env_id": "Pendulum-v1",
+    "total_timesteps": 20_000,
+    "learning_starts": 1_000,
+    "hidden_size": 64,
+    "eval_every": 0,
+    "eval_episodes": 10,
+}
 SETTINGS = {"ddpg": (ddpg, {"learning_rate": 1e-3}), "td3": (td3, {"learning_rate": 1e-3}), "sac": (sac, {})}
 
 

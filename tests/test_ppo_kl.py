@@ -99,8 +99,15 @@ def test_kl_penalty_loss_by_hand():
     assert kl_penalty_loss(ratio, adv, kl, 0.0).item() == pytest.approx(1.25, rel=1e-6)
 
 
-TINY = {"total_timesteps": 1024, "num_envs": 2, "num_steps": 64, "update_epochs": 4, "num_minibatches": 2,
-        "eval_every": 0, "eval_episodes": 1}  # fmt: skip
+TINY = {
+    "total_timesteps": 1024,
+    "num_envs": 2,
+    "num_steps": 64,
+    "update_epochs": 4,
+    "num_minibatches": 2,
+    "eval_every": 0,
+    "eval_episodes": 1,
+}
 
 
 def _betas_and_kls(logger: RecordingLogger) -> tuple[list[float], list[float]]:
@@ -127,9 +134,22 @@ def test_fixed_beta_variant_keeps_beta():
     assert betas == [3.0] * 8 and all(kl > 0 for kl in kls)
 
 
-CARTPOLE = {"env_id": "CartPole-v1", "total_timesteps": 100_000, "num_envs": 8, "num_steps": 32, "num_minibatches": 1,
-            "update_epochs": 20, "gamma": 0.98, "gae_lambda": 0.8, "learning_rate": 1e-3, "ent_coef": 0.0,
-            "normalize_obs": False, "normalize_reward": False, "eval_every": 0, "eval_episodes": 10}  # fmt: skip
+CARTPOLE = {
+    "env_id": "CartPole-v1",
+    "total_timesteps": 100_000,
+    "num_envs": 8,
+    "num_steps": 32,
+    "num_minibatches": 1,
+    "update_epochs": 20,
+    "gamma": 0.98,
+    "gae_lambda": 0.8,
+    "learning_rate": 1e-3,
+    "ent_coef": 0.0,
+    "normalize_obs": False,
+    "normalize_reward": False,
+    "eval_every": 0,
+    "eval_episodes": 10,
+}
 
 
 @pytest.mark.slow

@@ -19,9 +19,14 @@ from experiments.execute import RunOptions, execute_run  # noqa: E402
 from experiments.runs import RunSpec  # noqa: E402
 from tests.helpers import write_synthetic_runs  # noqa: E402
 
-CELLS = {("ppo", "default", "Hopper-v5"): 2400.0, ("ppo", "default", "Walker2d-v5"): 2800.0,
-         ("ppo", "lr_x3", "Hopper-v5"): 1200.0, ("ppo", "lr_x3", "Walker2d-v5"): 1500.0,
-         ("sac", "default", "Hopper-v5"): 3000.0, ("sac", "default", "Walker2d-v5"): 4000.0}  # fmt: skip
+CELLS = {
+    ("ppo", "default", "Hopper-v5"): 2400.0,
+    ("ppo", "default", "Walker2d-v5"): 2800.0,
+    ("ppo", "lr_x3", "Hopper-v5"): 1200.0,
+    ("ppo", "lr_x3", "Walker2d-v5"): 1500.0,
+    ("sac", "default", "Hopper-v5"): 3000.0,
+    ("sac", "default", "Walker2d-v5"): 4000.0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +47,14 @@ def test_report_writes_tables_figures_and_html(report_dir, capsys):
     for name in ("scores", "aggregates", "probability_of_improvement", "reference_verdicts"):
         for ext in ("csv", "md", "tex"):
             assert (report_dir / "tables" / f"{name}.{ext}").stat().st_size > 50, (name, ext)
-    for name in ("learning_curves", "aggregate_intervals", "performance_profiles", "sample_efficiency",
-                 "probability_of_improvement", "variant_comparison"):  # fmt: skip
+    for name in (
+        "learning_curves",
+        "aggregate_intervals",
+        "performance_profiles",
+        "sample_efficiency",
+        "probability_of_improvement",
+        "variant_comparison",
+    ):
         png, pdf = (report_dir / "figures" / f"{name}.{ext}" for ext in ("png", "pdf"))
         assert png.stat().st_size > 5000 and pdf.exists(), name
     assert len(pd.read_csv(report_dir / "tables" / "probability_of_improvement.csv")) == 3, "every pair of 3 methods"
@@ -65,8 +76,9 @@ def test_report_numbers_are_the_runs_numbers(report_dir, synthetic_runs):
     aggregates = pd.read_csv(report_dir / "tables" / "aggregates.csv").set_index("method")
     assert aggregates.loc["sac", "IQM low"] > aggregates.loc["ppo[lr_x3]", "IQM high"], "clearly separated methods"
     verdicts = pd.read_csv(report_dir / "tables" / "reference_verdicts.csv")
-    cleanrl_ppo = verdicts[(verdicts["reference"] == "cleanrl_benchmarks") & (verdicts["variant"] == "default")
-                           & (verdicts["algo"] == "ppo")].set_index("env_id")  # fmt: skip
+    cleanrl_ppo = verdicts[
+        (verdicts["reference"] == "cleanrl_benchmarks") & (verdicts["variant"] == "default") & (verdicts["algo"] == "ppo")
+    ].set_index("env_id")
     assert cleanrl_ppo.loc["Hopper-v5", "verdict"] == "reproduced"  # 2400 vs CleanRL's 2382.86 ± 271.74
     assert cleanrl_ppo.loc["Hopper-v5", "versions"] == "ours v5, reference v4"
 
@@ -82,15 +94,25 @@ def test_report_html_is_standalone_and_renders_in_a_headless_browser(report_dir,
             pytest.fail("RLGRID_REQUIRE_BROWSER is set but no chromium is installed")
         pytest.skip("no chromium here (.ci/run installs it)")
     # The page itself has no script; a copy gets one that counts images the browser actually decoded.
-    probe = ('<script>addEventListener("load",()=>{const i=[...document.images];document.body.dataset.decoded='
-             'i.filter(x=>x.complete&&x.naturalWidth>0).length+"/"+i.length;'
-             'document.body.dataset.tables=document.querySelectorAll("table tr").length});</script></body>')  # fmt: skip
+    probe = (
+        '<script>addEventListener("load",()=>{const i=[...document.images];document.body.dataset.decoded='
+        'i.filter(x=>x.complete&&x.naturalWidth>0).length+"/"+i.length;'
+        'document.body.dataset.tables=document.querySelectorAll("table tr").length});</script></body>'
+    )
 
     def render(html: str) -> str:
         path = tmp_path / "probe.html"
         path.write_text(html.replace("</body>", probe))
-        command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                   "--virtual-time-budget=10000", "--dump-dom", path.as_uri()]  # fmt: skip
+        command = [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            path.as_uri(),
+        ]
         return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
 
     dom = render(page)
@@ -101,11 +123,20 @@ def test_report_html_is_standalone_and_renders_in_a_headless_browser(report_dir,
 
 
 def test_report_on_real_runs_without_normalisation(tmp_path, capsys):
-    tiny = {"total_timesteps": 1024, "num_envs": 2, "num_steps": 128, "update_epochs": 2, "num_minibatches": 4,
-            "eval_every": 256, "eval_episodes": 2}  # fmt: skip
+    tiny = {
+        "total_timesteps": 1024,
+        "num_envs": 2,
+        "num_steps": 128,
+        "update_epochs": 2,
+        "num_minibatches": 4,
+        "eval_every": 256,
+        "eval_episodes": 2,
+    }
     for seed in (1, 2):
-        execute_run(RunSpec.create("ppo", "CartPole-v1", seed, tiny, suite="tiny"),
-                    RunOptions(runs_dir=tmp_path / "runs", progress=False))  # fmt: skip
+        execute_run(
+            RunSpec.create("ppo", "CartPole-v1", seed, tiny, suite="tiny"),
+            RunOptions(runs_dir=tmp_path / "runs", progress=False),
+        )
     capsys.readouterr()
     assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--reps", "200", "--last-n", "2"]) == 0
     printed = capsys.readouterr().out

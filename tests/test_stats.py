@@ -13,9 +13,14 @@ from analysis.stats import aggregate_table, probability_of_improvement, score_ma
 
 def synthetic_scores(means: dict[str, float], seeds: int = 10, envs: int = 5, sd: float = 0.2, rng_seed: int = 0):
     rng = np.random.default_rng(rng_seed)
-    return pd.DataFrame([{"algo": algo, "variant": "default", "env_id": f"E{e}-v0", "seed": s,
-                          "score": rng.normal(mean, sd)} for algo, mean in means.items() for s in range(seeds)
-                         for e in range(envs)])  # fmt: skip
+    return pd.DataFrame(
+        [
+            {"algo": algo, "variant": "default", "env_id": f"E{e}-v0", "seed": s, "score": rng.normal(mean, sd)}
+            for algo, mean in means.items()
+            for s in range(seeds)
+            for e in range(envs)
+        ]
+    )
 
 
 def test_iqm_point_estimate_is_the_trimmed_mean_and_intervals_are_reproducible():
@@ -92,8 +97,14 @@ def test_vectorised_bootstrap_agrees_with_rliables_own_interval_estimates():
     ours = aggregate_table(scores, reps=5000, seed=1).set_index("method")
 
     def rliable_aggregates(x):
-        return np.array([metrics.aggregate_iqm(x), metrics.aggregate_median(x), metrics.aggregate_mean(x),
-                         metrics.aggregate_optimality_gap(x, 1.0)])  # fmt: skip
+        return np.array(
+            [
+                metrics.aggregate_iqm(x),
+                metrics.aggregate_median(x),
+                metrics.aggregate_mean(x),
+                metrics.aggregate_optimality_gap(x, 1.0),
+            ]
+        )
 
     np.random.seed(0)
     points, intervals = rly.get_interval_estimates({"a": matrices["a"]}, rliable_aggregates, reps=5000)
@@ -107,7 +118,8 @@ def test_vectorised_bootstrap_agrees_with_rliables_own_interval_estimates():
     improvement = probability_of_improvement(scores, [("b", "a")], reps=5000).iloc[0]
     assert np.isclose(improvement["P(X > Y)"], metrics.probability_of_improvement(matrices["b"], matrices["a"]))
     np.random.seed(0)
-    _, poi_interval = rly.get_interval_estimates({"ba": (matrices["b"], matrices["a"])},
-                                                 metrics.probability_of_improvement, reps=2000)  # fmt: skip
+    _, poi_interval = rly.get_interval_estimates(
+        {"ba": (matrices["b"], matrices["a"])}, metrics.probability_of_improvement, reps=2000
+    )
     low, high = np.ravel(poi_interval["ba"])
     assert abs(improvement["low"] - low) < 0.1 * (high - low) and abs(improvement["high"] - high) < 0.1 * (high - low)

@@ -117,8 +117,14 @@ def option_names(help_text: str) -> set[str]:
 def test_the_algorithm_files_command_line_is_rlgrid_trains_config_part(algo, capsys):
     """`python -m algorithms.X --help` lists exactly the Config options that `rlgrid train X --help` lists next to the
     runner's own, both from algorithms.common.cli.parse_command_line."""
-    proc = subprocess.run([sys.executable, "-m", f"algorithms.{algo}", "--help"], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT, env={**os.environ, "COLUMNS": "200"})  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", f"algorithms.{algo}", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert proc.returncode == 0, proc.stderr
     file_options = option_names(proc.stdout) - {"--help"}
     assert main(["train", algo, "--help"]) == 0
@@ -126,6 +132,11 @@ def test_the_algorithm_files_command_line_is_rlgrid_trains_config_part(algo, cap
     assert {"--env-id", "--seed", "--total-timesteps", "--learning-rate"} <= file_options
     assert file_options < train_options
     assert {"--runs-dir", "--threads", "--track"} <= train_options - file_options
-    bad = subprocess.run([sys.executable, "-m", f"algorithms.{algo}", "--learning-rate", "fast"], capture_output=True,
-                         text=True, timeout=120, cwd=ROOT)  # fmt: skip
+    bad = subprocess.run(
+        [sys.executable, "-m", f"algorithms.{algo}", "--learning-rate", "fast"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert bad.returncode == 2 and "--learning-rate" in bad.stderr

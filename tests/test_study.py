@@ -50,8 +50,13 @@ def test_a_valid_study_parses(tmp_path):
     assert study.name == "study" and study.n_evals == 4 and study.bounds["Acrobot-v1"] == (-500.0, -100.0)
     assert [p.name for p in study.params] == ["learning_rate", "anneal_lr", "max_grad_norm", "update_epochs"]
     assert study.sampler == {"name": "tpe"} and study.pruner == {"name": "median"}
-    assert study.overrides({"learning_rate": 1e-3}) == {"num_envs": 2, "learning_rate": 1e-3, "total_timesteps": 4096,
-                                                        "eval_every": 1024, "eval_episodes": 10}  # fmt: skip
+    assert study.overrides({"learning_rate": 1e-3}) == {
+        "num_envs": 2,
+        "learning_rate": 1e-3,
+        "total_timesteps": 4096,
+        "eval_every": 1024,
+        "eval_episodes": 10,
+    }
 
 
 def test_every_problem_is_listed_at_once(tmp_path):
@@ -70,11 +75,16 @@ def test_every_problem_is_listed_at_once(tmp_path):
     with pytest.raises(StudyError) as info:
         load_study(write(tmp_path, bad))
     text = str(info.value)
-    for expected in ("normalize.Acrobot-v1: need [low, high] with low < high", "export_seeds: [2] were tuned on",
-                     "params.learnig_rate: ppo has no Config field 'learnig_rate' (did you mean 'learning_rate'?)",
-                     "params.max_grad_norm.when: 'clip_coef' is not a parameter defined before",
-                     "params.update_epochs: step and log cannot be combined", "params.num_envs: num_envs is set by the study",
-                     "sampler.sead: not an option of the tpe sampler", "pruner.name: unknown pruner 'medain'"):  # fmt: skip
+    for expected in (
+        "normalize.Acrobot-v1: need [low, high] with low < high",
+        "export_seeds: [2] were tuned on",
+        "params.learnig_rate: ppo has no Config field 'learnig_rate' (did you mean 'learning_rate'?)",
+        "params.max_grad_norm.when: 'clip_coef' is not a parameter defined before",
+        "params.update_epochs: step and log cannot be combined",
+        "params.num_envs: num_envs is set by the study",
+        "sampler.sead: not an option of the tpe sampler",
+        "pruner.name: unknown pruner 'medain'",
+    ):
         assert expected in text, expected
     assert len(info.value.problems) == 8
 

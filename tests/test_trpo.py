@@ -240,8 +240,17 @@ def test_npg_is_trpo_without_the_line_search():
 #   NPG: the same numbers for seeds 1, 3-6 (its full step always passed TRPO's line-search test on these runs);
 #        seed 2: 203, 481, 329, 368, 500.
 # Every seed reached >= 475; as the DQN test, this one asks that of every seed it runs (seeds 1-3 of each).
-CARTPOLE = {"env_id": "CartPole-v1", "total_timesteps": 51_200, "num_envs": 8, "num_steps": 128, "vf_epochs": 10,
-            "vf_minibatch_size": 256, "normalize_obs": False, "eval_every": 10_240, "eval_episodes": 10}  # fmt: skip
+CARTPOLE = {
+    "env_id": "CartPole-v1",
+    "total_timesteps": 51_200,
+    "num_envs": 8,
+    "num_steps": 128,
+    "vf_epochs": 10,
+    "vf_minibatch_size": 256,
+    "normalize_obs": False,
+    "eval_every": 10_240,
+    "eval_episodes": 10,
+}
 
 
 @pytest.mark.slow
@@ -258,8 +267,14 @@ def test_learns_cartpole(module):
 #   seeds 1-3: 138 / 123 / 142 at 20k, 1000 / 1000 / 1000 at 41k. The line search is active here: on seed 1 it
 #   halved 8 of the 20 steps (NPG's unchecked step reached a mean KL of 0.0106 > delta); on CartPole it never cut.
 # "Improves clearly" is taken as a final evaluation >= 500, half the maximum and >10x the zero action; seeds 1-2.
-INVERTED_PENDULUM = {"env_id": "InvertedPendulum-v5", "total_timesteps": 40_960, "num_envs": 4, "num_steps": 512,
-                     "eval_every": 20_480, "eval_episodes": 10}  # fmt: skip
+INVERTED_PENDULUM = {
+    "env_id": "InvertedPendulum-v5",
+    "total_timesteps": 40_960,
+    "num_envs": 4,
+    "num_steps": 512,
+    "eval_every": 20_480,
+    "eval_episodes": 10,
+}
 
 
 @pytest.mark.slow

@@ -83,8 +83,9 @@ def test_budget_differences_are_stated(tmp_path):
 
 def test_eval_max_verdict_uses_the_max_of_the_seed_average(tmp_path):
     # TD3 Table 1, TD3 on Hopper-v1: 3564.07 ± 114.74 over 10 trials.
-    write_synthetic_runs(tmp_path, {("td3", "default", "Hopper-v5"): 3564.0}, seeds=list(range(10)), noise=110.0,
-                         total_steps=1_000_000)  # fmt: skip
+    write_synthetic_runs(
+        tmp_path, {("td3", "default", "Hopper-v5"): 3564.0}, seeds=list(range(10)), noise=110.0, total_steps=1_000_000
+    )
     frame = load_runs(tmp_path)
     row = compare_to_references(frame, ["mujoco_td3_paper_2018"], {"Hopper-v5": "mujoco"}).iloc[0]
     evals = frame[frame["metric"] == "eval/episodic_return"]

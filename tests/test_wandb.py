@@ -133,16 +133,33 @@ def summarize(records: list[Any]) -> tuple[Any, dict[str, Any], dict[str, Any], 
 # --- the real offline run -----------------------------------------------------------------------------
 def test_offline_run_mirrors_the_local_run(tmp_path, offline_wandb_env):
     runs_dir = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "experiments", "train", "ppo", *TINY, "--runs-dir", str(runs_dir),
-           "--track", "--wandb-mode", "offline"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments",
+        "train",
+        "ppo",
+        *TINY,
+        "--runs-dir",
+        str(runs_dir),
+        "--track",
+        "--wandb-mode",
+        "offline",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=os.environ.copy())
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     (run_dir,) = runs_dir.glob("single/ppo/CartPole-v1/seed1-*")
     assert (run_dir / "DONE").is_file()
     spec_json = json.loads((run_dir / "spec.json").read_text())
-    spec = RunSpec.create(spec_json["algo"], spec_json["env_id"], spec_json["seed"], spec_json["overrides"],
-                          suite=spec_json["suite"], variant=spec_json["variant"])  # fmt: skip
+    spec = RunSpec.create(
+        spec_json["algo"],
+        spec_json["env_id"],
+        spec_json["seed"],
+        spec_json["overrides"],
+        suite=spec_json["suite"],
+        variant=spec_json["variant"],
+    )
     assert spec.hash == spec_json["hash"] and run_dir.name == f"seed1-{spec.hash}"
     run_id = wandb_run_id(spec)
 

@@ -31,8 +31,15 @@ from algorithms.common.replay import Batch
 class FrameReplayBuffer:
     FIELDS = ("obs_frames", "next_frames", "actions", "rewards", "terminated", "truncated")
 
-    def __init__(self, capacity: int, num_envs: int, obs_shape: tuple[int, ...], action_shape: tuple[int, ...],
-                 action_dtype: torch.dtype, device: torch.device | str = "cpu") -> None:  # fmt: skip
+    def __init__(
+        self,
+        capacity: int,
+        num_envs: int,
+        obs_shape: tuple[int, ...],
+        action_shape: tuple[int, ...],
+        action_dtype: torch.dtype,
+        device: torch.device | str = "cpu",
+    ) -> None:
         if len(obs_shape) < 2:
             raise ValueError(f"obs_shape must be (K, *frame_shape) with K stacked frames, got {obs_shape}")
         if capacity < num_envs or num_envs < 1:
@@ -86,16 +93,28 @@ class FrameReplayBuffer:
         frame_shape = self.frames.shape[2:]
         return self.frames.view(-1, *frame_shape).index_select(0, index.reshape(-1)).view(*index.shape, *frame_shape)
 
-    def add(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray,
-            terminated: np.ndarray, truncated: np.ndarray) -> None:  # fmt: skip
+    def add(
+        self,
+        obs: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        next_obs: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+    ) -> None:
         """Store one vector step: obs and next_obs (N, K, *frame_shape) uint8, the rest with a leading axis N."""
         obs, next_obs = np.asarray(obs), np.asarray(next_obs)
         slot = self.steps % self.per_env
         for env in range(self.num_envs):
             previous = self.prev_next[env]
-            same_as_previous = (not self.prev_ended[env] and previous is not None
-                                and torch.equal(self._gather(env * self.frame_slots + previous % self.frame_slots),
-                                                torch.as_tensor(obs[env], device=self.device)))  # fmt: skip
+            same_as_previous = (
+                not self.prev_ended[env]
+                and previous is not None
+                and torch.equal(
+                    self._gather(env * self.frame_slots + previous % self.frame_slots),
+                    torch.as_tensor(obs[env], device=self.device),
+                )
+            )
             obs_counters = previous if same_as_previous else self._write(env, obs[env])
             if np.array_equal(next_obs[env, :-1], obs[env, 1:]):
                 next_counters = np.concatenate([obs_counters[1:], self._write(env, next_obs[env, -1:])])
@@ -118,8 +137,10 @@ class FrameReplayBuffer:
         oldest_frame = self.frames_written - self.frame_slots  # counters below this are overwritten
         for env in range(self.num_envs):
             self.oldest[env] = max(self.oldest[env], first_step)
-            while (self.oldest[env] < self.steps
-                   and int(self.obs_frames[env, self.oldest[env] % self.per_env, 0]) < oldest_frame[env]):  # fmt: skip
+            while (
+                self.oldest[env] < self.steps
+                and int(self.obs_frames[env, self.oldest[env] % self.per_env, 0]) < oldest_frame[env]
+            ):
                 self.oldest[env] += 1
 
     def sample(self, batch_size: int) -> Batch:
@@ -136,17 +157,28 @@ class FrameReplayBuffer:
         first_slot = env[:, None] * self.frame_slots  # (B, 1): env's ring in the flattened frames
         obs = self._gather(first_slot + self.obs_frames[env, slot] % self.frame_slots)
         next_obs = self._gather(first_slot + self.next_frames[env, slot] % self.frame_slots)
-        return Batch(obs, self.actions[env, slot], self.rewards[env, slot], next_obs, self.terminated[env, slot],
-                     self.truncated[env, slot])  # fmt: skip
+        return Batch(
+            obs,
+            self.actions[env, slot],
+            self.rewards[env, slot],
+            next_obs,
+            self.terminated[env, slot],
+            self.truncated[env, slot],
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly, on the CPU (the filled part of each ring only)."""
         filled_steps = min(self.steps, self.per_env)
         filled_frames = min(int(self.frames_written.max()), self.frame_slots)
-        return {"steps": self.steps, "frames_written": self.frames_written.copy(), "oldest": self.oldest.copy(),
-                "prev_next": [None if p is None else p.copy() for p in self.prev_next], "prev_ended": self.prev_ended.copy(),
-                "frames": self.frames[:, :filled_frames].cpu(),
-                **{name: getattr(self, name)[:, :filled_steps].cpu() for name in self.FIELDS}}  # fmt: skip
+        return {
+            "steps": self.steps,
+            "frames_written": self.frames_written.copy(),
+            "oldest": self.oldest.copy(),
+            "prev_next": [None if p is None else p.copy() for p in self.prev_next],
+            "prev_ended": self.prev_ended.copy(),
+            "frames": self.frames[:, :filled_frames].cpu(),
+            **{name: getattr(self, name)[:, :filled_steps].cpu() for name in self.FIELDS},
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["frames"].shape[0] != self.num_envs or state["obs_frames"].shape[1] > self.per_env:

@@ -27,9 +27,15 @@ class Batch(NamedTuple):
 class ReplayBuffer:
     FIELDS = ("obs", "actions", "rewards", "next_obs", "terminated", "truncated")
 
-    def __init__(self, capacity: int, obs_shape: tuple[int, ...], action_shape: tuple[int, ...],
-                 action_dtype: torch.dtype, device: torch.device | str = "cpu",
-                 obs_dtype: torch.dtype = torch.float32) -> None:  # fmt: skip
+    def __init__(
+        self,
+        capacity: int,
+        obs_shape: tuple[int, ...],
+        action_shape: tuple[int, ...],
+        action_dtype: torch.dtype,
+        device: torch.device | str = "cpu",
+        obs_dtype: torch.dtype = torch.float32,
+    ) -> None:
         """`obs_dtype`: torch.uint8 keeps 0/1 grids and 0..255 pixels exactly in a quarter of the memory."""
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
@@ -45,8 +51,15 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return self.size
 
-    def add(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray,
-            terminated: np.ndarray, truncated: np.ndarray) -> None:  # fmt: skip
+    def add(
+        self,
+        obs: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        next_obs: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+    ) -> None:
         """Store one vector step: every argument has a leading axis of num_envs."""
         n = len(rewards)
         if n > self.capacity:

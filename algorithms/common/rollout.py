@@ -50,7 +50,11 @@ class RolloutStorage:
 
     def tensors(self, device: torch.device) -> RolloutBatch:
         terminated = torch.from_numpy(self.terminated).to(device)
-        return RolloutBatch(obs=torch.from_numpy(self.obs).to(device), actions=self.actions.to(device),
-                            rewards=torch.from_numpy(self.rewards).to(device),
-                            final_obs=torch.from_numpy(self.final_obs).to(device), terminated=terminated,
-                            episode_ends=terminated | torch.from_numpy(self.truncated).to(device))  # fmt: skip
+        return RolloutBatch(
+            obs=torch.from_numpy(self.obs).to(device),
+            actions=self.actions.to(device),
+            rewards=torch.from_numpy(self.rewards).to(device),
+            final_obs=torch.from_numpy(self.final_obs).to(device),
+            terminated=terminated,
+            episode_ends=terminated | torch.from_numpy(self.truncated).to(device),
+        )

@@ -40,10 +40,13 @@ class ImageTorso(nn.Module):
         if self.kind == "frames":
             channels, height, width = obs_shape
             self.convs = nn.Sequential(
-                nn.Conv2d(channels, 32, 8, stride=4), nn.ReLU(),
-                nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
-                nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
-            )  # fmt: skip
+                nn.Conv2d(channels, 32, 8, stride=4),
+                nn.ReLU(),
+                nn.Conv2d(32, 64, 4, stride=2),
+                nn.ReLU(),
+                nn.Conv2d(64, 64, 3, stride=1),
+                nn.ReLU(),
+            )
             self.out_features = 512
         elif self.kind == "grid":
             height, width, channels = obs_shape
@@ -51,8 +54,10 @@ class ImageTorso(nn.Module):
             self.out_features = 128
         else:
             size = NATURE_MIN_SIZE
-            raise ValueError(f"no CNN for observations of shape {obs_shape}: expected stacked frames (K, H, W) with "
-                             f"H, W >= {size} or a channels-last grid (H, W, C) with H, W < {size}")  # fmt: skip
+            raise ValueError(
+                f"no CNN for observations of shape {obs_shape}: expected stacked frames (K, H, W) with "
+                f"H, W >= {size} or a channels-last grid (H, W, C) with H, W < {size}"
+            )
         with torch.no_grad():
             flat = self.convs(torch.zeros(1, channels, height, width)).numel()
         self.fc = nn.Sequential(nn.Flatten(), nn.Linear(flat, self.out_features), nn.ReLU())
