@@ -96,7 +96,7 @@ def check_env_support(env_id: str, algo: str, action_spaces: tuple[str, ...], ob
         raise ValueError(f"{algo} needs {' or '.join(action_spaces)} actions; {env_id} has {kind} actions")
     if observation not in observations:
         raise ValueError(
-            f"{algo} has no CNN for the image observations of {env_id} (dqn, double_dqn, ppo, a2c and acktr have one)"
+            f"{algo} has no CNN for the image observations of {env_id} (dqn, double_dqn, ppo, ppo_kl, a2c and acktr have one)"
         )
 
 

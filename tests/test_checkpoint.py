@@ -57,3 +57,16 @@ def test_due_every_steps_and_stop_request(tmp_path):
 def test_keep_last_must_be_positive(tmp_path):
     with pytest.raises(ValueError):
         Checkpointer(tmp_path, keep_last=0)
+
+
+def test_a_checkpoint_that_does_not_fit_the_networks_is_refused_clearly(tmp_path):
+    """Resuming into other networks (another hidden size here; in practice another version of the algorithm) names the
+    directory and the mismatch instead of failing inside torch."""
+    from algorithms import ppo
+    from algorithms.common.run import CheckpointMismatch
+
+    tiny = {"env_id": "CartPole-v1", "total_timesteps": 256, "num_steps": 128, "num_minibatches": 2, "update_epochs": 1}
+    ppo.train(ppo.Config(**tiny), checkpoint=Checkpointer(tmp_path, every_steps=128, every_seconds=None))
+    assert list(tmp_path.glob("ckpt-*.pt"))
+    with pytest.raises(CheckpointMismatch, match=f"newest checkpoint in {tmp_path}.*does not fit"):
+        ppo.train(ppo.Config(**tiny, hidden_size=32), checkpoint=Checkpointer(tmp_path))

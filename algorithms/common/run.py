@@ -34,6 +34,11 @@ from algorithms.common.logging import Logger, NullLogger, TrainResult
 from envs import evaluate
 from envs.vector import VecEnv
 
+
+class CheckpointMismatch(ValueError):
+    """The newest checkpoint cannot be loaded into this run's networks or state (another version or config)."""
+
+
 RECENT_RETURNS = 100
 """training episodes kept for `TrainResult.last_episodic_returns` (CleanRL-style final scores)"""
 
@@ -83,9 +88,10 @@ class RunState:
                     _load(item, saved[name])
                 for name, item in self.extras.items():
                     item.load_state_dict(self.checkpoint.load_extra(name))
-                values = {name: saved[name] for name in values}
+                # A value a checkpoint lacks was added to the algorithm after it was written: its initial value then.
+                values = {name: saved.get(name, initial) for name, initial in values.items()}
             except (KeyError, RuntimeError, ValueError) as exc:
-                raise RuntimeError(
+                raise CheckpointMismatch(
                     f"the newest checkpoint in {self.checkpoint.directory} does not fit this run ({type(exc).__name__}: "
                     f"{exc}); it was written by another version of the algorithm or another config. Move the "
                     "checkpoints away to start the run over."
