@@ -37,8 +37,19 @@ normalize_reward = false
 
 
 def run_grid(suite: Path, runs: Path, workers: int) -> dict:
-    command = [sys.executable, "-m", "experiments", "run", str(suite), "--runs-dir", str(runs), "--workers", str(workers),
-               "--progress-interval", "3600"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "experiments",
+        "run",
+        str(suite),
+        "--runs-dir",
+        str(runs),
+        "--workers",
+        str(workers),
+        "--progress-interval",
+        "3600",
+    ]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return json.loads((runs / "throughput" / "summary.json").read_text())
 
@@ -54,8 +65,10 @@ def main() -> None:
         serial = run_grid(suite, Path(tmp) / "serial", 1)
         parallel = run_grid(suite, Path(tmp) / "parallel", args.workers)
     for name, summary in (("1 worker", serial), (f"{args.workers} workers", parallel)):
-        print(f"{name:<10} {summary['wall_time_s']:7.1f} s  {summary['aggregate_steps_per_second']:8,.0f} steps/s  "
-              f"({summary['counts']})")  # fmt: skip
+        print(
+            f"{name:<10} {summary['wall_time_s']:7.1f} s  {summary['aggregate_steps_per_second']:8,.0f} steps/s  "
+            f"({summary['counts']})"
+        )
     print(f"throughput ratio: {parallel['aggregate_steps_per_second'] / serial['aggregate_steps_per_second']:.2f}x")
 
 

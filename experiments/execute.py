@@ -110,8 +110,18 @@ def execute_run(spec: RunSpec, options: RunOptions) -> dict[str, Any]:
         from experiments.tracking import WandbLogger, resolve_wandb_mode
 
         mode = resolve_wandb_mode(options.wandb_mode)
-        loggers.append(WandbLogger(spec, config, run_dir.path, mode, options.wandb_project, job_type=options.wandb_job_type,
-                                   group=options.wandb_group, quiet=options.quiet_tracking))  # fmt: skip
+        loggers.append(
+            WandbLogger(
+                spec,
+                config,
+                run_dir.path,
+                mode,
+                options.wandb_project,
+                job_type=options.wandb_job_type,
+                group=options.wandb_group,
+                quiet=options.quiet_tracking,
+            )
+        )
     logger = MultiLogger(*loggers)
     checkpointer.handle_signals()
     try:
@@ -136,3 +146,15 @@ def execute_run(spec: RunSpec, options: RunOptions) -> dict[str, Any]:
     result["total_wall_time_s"] = earlier_wall_time + time.perf_counter() - attempt_start
     run_dir.finish(result)
     return {"status": "done", "run_dir": str(run_dir.path), "result": result}
+
+
+def run_to_state(spec: RunSpec, options: RunOptions) -> str:
+    """`execute_run` as a task for any executor (a local worker process, a Ray task, a Slurm job): the run's final state,
+    "done", "interrupted" (checkpointed on request, to be resumed) or "diverged"; a failure raises."""
+    try:
+        execute_run(spec, options)
+    except RunInterrupted:
+        return "interrupted"
+    except RunDiverged:
+        return "diverged"
+    return "done"

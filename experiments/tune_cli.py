@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import sys
 from pathlib import Path
 from typing import Any
 
 from algorithms.common import RunInterrupted
 from experiments.execute import RunOptions
+from experiments.executors import Finished, Task, make_executor
 
 TUNE_DESCRIPTION = """\
 Search a study's hyperparameters with Optuna (STUDY: a study TOML file, or a study shipped in
@@ -27,56 +27,61 @@ optuna-dashboard (pip install optuna-dashboard): optuna-dashboard <journal file 
 """
 
 
-def _local_worker(study_ref: str, storage: str, n_trials: int | None, runs_dir: str, index: int, options: RunOptions) -> Any:
+def launch(
+    executor_name: str,
+    workers: int,
+    study_ref: str,
+    storage: str,
+    n_trials: int | None,
+    runs_dir: Path,
+    options: RunOptions,
+    args: argparse.Namespace,
+) -> list[Finished]:
+    """Run `workers` optuna_worker calls on the executor (one local worker runs in this process) and wait for them."""
     from experiments.tune import optuna_worker
 
-    return optuna_worker(study_ref, storage, n_trials, runs_dir, index, options)
-
-
-def launch(executor: str, workers: int, study_ref: str, storage: str, n_trials: int | None, runs_dir: Path,
-           options: RunOptions, args: argparse.Namespace) -> list[Any]:  # fmt: skip
-    """Start `workers` optuna_worker calls on the executor and wait for them; returns their summaries."""
-    calls = [(study_ref, storage, n_trials, str(runs_dir), i, options) for i in range(workers)]
-    if executor == "local" and workers == 1:
-        return [_local_worker(*calls[0])]
-    if executor == "local":
-        context = multiprocessing.get_context("spawn")  # a clean interpreter per worker: no inherited torch threads
-        with context.Pool(workers) as pool:
-            return pool.starmap(_local_worker, calls)
-    if executor == "ray":
-        import ray
-
-        started_here = not ray.is_initialized()
-        if started_here:
-            ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=True)
-        remote = ray.remote(num_cpus=options.threads)(_local_worker)
-        try:
-            return ray.get([remote.remote(*call) for call in calls])
-        finally:
-            if started_here:
-                ray.shutdown()
-    import submitit
-
-    executor_obj = submitit.AutoExecutor(folder=runs_dir / "slurm-tune" / "%j", cluster=args.slurm_cluster)
-    parameters: dict[str, Any] = {"timeout_min": args.slurm_time_min, "cpus_per_task": options.threads}
-    if args.slurm_partition:
-        parameters["slurm_partition"] = args.slurm_partition
-    executor_obj.update_parameters(**parameters)
-    jobs = executor_obj.map_array(_local_worker, *zip(*calls))
-    return [job.result() for job in jobs]
+    if executor_name == "local" and workers == 1:
+        executor_name = "inline"
+    executor = make_executor(
+        executor_name,
+        workers=workers,
+        threads=options.threads,
+        ray_address=args.ray_address,
+        ray_log_to_driver=True,
+        slurm_folder=runs_dir / "slurm-tune",
+        slurm_cluster=args.slurm_cluster,
+        slurm_time_min=args.slurm_time_min,
+        slurm_partition=args.slurm_partition,
+    )
+    tasks = [
+        Task(optuna_worker, (study_ref, storage, n_trials, str(runs_dir), i, options), f"tuning worker {i}")
+        for i in range(workers)
+    ]
+    finished = list(executor.submit(tasks))
+    if executor.stopping:
+        raise KeyboardInterrupt
+    return finished
 
 
 def cmd_tune(argv: list[str]) -> int:
     from experiments.study import StudyError, load_study
     from experiments.tune import counted, default_storage, load_or_create_study
 
-    parser = argparse.ArgumentParser(prog="rlgrid tune", description=TUNE_DESCRIPTION, allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="rlgrid tune",
+        description=TUNE_DESCRIPTION,
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("study", help="study file or shipped study name (e.g. quickstart, mujoco_ppo)")
     parser.add_argument("--storage", default=None, help="journal file path or postgresql:// URL (default: see above)")
     parser.add_argument("--workers", type=int, default=1, help="workers this command starts (default 1)")
-    parser.add_argument("--executor", choices=["local", "ray", "slurm"], default="local",
-                        help="local: processes here (default); ray: tasks on a Ray cluster; slurm: a job array")  # fmt: skip
+    parser.add_argument(
+        "--executor",
+        choices=["local", "ray", "slurm"],
+        default="local",
+        help="local: processes here (default); ray: tasks on a Ray cluster; slurm: a job array",
+    )
     parser.add_argument("--n-trials", type=int, default=None, help="trials the study stops at (default: the study file's)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="root of run directories (default ./runs)")
     parser.add_argument("--threads-per-run", type=int, default=1, help="torch threads per run (default 1)")
@@ -105,19 +110,28 @@ def cmd_tune(argv: list[str]) -> int:
     n_trials = args.n_trials or study.n_trials
     done = len(counted(study_obj, include_running=False))
     per_trial = f"{len(study.env_ids)} env(s) x {len(study.seeds)} seed(s) x {study.total_timesteps:,} steps per trial"
-    print(f"study {study.name}: {done}/{n_trials} trials done; storage {storage}; {args.workers} {args.executor} "
-          f"worker(s); {per_trial}", flush=True)  # fmt: skip
-    options = RunOptions(runs_dir=args.runs_dir, track=args.track, wandb_mode=args.wandb_mode, threads=args.threads_per_run,
-                         quiet_tracking=True)  # fmt: skip
+    print(
+        f"study {study.name}: {done}/{n_trials} trials done; storage {storage}; {args.workers} {args.executor} "
+        f"worker(s); {per_trial}",
+        flush=True,
+    )
+    options = RunOptions(
+        runs_dir=args.runs_dir, track=args.track, wandb_mode=args.wandb_mode, threads=args.threads_per_run, quiet_tracking=True
+    )
     try:
-        launch(args.executor, args.workers, str(study.path), storage, args.n_trials, args.runs_dir, options, args)
+        finished = launch(args.executor, args.workers, str(study.path), storage, args.n_trials, args.runs_dir, options, args)
     except (KeyboardInterrupt, RunInterrupted):
         print("\ninterrupted: finished trials are kept; run the same command again to continue.", file=sys.stderr)
         return 130
+    failed = [f for f in finished if f.error is not None]
+    for worker in failed:
+        print(f"error: {worker.task.name} failed:\n{worker.error}", file=sys.stderr)
     print(summary(load_or_create_study(study, storage), n_trials))
-    print(f"next: rlgrid tune-report {args.study} --out reports/tune-{study.name}"
-          + (f" --storage {storage}" if args.storage else ""))  # fmt: skip
-    return 0
+    print(
+        f"next: rlgrid tune-report {args.study} --out reports/tune-{study.name}"
+        + (f" --storage {storage}" if args.storage else "")
+    )
+    return 1 if failed else 0
 
 
 def summary(study_obj: Any, n_trials: int) -> str:

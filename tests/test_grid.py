@@ -31,7 +31,9 @@ def tree_snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
 
 
 def test_bad_suite_lists_every_problem_at_once_and_starts_nothing(tmp_path, capsys):
-    path = write_suite(tmp_path, """
+    path = write_suite(
+        tmp_path,
+        """
 seed = [1]
 algorithms = ["ppo", "ppoo"]
 env_ids = ["CartPole-v1", "CartPol-v1"]
@@ -47,15 +49,22 @@ name = "a"
 [[variants]]
 algo = "ppo"
 name = "a"
-""", "bad")  # fmt: skip
+""",
+        "bad",
+    )
     with pytest.raises(SuiteError) as info:
         load_suite(str(path))
     text = str(info.value)
-    expected = ["seed: unknown key (did you mean 'seeds'?)", "algorithms[1]: unknown algorithm 'ppoo' (did you mean 'ppo'?)",
-                "env_ids[1]: unknown environment id 'CartPol-v1'", "algo.ppo.learning_rat", "'learning_rate'",
-                "algo.ppo.num_steps: num_steps expects an integer",
-                "algo.ppo.mujoko: unknown env family (did you mean 'mujoco'?)",
-                "variants[1]: duplicate variant name 'a'"]  # fmt: skip
+    expected = [
+        "seed: unknown key (did you mean 'seeds'?)",
+        "algorithms[1]: unknown algorithm 'ppoo' (did you mean 'ppo'?)",
+        "env_ids[1]: unknown environment id 'CartPol-v1'",
+        "algo.ppo.learning_rat",
+        "'learning_rate'",
+        "algo.ppo.num_steps: num_steps expects an integer",
+        "algo.ppo.mujoko: unknown env family (did you mean 'mujoco'?)",
+        "variants[1]: duplicate variant name 'a'",
+    ]
     for fragment in expected:
         assert fragment in text, fragment
     assert str(path) in text and len(info.value.problems) == len(expected) - 1  # learning_rat + its suggestion: one problem
@@ -65,7 +74,9 @@ name = "a"
 
 
 def test_expansion_layers_overrides_and_names_runs(tmp_path):
-    path = write_suite(tmp_path, """
+    path = write_suite(
+        tmp_path,
+        """
 algorithms = ["ppo"]
 env_ids = ["CartPole-v1", "Hopper-v5"]
 seeds = 2
@@ -82,7 +93,9 @@ algo = "ppo"
 name = "two-envs"
 num_envs = 2
 clip_coef = 0.1
-""", "layers")  # fmt: skip
+""",
+        "layers",
+    )
     suite = load_suite(str(path))
     assert suite.name == "layers" and len(suite.specs) == 2 * 2 * 2
     assert len({s.hash for s in suite.specs}) == 8
@@ -141,8 +154,20 @@ def test_failing_run_is_retried_recorded_and_does_not_stop_the_grid(tmp_path, ca
 
 
 def _grid_command(suite: Path, runs: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "experiments", "run", str(suite), "--runs-dir", str(runs), "--progress-interval", "60",
-            "--checkpoint-every-steps", "1", *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "experiments",
+        "run",
+        str(suite),
+        "--runs-dir",
+        str(runs),
+        "--progress-interval",
+        "60",
+        "--checkpoint-every-steps",
+        "1",
+        *extra,
+    ]
 
 
 def _children(pid: int) -> list[int]:
@@ -161,10 +186,20 @@ def _wait_for(predicate, timeout: float = 300.0) -> None:
 def test_worker_killed_with_sigkill_is_retried_and_resumes_to_identical_metrics(tmp_path):
     path = write_suite(tmp_path, tiny_suite('["CartPole-v1"]', "[4]", 12288))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    subprocess.run(_grid_command(path, tmp_path / "reference", "--executor", "inline"), check=True, env=env, timeout=600,
-                   stdout=subprocess.DEVNULL)  # fmt: skip
-    grid = subprocess.Popen(_grid_command(path, tmp_path / "runs", "--workers", "1", "--retries", "1"), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    subprocess.run(
+        _grid_command(path, tmp_path / "reference", "--executor", "inline"),
+        check=True,
+        env=env,
+        timeout=600,
+        stdout=subprocess.DEVNULL,
+    )
+    grid = subprocess.Popen(
+        _grid_command(path, tmp_path / "runs", "--workers", "1", "--retries", "1"),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     _wait_for(lambda: list((tmp_path / "runs").glob("tiny/ppo/*/*/checkpoints/ckpt-*.pt")))
     (worker,) = _children(grid.pid)
     os.kill(worker, signal.SIGKILL)
@@ -180,7 +215,10 @@ def test_worker_killed_with_sigkill_is_retried_and_resumes_to_identical_metrics(
 
 @pytest.mark.slow
 def test_sigint_stops_the_grid_and_the_same_command_finishes_only_what_is_left(tmp_path):
-    path = write_suite(tmp_path, tiny_suite('["CartPole-v1"]', "[1]", 1024) + """
+    path = write_suite(
+        tmp_path,
+        tiny_suite('["CartPole-v1"]', "[1]", 1024)
+        + """
 [[variants]]
 algo = "ppo"
 name = "short"
@@ -188,11 +226,18 @@ name = "short"
 algo = "ppo"
 name = "long"
 total_timesteps = 50000
-""")  # fmt: skip
+""",
+    )
     runs = tmp_path / "runs"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    grid = subprocess.Popen(_grid_command(path, runs, "--workers", "1"), env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    grid = subprocess.Popen(
+        _grid_command(path, runs, "--workers", "1"),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
     def long_run_has_checkpoint() -> bool:
         dirs = list(runs.glob("tiny/ppo/*/seed1-*"))
@@ -232,7 +277,9 @@ def test_diverging_run_is_recorded_with_its_step_not_retried_and_skipped_later(t
 def test_grid_resumes_an_off_policy_run_whose_checkpoints_carry_a_replay_file(tmp_path, capsys):
     # Off-policy checkpoints write the replay memory beside them (ckpt-<step>.replay.pt); the grid reads the
     # newest checkpoint's step from the file names and must not mistake the replay file for a checkpoint.
-    path = write_suite(tmp_path, """
+    path = write_suite(
+        tmp_path,
+        """
 algorithms = ["td3"]
 env_ids = ["Pendulum-v1"]
 seeds = [1]
@@ -243,7 +290,8 @@ eval_episodes = 2
 learning_starts = 200
 buffer_size = 1000
 batch_size = 32
-""")  # fmt: skip
+""",
+    )
     args = ["run", str(path), "--runs-dir", str(tmp_path / "runs"), "--executor", "inline", "--checkpoint-every-steps", "200"]
     assert main(args) == 0
     (run_dir,) = (tmp_path / "runs" / "tiny" / "td3" / "Pendulum-v1").iterdir()

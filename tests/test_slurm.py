@@ -26,7 +26,8 @@ def test_slurm_grid_with_local_submitit(tmp_path):
 def test_interrupted_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path):
     import submitit
 
-    from experiments.slurm import SlurmRun
+    from experiments.execute import run_to_state
+    from experiments.executors import Requeueable
 
     (tmp_path / "tiny.toml").write_text(tiny_suite(seeds="[3]", steps=40960))
     (spec,) = load_suite(str(tmp_path / "tiny.toml")).specs
@@ -38,7 +39,7 @@ def test_interrupted_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path):
     # needs ~15 s of training), is requeued, and resumes from its checkpoint; submitit allows 3 timeouts by default.
     executor = submitit.LocalExecutor(folder=str(tmp_path / "submitit"))
     executor.update_parameters(timeout_min=1, signal_delay_s=50)
-    job = executor.submit(SlurmRun(), spec, options)
+    job = executor.submit(Requeueable(), run_to_state, (spec, options))
     assert job.result() == "done"
     run_dir = spec.run_dir(tmp_path / "runs")
     log = "".join(p.read_text() for p in (tmp_path / "submitit").rglob("*.out"))

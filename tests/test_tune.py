@@ -58,12 +58,32 @@ type = "{lr_type}"
 """
 
 
-def write_study(tmp_path: Path, name: str = "tiny", seeds: str = "[1]", steps: int = 2048, every: int = 1024,
-                n_trials: int = 4, sampler: str = "random", pruner: str = "none", pruner_options: str = "",
-                lr_type: str = "float", lr_space: str = "low = 3e-4\nhigh = 3e-3\nlog = true") -> Path:  # fmt: skip
+def write_study(
+    tmp_path: Path,
+    name: str = "tiny",
+    seeds: str = "[1]",
+    steps: int = 2048,
+    every: int = 1024,
+    n_trials: int = 4,
+    sampler: str = "random",
+    pruner: str = "none",
+    pruner_options: str = "",
+    lr_type: str = "float",
+    lr_space: str = "low = 3e-4\nhigh = 3e-3\nlog = true",
+) -> Path:
     path = tmp_path / f"{name}.toml"
-    text = STUDY.format(name=name, seeds=seeds, steps=steps, every=every, n_trials=n_trials, sampler=sampler,
-                        pruner=pruner, pruner_options=pruner_options, lr_type=lr_type, lr_space=lr_space)  # fmt: skip
+    text = STUDY.format(
+        name=name,
+        seeds=seeds,
+        steps=steps,
+        every=every,
+        n_trials=n_trials,
+        sampler=sampler,
+        pruner=pruner,
+        pruner_options=pruner_options,
+        lr_type=lr_type,
+        lr_space=lr_space,
+    )
     path.write_text(text)
     return path
 
@@ -122,9 +142,16 @@ def test_two_worker_processes_share_a_journal_study_and_the_best_config_exports_
 def test_pruning_stops_a_bad_configuration_before_its_budget_ends(tmp_path):
     # Trial 0 has a good learning rate, trial 1 one 100x too large; the median pruner stops trial 1 after
     # its first evaluation (CartPole: 346 vs 99 at 4,096 steps, seed 1).
-    study_file = write_study(tmp_path, steps=16384, every=4096, n_trials=2, pruner="median",
-                             pruner_options="n_startup_trials = 1\nn_warmup_evals = 0", lr_type="categorical",
-                             lr_space="choices = [1e-3, 1e-1]")  # fmt: skip
+    study_file = write_study(
+        tmp_path,
+        steps=16384,
+        every=4096,
+        n_trials=2,
+        pruner="median",
+        pruner_options="n_startup_trials = 1\nn_warmup_evals = 0",
+        lr_type="categorical",
+        lr_space="choices = [1e-3, 1e-1]",
+    )
     storage = str(tmp_path / "study.journal")
     study_obj = load_or_create_study(load_study(str(study_file)), storage)
     study_obj.enqueue_trial({"learning_rate": 1e-3})
@@ -162,10 +189,12 @@ def test_running_trials_of_dead_or_silent_workers_are_failed(tmp_path):
     study_obj = load_or_create_study(load_study(str(write_study(tmp_path))), str(tmp_path / "s.journal"))
     finished = subprocess.Popen(["true"])
     finished.wait()
-    cases = {"dead": {"host": socket.gethostname(), "pid": finished.pid, "heartbeat": time.time()},
-             "silent": {"host": "elsewhere", "pid": 1, "heartbeat": time.time() - 3600},
-             "alive": {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()},
-             "remote": {"host": "elsewhere", "pid": 1, "heartbeat": time.time()}}  # fmt: skip
+    cases = {
+        "dead": {"host": socket.gethostname(), "pid": finished.pid, "heartbeat": time.time()},
+        "silent": {"host": "elsewhere", "pid": 1, "heartbeat": time.time() - 3600},
+        "alive": {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()},
+        "remote": {"host": "elsewhere", "pid": 1, "heartbeat": time.time()},
+    }
     trials = {}
     for name, attrs in cases.items():
         trials[name] = study_obj.ask()
@@ -174,8 +203,12 @@ def test_running_trials_of_dead_or_silent_workers_are_failed(tmp_path):
     failed = fail_dead_trials(study_obj, stale_after_s=600)
     assert sorted(failed) == sorted([trials["dead"].number, trials["silent"].number])
     states = {name: study_obj._storage.get_trial(t._trial_id).state for name, t in trials.items()}
-    assert states == {"dead": TrialState.FAIL, "silent": TrialState.FAIL, "alive": TrialState.RUNNING,
-                      "remote": TrialState.RUNNING}  # fmt: skip
+    assert states == {
+        "dead": TrialState.FAIL,
+        "silent": TrialState.FAIL,
+        "alive": TrialState.RUNNING,
+        "remote": TrialState.RUNNING,
+    }
 
 
 @pytest.mark.postgres
@@ -187,9 +220,24 @@ def test_postgres_workers_share_a_study_and_a_killed_worker_is_recovered(tmp_pat
     runs = tmp_path / "runs"
     with postgres_server() as url:
         # 1. Start one worker and SIGKILL it in the middle of a trial (a run of that trial has checkpointed).
-        worker = subprocess.Popen([sys.executable, "-m", "experiments", "tune", str(study_file), "--storage", url,
-                                   "--runs-dir", str(runs), "--n-trials", "5"], start_new_session=True,
-                                  stdout=subprocess.DEVNULL, stderr=(tmp_path / "worker.err").open("w"))  # fmt: skip
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "experiments",
+                "tune",
+                str(study_file),
+                "--storage",
+                url,
+                "--runs-dir",
+                str(runs),
+                "--n-trials",
+                "5",
+            ],
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp_path / "worker.err").open("w"),
+        )
         study = load_study(str(study_file))
         deadline = time.time() + 240
         while time.time() < deadline and worker.poll() is None:
@@ -221,8 +269,9 @@ def test_ray_workers_join_one_study(tmp_path):
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "node_ip_address": "127.0.0.1",
-                                                            "include_dashboard": False})  # fmt: skip
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 2, "node_ip_address": "127.0.0.1", "include_dashboard": False}
+    )
     try:
         ray.init(address=cluster.address)
         if {node["NodeManagerAddress"] for node in ray.nodes()} != {"127.0.0.1"}:
@@ -243,8 +292,20 @@ def test_ray_workers_join_one_study(tmp_path):
 def test_slurm_job_array_workers_join_one_study(tmp_path):
     pytest.importorskip("submitit")
     study_file = write_study(tmp_path, n_trials=3)
-    args = ["tune", str(study_file), "--executor", "slurm", "--slurm-cluster", "local", "--workers", "2",
-            "--slurm-time-min", "10", "--runs-dir", str(tmp_path / "runs")]  # fmt: skip
+    args = [
+        "tune",
+        str(study_file),
+        "--executor",
+        "slurm",
+        "--slurm-cluster",
+        "local",
+        "--workers",
+        "2",
+        "--slurm-time-min",
+        "10",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+    ]
     assert main(args) == 0
     study_obj = load_or_create_study(load_study(str(study_file)), str(study_file.with_suffix(".journal")))
     assert len(counted(study_obj, include_running=False)) == 3
