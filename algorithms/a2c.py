@@ -125,10 +125,8 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
     )
     try:
         # 1. Actor-critic, optimizer, rollout storage (T = num_steps, N = num_envs).
-        obs_shape = envs.single_observation_space.shape
-        continuous = envs.is_continuous
-        action_shape = envs.single_action_space.shape if continuous else ()
-        action_dim = int(np.prod(action_shape)) if continuous else int(envs.single_action_space.n)
+        obs_shape, continuous = envs.single_observation_space.shape, envs.is_continuous
+        action_shape, action_dim = envs.action_shape, envs.action_dim
         agent = ActorCritic(obs_shape, action_dim, continuous, cfg.hidden_size).to(device)
         if cfg.optimizer == "rmsprop":
             optimizer = torch.optim.RMSprop(

@@ -149,10 +149,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
     envs, _ = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed, gamma=cfg.gamma)
     try:
         # 1. Policy pi_theta, value baseline V_phi, one Adam optimizer each.
-        obs_shape = envs.single_observation_space.shape
-        continuous = envs.is_continuous
-        action_shape = envs.single_action_space.shape if continuous else ()
-        action_dim = int(np.prod(action_shape)) if continuous else int(envs.single_action_space.n)
+        obs_shape, continuous, action_dim = envs.single_observation_space.shape, envs.is_continuous, envs.action_dim
         obs_dim, N, share = int(np.prod(obs_shape)), cfg.num_envs, cfg.episodes_per_batch // cfg.num_envs
         policy = Policy(obs_dim, action_dim, continuous, cfg.hidden_size).to(device)
         value = tanh_mlp(obs_dim, cfg.hidden_size, 1).to(device)

@@ -189,8 +189,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
         if not envs.is_continuous:
             raise ValueError(f"SAC needs continuous (Box) actions; {cfg.env_id} has {envs.single_action_space}")
         obs_dim = int(np.prod(envs.single_observation_space.shape))
-        action_shape = envs.single_action_space.shape
-        action_dim, N = int(np.prod(action_shape)), cfg.num_envs
+        action_shape, action_dim, N = envs.action_shape, envs.action_dim, cfg.num_envs
         low_np, high_np = envs.single_action_space.low, envs.single_action_space.high
         actor = Actor(obs_dim, action_dim, cfg.hidden_size, low_np, high_np).to(device)
         qf = QEnsemble(obs_dim + action_dim, cfg.hidden_size).to(device)

@@ -158,8 +158,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
                 f"TD3 (and its DDPG ablation) needs continuous (Box) actions; {cfg.env_id} has {envs.single_action_space}"
             )
         obs_dim = int(np.prod(envs.single_observation_space.shape))
-        action_shape = envs.single_action_space.shape
-        action_dim, N = int(np.prod(action_shape)), cfg.num_envs
+        action_shape, action_dim, N = envs.action_shape, envs.action_dim, cfg.num_envs
         low_np, high_np = envs.single_action_space.low, envs.single_action_space.high
         critics = 2 if cfg.twin_critics else 1
         actor = Actor(obs_dim, action_dim, cfg.hidden_size, low_np, high_np).to(device)

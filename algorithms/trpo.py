@@ -360,10 +360,8 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
     )
     try:
         # 1. Policy pi_theta and value function V_phi (separate networks; only V has an optimizer), rollout storage.
-        obs_shape = envs.single_observation_space.shape
-        continuous = envs.is_continuous
-        action_shape = envs.single_action_space.shape if continuous else ()
-        action_dim = int(np.prod(action_shape)) if continuous else int(envs.single_action_space.n)
+        obs_shape, continuous = envs.single_observation_space.shape, envs.is_continuous
+        action_shape, action_dim = envs.action_shape, envs.action_dim
         obs_dim = int(np.prod(obs_shape))
         policy = Policy(obs_dim, action_dim, continuous, cfg.hidden_size).to(device)
         critic = tanh_mlp(obs_dim, cfg.hidden_size, 1, out_std=1.0).to(device)

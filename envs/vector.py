@@ -86,6 +86,10 @@ class VecEnv:
         self.envs = self._make_copies(num_envs)
         self.single_observation_space, self.single_action_space = self._spaces()
         self.is_continuous = isinstance(self.single_action_space, gym.spaces.Box)
+        # One copy's action as algorithms store it: a float vector of action_dim entries (Box), or an integer among
+        # action_dim choices (Discrete, action_shape ()).
+        self.action_shape = self.single_action_space.shape if self.is_continuous else ()
+        self.action_dim = int(np.prod(self.action_shape)) if self.is_continuous else int(self.single_action_space.n)
         obs_shape = self.single_observation_space.shape
         # Frames stay uint8 (4x smaller in replay and in transit); everything else is float32.
         obs_dtype = np.uint8 if self.single_observation_space.dtype == np.uint8 else np.float32
