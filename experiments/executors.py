@@ -4,8 +4,9 @@ A `Task` is a module-level function and its (picklable) arguments: `run_to_state
 `optuna_worker(...)` for a tuning worker. Every executor has the same two methods: `submit(tasks, retries, on_wait)`
 starts them (at most `workers` at once) and yields each one as it ends, as a `Finished` with the function's return
 value or its error (a traceback, or how a worker process died), after up to `retries` retries of failures; `stop()`
-asks the running tasks to checkpoint and stop, and starts no more. A run's own files stay the truth about it: a task
-that was killed has left its checkpoints behind, and running it again resumes from them.
+asks the running tasks to checkpoint and stop, and starts no more. `in_process` is true only for `inline`, whose tasks
+share this process's signals and console. A run's own files stay the truth about it: a task that was killed has left
+its checkpoints behind, and running it again resumes from them.
 
 - `inline`: one after another in this process (debugging; a tuning study's single local worker).
 - `local` (default): a spawned process per task, `CUDA_VISIBLE_DEVICES` set in the child to pack tasks onto GPU slots
@@ -57,6 +58,10 @@ OnWait = Callable[[list[tuple[Task, int]], int], None]
 
 
 class Executor:
+    in_process = False
+    """Tasks run in this process: a signal that interrupts a task was sent to this process, and the task's console
+    output is this process's."""
+
     def __init__(self, workers: int | None = None, threads: int = 1, gpus_per_task: float = 0.0) -> None:
         self.workers, self.threads, self.gpus_per_task = workers, threads, gpus_per_task
         self.stopping = False
@@ -75,6 +80,8 @@ class InlineExecutor(Executor):
     """One task after another in this process. A task's RunInterrupted (Ctrl-C in an optuna worker between runs) is a
     stop request, not a failure: it propagates."""
 
+    in_process = True
+
     def submit(
         self, tasks: Sequence[Task], retries: int = 0, on_wait: OnWait | None = None, wait_interval_s: float = 10.0
     ) -> Iterator[Finished]:
@@ -87,10 +94,11 @@ class InlineExecutor(Executor):
                 except RunInterrupted:
                     raise
                 except Exception:
+                    error = traceback.format_exc()
                     if attempt <= retries:
-                        print(f"{task.name} failed; retry {attempt}", flush=True)
+                        print(f"{task.name} failed ({error.strip().splitlines()[-1]}); retry {attempt}", flush=True)
                         continue
-                    yield Finished(task, attempt, error=traceback.format_exc())
+                    yield Finished(task, attempt, error=error)
                 else:
                     yield Finished(task, attempt, value=value)
                 break
@@ -153,12 +161,15 @@ class LocalExecutor(Executor):
                     active[process] = (task, attempt, gpu, receiver)
                     self._running = list(active)
                 for process, (task, attempt, gpu, receiver) in list(active.items()):
-                    if process not in messages and receiver.poll():  # read before the exit: a large value fills the pipe
+                    # Liveness first: a worker found dead has written all it will, so the read below cannot miss a
+                    # result sent between the two checks. Read before the exit too: a large value fills the pipe.
+                    alive = process.is_alive()
+                    if process not in messages and receiver.poll():
                         try:
                             messages[process] = receiver.recv()
                         except EOFError:  # the worker died without a result: its exit code says how
                             messages[process] = ("died", None)
-                    if process.is_alive():
+                    if alive:
                         continue
                     process.join()
                     del active[process]
@@ -174,7 +185,9 @@ class LocalExecutor(Executor):
                     died = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
                     error = payload if kind == "error" else f"worker {died}"
                     if attempt <= retries and not self.stopping:
-                        print(f"{task.name} exited with {code}; retry {attempt}", flush=True)
+                        # A task that raised has exited normally: its error says more than its exit status.
+                        why = f"failed ({error.strip().splitlines()[-1]})" if kind == "error" else f"exited with {code}"
+                        print(f"{task.name} {why}; retry {attempt}", flush=True)
                         pending.append((task, attempt + 1))
                     else:
                         yield Finished(task, attempt, error=error)

@@ -125,7 +125,8 @@ class GridRunner:
                 todo.append(spec)
                 steps_before[spec] = newest_checkpoint_step(self._checkpoint_dir(spec))
         executor = self._executor()
-        options = dataclasses.replace(self.run_options, progress=self.run_options.progress and self.grid.executor == "inline")
+        # A run's own console progress only where its output is ours; elsewhere the grid's progress view stands for it.
+        options = dataclasses.replace(self.run_options, progress=self.run_options.progress and executor.in_process)
         tasks = [Task(run_to_state, (spec, options), f"run {spec.algo}/{spec.env_id}/seed{spec.seed}") for spec in todo]
         interval = min(self.grid.progress_interval_s, 2.0) if sys.stdout.isatty() else self.grid.progress_interval_s
         for finished in executor.submit(tasks, self.grid.retries, self._print_progress, interval):
@@ -135,7 +136,8 @@ class GridRunner:
                 self._record(spec, state, finished.attempts)
             elif finished.value == "interrupted" or executor.stopping:
                 self._record(spec, "interrupted", finished.attempts)
-                executor.stop()  # a run stopped on request: start no other (inline: Ctrl-C reached the run itself)
+                if executor.in_process:  # the run caught this process's Ctrl-C / SIGTERM: start no other
+                    executor.stop()
             else:
                 self._record(spec, "failed", finished.attempts, finished.error)
         self.stopping = executor.stopping
