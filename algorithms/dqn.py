@@ -197,7 +197,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
         # 1. Online and target networks, optimizer, replay memory D (Algorithm 1, lines 1-3).
         if envs.is_continuous:
             raise ValueError(f"DQN needs Discrete actions; {cfg.env_id} has {envs.single_action_space}")
-        obs_shape, n_actions, N = envs.single_observation_space.shape, int(envs.single_action_space.n), cfg.num_envs
+        obs_shape, n_actions, N = envs.single_observation_space.shape, envs.action_dim, cfg.num_envs
         hidden = (cfg.hidden_size_1, cfg.hidden_size_2)
         q_network = QNetwork(obs_shape, n_actions, hidden).to(device)
         target_network = QNetwork(obs_shape, n_actions, hidden).to(device)

@@ -70,13 +70,8 @@ def cmd_train(argv: list[str]) -> int:
         return int(exc.code or 0)
     runner, config = parsed["runner"], parsed["config"]
     try:
-        defaults = algorithm.Config()
-        overrides = {
-            f.name: getattr(config, f.name)
-            for f in dataclasses.fields(config)
-            if getattr(config, f.name) != getattr(defaults, f.name)
-        }
-        spec = RunSpec.create(algo, config.env_id, config.seed, overrides)
+        # RunSpec.create keeps the values that differ from the algorithm's defaults: those name the run.
+        spec = RunSpec.create(algo, config.env_id, config.seed, dataclasses.asdict(config))
         options = RunOptions(
             runs_dir=runner.runs_dir,
             track=runner.track,

@@ -119,7 +119,7 @@ def _run_in_child(connection: Any, fn: Callable[..., Any], args: tuple[Any, ...]
 class LocalExecutor(Executor):
     def __init__(self, **resources: Any) -> None:
         super().__init__(**resources)
-        self._running: list[Any] = []  # the worker processes, for stop()
+        self._active: dict[Any, tuple[Task, int, int | None, Any]] = {}  # process -> (task, attempt, gpu, pipe end)
 
     def _gpu_slots(self) -> list[int]:
         if self.gpus_per_task <= 0:
@@ -141,7 +141,7 @@ class LocalExecutor(Executor):
         if free_gpus:
             workers = min(workers, len(free_gpus))
         pending = deque((task, 1) for task in tasks)
-        active: dict[Any, tuple[Task, int, int | None, Any]] = {}  # process -> (task, attempt, gpu, parent end of pipe)
+        active = self._active = {}  # the running workers, which stop() signals
         messages: dict[Any, tuple[str, Any]] = {}
 
         def request_stop(signum: int, frame: Any) -> None:
@@ -159,7 +159,6 @@ class LocalExecutor(Executor):
                     process.start()
                     sender.close()
                     active[process] = (task, attempt, gpu, receiver)
-                    self._running = list(active)
                 for process, (task, attempt, gpu, receiver) in list(active.items()):
                     # Liveness first: a worker found dead has written all it will, so the read below cannot miss a
                     # result sent between the two checks. Read before the exit too: a large value fills the pipe.
@@ -173,7 +172,6 @@ class LocalExecutor(Executor):
                         continue
                     process.join()
                     del active[process]
-                    self._running = list(active)
                     receiver.close()
                     if gpu is not None:
                         free_gpus.append(gpu)
@@ -201,7 +199,7 @@ class LocalExecutor(Executor):
 
     def stop(self) -> None:
         super().stop()
-        for process in self._running:
+        for process in list(self._active):
             if process.is_alive():
                 os.kill(process.pid, signal.SIGTERM)
 

@@ -67,7 +67,6 @@ class GridRunner:
         self.run_options = run_options
         self.grid = grid
         self.outcomes: dict[RunSpec, dict[str, Any]] = {}
-        self.stopping = False
         self._totals = {spec: spec.config().total_timesteps for spec in self.specs}
         self._rate_marks: dict[RunSpec, tuple[float, int]] = {}
         self._drawn_lines = 0
@@ -140,7 +139,6 @@ class GridRunner:
                     executor.stop()
             else:
                 self._record(spec, "failed", finished.attempts, finished.error)
-        self.stopping = executor.stopping
         result = self.summary(start, steps_before)
         out = Path(self.run_options.runs_dir) / self.suite_name / "summary.json"
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,21 @@ update_epochs = 2
 num_minibatches = 4
 """
 WALL_CLOCK = {"time", "charts/SPS"}
+PPO_CARTPOLE = {
+    "env_id": "CartPole-v1",
+    "total_timesteps": 100_000,
+    "num_envs": 8,
+    "num_steps": 32,
+    "num_minibatches": 1,
+    "update_epochs": 20,
+    "gamma": 0.98,
+    "gae_lambda": 0.8,
+    "learning_rate": 1e-3,
+    "ent_coef": 0.0,
+    "normalize_obs": False,
+    "normalize_reward": False,
+}
+"""RL Zoo's tuned CartPole-v1 PPO setting, the learning tests of ppo and ppo_kl (objective kl) alike"""
 
 
 def tiny_suite(envs: str = '["CartPole-v1"]', seeds: str = "[1]", steps: int = 1024) -> str:

@@ -9,25 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import PPO_CARTPOLE
 
 from algorithms import ppo
 
-CARTPOLE = {
-    "env_id": "CartPole-v1",
-    "total_timesteps": 100_000,
-    "num_envs": 8,
-    "num_steps": 32,
-    "num_minibatches": 1,
-    "update_epochs": 20,
-    "gamma": 0.98,
-    "gae_lambda": 0.8,
-    "learning_rate": 1e-3,
-    "ent_coef": 0.0,
-    "normalize_obs": False,
-    "normalize_reward": False,
-    "eval_every": 25_000,
-    "eval_episodes": 10,
-}
+CARTPOLE = {**PPO_CARTPOLE, "eval_every": 25_000, "eval_episodes": 10}
 
 
 @pytest.mark.slow

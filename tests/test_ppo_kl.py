@@ -20,6 +20,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import PPO_CARTPOLE
 
 from algorithms.common import NullLogger, RecordingLogger
 from algorithms.common.distributions import categorical_kl, gaussian_kl
@@ -134,22 +135,7 @@ def test_fixed_beta_variant_keeps_beta():
     assert betas == [3.0] * 8 and all(kl > 0 for kl in kls)
 
 
-CARTPOLE = {
-    "env_id": "CartPole-v1",
-    "total_timesteps": 100_000,
-    "num_envs": 8,
-    "num_steps": 32,
-    "num_minibatches": 1,
-    "update_epochs": 20,
-    "gamma": 0.98,
-    "gae_lambda": 0.8,
-    "learning_rate": 1e-3,
-    "ent_coef": 0.0,
-    "normalize_obs": False,
-    "normalize_reward": False,
-    "eval_every": 0,
-    "eval_episodes": 10,
-}
+CARTPOLE = {**PPO_CARTPOLE, "eval_every": 0, "eval_episodes": 10}
 
 
 @pytest.mark.slow
