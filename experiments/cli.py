@@ -11,7 +11,7 @@ from typing import Any, Literal
 from algorithms.common import RunInterrupted
 from algorithms.common.cli import parse_command_line
 from experiments.registry import list_algorithms, load_algorithm
-from experiments.runs import RunDirectoryMismatch, RunSpec
+from experiments.runs import RunDirectoryMismatch, RunSpec, check_runs_dir
 
 TRAIN_DESCRIPTION = """\
 Train one run: ALGO on --env-id with --seed for --total-timesteps environment steps.
@@ -51,7 +51,7 @@ class TrainOptions:
 
 
 def cmd_train(argv: list[str]) -> int:
-    from experiments.execute import RunOptions, execute_run
+    from experiments.execute import RunOptions, execute_run, validate_spec
 
     if not argv or argv[0].startswith("-"):
         print(f"usage: rlgrid train ALGO [OPTIONS]\n\n{TRAIN_DESCRIPTION}\n\nalgorithms: {', '.join(list_algorithms())}")
@@ -72,6 +72,8 @@ def cmd_train(argv: list[str]) -> int:
     try:
         # RunSpec.create keeps the values that differ from the algorithm's defaults: those name the run.
         spec = RunSpec.create(algo, config.env_id, config.seed, dataclasses.asdict(config))
+        validate_spec(spec)  # bad input is reported before the runs directory is made
+        check_runs_dir(runner.runs_dir)
         options = RunOptions(
             runs_dir=runner.runs_dir,
             track=runner.track,
@@ -163,6 +165,8 @@ def cmd_run(argv: list[str]) -> int:
         suite = load_suite(args.suite)
         if args.threads_per_run < 1 or args.retries < 0 or (args.workers is not None and args.workers < 1):
             raise ValueError("--threads-per-run and --workers must be >= 1, --retries >= 0")
+        if not args.dry_run:  # a dry run only reads
+            check_runs_dir(args.runs_dir)
     except (SuiteError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ import os
 import platform
 import re
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,21 @@ class RunSpec:
             "variant": self.variant,
             "hash": self.hash,
         }
+
+
+def check_runs_dir(runs_dir: str | os.PathLike) -> None:
+    """Make `runs_dir` if needed and write (then remove) a file in it, or raise a one-line ValueError: the commands call
+    it after validating their input and before any compute, so an unusable --runs-dir (under a file, read-only, on a
+    full disk) fails at once with the reason instead of with a traceback at a run's first write."""
+    path = Path(runs_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".rlgrid-write-test-"):
+            pass
+    except OSError as exc:
+        blocking = next((p for p in (path, *path.parents) if os.path.exists(p) and not os.path.isdir(p)), None)
+        reason = f"{blocking} is a file, not a directory" if blocking is not None else exc.strerror or str(exc)
+        raise ValueError(f"--runs-dir {path} cannot be created or written to: {reason}") from None
 
 
 class RunDirectoryMismatch(ValueError):

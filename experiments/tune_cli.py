@@ -10,6 +10,7 @@ from typing import Any
 from algorithms.common import RunInterrupted
 from experiments.execute import RunOptions
 from experiments.executors import Finished, Task, make_executor
+from experiments.runs import check_runs_dir
 
 TUNE_DESCRIPTION = """\
 Search a study's hyperparameters with Optuna (STUDY: a study TOML file, or a study shipped in
@@ -99,6 +100,7 @@ def cmd_tune(argv: list[str]) -> int:
         study = load_study(args.study)
         if args.workers < 1 or args.threads_per_run < 1 or (args.n_trials is not None and args.n_trials < 1):
             raise ValueError("--workers, --threads-per-run and --n-trials must be >= 1")
+        check_runs_dir(args.runs_dir)
         storage = args.storage or default_storage(study, args.runs_dir)
         study_obj = load_or_create_study(study, storage)  # storage reachable, same study file: checked before any run
     except (StudyError, ValueError) as exc:

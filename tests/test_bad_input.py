@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -120,6 +122,10 @@ BAD_INPUTS = [
     ("env-typo", "ppo", {"env_id": "CartPol-v1"}, (), ["unknown environment id 'CartPol-v1'", "Did you mean CartPole-v1"]),
     ("threads", "ppo", {}, ("--threads", "0"), ["--threads", ">= 1"]),
     ("seed-type", "ppo", {}, ("--seed", "abc"), ["Error parsing --seed", "'abc'"]),
+    ("float-nan", "ppo", {}, ("--learning-rate", "nan"), ["Error parsing config", "learning_rate must be a finite number"]),
+    ("float-inf", "ppo", {}, ("--gamma", "inf"), ["Error parsing config", "gamma must be a finite number, got inf"]),
+    ("float-minus-inf", "ppo", {}, ("--ent-coef", "-inf"), ["Error parsing config", "ent_coef must be a finite number"]),
+    ("optional-float-inf", "ppo", {}, ("--target-kl", "inf"), ["Error parsing config", "target_kl must be a finite"]),
 ]
 
 
@@ -249,3 +255,131 @@ def test_an_algorithm_on_an_action_space_it_cannot_handle_is_refused_before_anyt
     code, _, err = run_cli(["run", str(suite), "--runs-dir", str(runs_dir)], capsys)
     assert code == 2 and "td3 x CartPole-v1 x default: td3 needs continuous actions" in err
     assert_no_run_directory(runs_dir)
+
+
+# --- NaN and infinity in any float field -------------------------------------------------------------
+def _float_fields() -> list[tuple[str, str]]:
+    """(algorithm, field) for every float (or float | None) field of every registered algorithm's Config."""
+    from experiments.registry import config_fields, list_algorithms, load_algorithm
+
+    return [
+        (algo, name)
+        for algo in list_algorithms()
+        for name, info in config_fields(load_algorithm(algo).Config).items()
+        if float in (info.type, *typing.get_args(info.type))
+    ]
+
+
+FLOAT_FIELDS = _float_fields()
+
+
+def test_the_float_field_discovery_finds_every_algorithms_fields():
+    algos = {algo for algo, _ in FLOAT_FIELDS}
+    from experiments.registry import list_algorithms
+
+    assert algos == set(list_algorithms())
+    assert ("ppo", "learning_rate") in FLOAT_FIELDS and ("dqn", "max_grad_norm") in FLOAT_FIELDS
+    assert ("trpo", "backtrack_coef") in FLOAT_FIELDS and ("sac", "alpha") in FLOAT_FIELDS
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("algo, field", FLOAT_FIELDS, ids=[f"{a}.{f}" for a, f in FLOAT_FIELDS])
+def test_a_non_finite_number_in_any_float_field_is_refused_naming_the_field(algo, field, value):
+    """At Config construction, so the command line, suites and studies' fixed values all get it; no field gives
+    inf a meaning (optional limits say "none" with None)."""
+    from experiments.registry import load_algorithm
+
+    with pytest.raises(ValueError, match=rf"^{field} must be a finite number, got {value}$"):
+        load_algorithm(algo).Config(**{field: value})
+
+
+def test_a_suite_with_a_nan_value_is_refused_before_anything_runs(tmp_path, capsys):
+    runs_dir = tmp_path / "runs"
+    suite = tmp_path / "nan.toml"
+    suite.write_text(
+        'algorithms = ["ppo", "dqn"]\nenv_ids = ["CartPole-v1"]\nseeds = [1]\n'
+        "[algo.ppo]\nlearning_rate = nan\n[algo.dqn]\ngamma = -inf\n"
+    )
+    code, out, err = run_cli(["run", str(suite), "--runs-dir", str(runs_dir)], capsys)
+    assert code == 2, (out, err)
+    assert "ppo x CartPole-v1 x default: invalid ppo config: learning_rate must be a finite number, got nan" in err
+    assert "dqn x CartPole-v1 x default: invalid dqn config: gamma must be a finite number, got -inf" in err
+    assert "Traceback" not in err and out == ""
+    assert_no_run_directory(runs_dir)
+
+
+TINY_STUDY = """\
+algorithm = "ppo"
+env_ids = ["CartPole-v1"]
+seeds = [1]
+total_timesteps = 2048
+eval_every = 1024
+n_trials = 1
+export_seeds = [2]
+[fixed]
+num_envs = 2
+num_steps = 128
+[params.learning_rate]
+type = "float"
+low = 1e-4
+high = 1e-2
+"""
+
+
+def test_a_study_with_an_infinite_fixed_value_is_refused(tmp_path):
+    from experiments.study import StudyError, load_study
+
+    study = tmp_path / "study.toml"
+    study.write_text(TINY_STUDY.replace("[fixed]\n", "[fixed]\nmax_grad_norm = inf\n"))
+    with pytest.raises(StudyError, match="fixed: invalid ppo config: max_grad_norm must be a finite number, got inf"):
+        load_study(str(study))
+
+
+# --- an unusable --runs-dir ---------------------------------------------------------------------------
+# A runs dir whose parent is a regular file cannot be made by anyone, root included (permission bits do not stop
+# root, and these tests may run as root), so it stands for every unwritable runs dir: the command refuses it with
+# one line and exit code 2 after validating its input and before any compute.
+def _runs_dir_under_a_file(tmp_path: Path) -> tuple[Path, Path]:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file, where the runs dir's parent should be\n")
+    return blocker, blocker / "runs"
+
+
+def _assert_refused(code: int, out: str, err: str, blocker: Path, runs_dir: Path) -> None:
+    assert code == 2, (out, err)
+    assert err == f"error: --runs-dir {runs_dir} cannot be created or written to: {blocker} is a file, not a directory\n"
+    assert out == ""  # nothing started: no plan, no study line
+    assert blocker.read_text() == "a file, where the runs dir's parent should be\n"
+
+
+def test_train_refuses_a_runs_dir_that_cannot_be_made(tmp_path, capsys):
+    blocker, runs_dir = _runs_dir_under_a_file(tmp_path)
+    _assert_refused(*run_cli(train_argv(runs_dir), capsys), blocker, runs_dir)
+    # a runs dir that is itself a file
+    _assert_refused(*run_cli(train_argv(blocker), capsys), blocker, blocker)
+
+
+def test_train_checks_its_input_before_the_runs_dir(tmp_path, capsys):
+    """Bad input is reported as such, not as an unusable runs dir, and an unusable runs dir is not made."""
+    code, _, err = run_cli(train_argv(tmp_path / "runs", env_id="CartPol-v1"), capsys)
+    assert code == 2 and "unknown environment id 'CartPol-v1'" in err and "--runs-dir" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_run_refuses_a_runs_dir_that_cannot_be_made(tmp_path, capsys):
+    blocker, runs_dir = _runs_dir_under_a_file(tmp_path)
+    suite = tmp_path / "tiny.toml"
+    suite.write_text('algorithms = ["ppo"]\nenv_ids = ["CartPole-v1"]\nseeds = [1]\ntotal_timesteps = 2048\n')
+    _assert_refused(
+        *run_cli(["run", str(suite), "--runs-dir", str(runs_dir), "--executor", "inline"], capsys), blocker, runs_dir
+    )
+    code, out, _ = run_cli(["run", str(suite), "--runs-dir", str(runs_dir), "--dry-run"], capsys)  # a dry run only reads
+    assert code == 0 and "1 runs: 1 new" in out
+
+
+def test_tune_refuses_a_runs_dir_that_cannot_be_made(tmp_path, capsys):
+    blocker, runs_dir = _runs_dir_under_a_file(tmp_path)
+    study = tmp_path / "study.toml"
+    study.write_text(TINY_STUDY)
+    _assert_refused(*run_cli(["tune", str(study), "--runs-dir", str(runs_dir)], capsys), blocker, runs_dir)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-directory", "study.toml"]  # no journal either

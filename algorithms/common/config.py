@@ -2,11 +2,16 @@
 runs. They are protocol and plumbing (see DESIGN.md's sharing rule); hyperparameters stay in each file.
 
 A subclass redeclares a field to change its default (DQN starts on CartPole-v1) and calls
-`super().__post_init__()` from its own `__post_init__`.
+`super().__post_init__()` first in its own `__post_init__`: that refuses a NaN or infinite number in any field, the
+subclass's included, before the subclass's range checks (which NaN would pass: every comparison with it is False).
+No field gives inf a meaning (an optional limit such as ppo's target_kl or dqn's max_grad_norm says "none" with None).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 
 
@@ -30,6 +35,10 @@ class RunConfig:
     """ask torch for deterministic kernels"""
 
     def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isfinite(value):
+                raise ValueError(f"{field.name} must be a finite number, got {value}")
         if not self.env_id:
             raise ValueError("env_id must not be empty")
         if self.total_timesteps < 1 or self.eval_episodes < 1:
