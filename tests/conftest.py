@@ -1,4 +1,5 @@
-"""Shared test setup: W&B can never go online, MuJoCo's log stays out of the repo, a tiny test env."""
+"""Shared test setup: W&B can never go online, MuJoCo's log stays out of the repo, a tiny test env, and (in CI) no
+silent skips: with RLGRID_REQUIRE_ALL=1 (set by .ci/run) the session fails on any skip outside ALLOWED_SKIPS."""
 
 from __future__ import annotations
 
@@ -48,3 +49,68 @@ gym.register(id="rlgrid-test/Count-v0", entry_point=CountEnv, max_episode_steps=
 def _scratch_cwd(tmp_path, monkeypatch):
     """Run every test in a scratch directory (MuJoCo writes MUJOCO_LOG.TXT into the working directory)."""
     monkeypatch.chdir(tmp_path)
+
+
+# --- No silent skips in CI --------------------------------------------------------------------------------------
+# A missing extra (optuna, wandb, ray, submitit, minatar, mujoco, ...) skips the tests of its feature, which is right on
+# a developer's machine and wrong in CI, where `.ci/run` installs every extra: there a skip means an untested feature.
+# With RLGRID_REQUIRE_ALL=1 every skip fails the session (exit status 1, the skips listed at the end), collection-time
+# skips included (a module-level importorskip skips the whole module before any test of it is collected), except:
+ALLOWED_SKIPS = {
+    # Hardware, not a package CI can install: tests marked `gpu` skip where no CUDA device is visible.
+    "gpu": lambda: not _cuda_available(),
+}
+REQUIRE_ALL = "RLGRID_REQUIRE_ALL"
+_unexpected_skips: list[str] = []
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests skip without a CUDA device (the allow-listed skip above)."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu_items and not _cuda_available():
+        for item in gpu_items:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device (marker gpu)"))
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:  # (path, line, "Skipped: reason")
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
+
+
+def _note_skip(report) -> None:
+    if not os.environ.get(REQUIRE_ALL) or not report.skipped or hasattr(report, "wasxfail"):  # xfail is no skip
+        return
+    keywords = getattr(report, "keywords", {})
+    if any(marker in keywords and allowed() for marker, allowed in ALLOWED_SKIPS.items()):
+        return
+    _unexpected_skips.append(f"{report.nodeid or '<session>'}: {_skip_reason(report)}")
+
+
+def pytest_collectreport(report):
+    """A module skipped while it was collected (module-level pytest.importorskip / pytest.skip)."""
+    _note_skip(report)
+
+
+def pytest_runtest_logreport(report):
+    """A test skipped in setup (skip marks, fixtures) or in its body (pytest.skip, pytest.importorskip)."""
+    _note_skip(report)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _unexpected_skips and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _unexpected_skips:
+        terminalreporter.section(f"{REQUIRE_ALL} is set: skips outside the allow-list (tests/conftest.py ALLOWED_SKIPS)")
+        for line in _unexpected_skips:
+            terminalreporter.line(f"SKIP NOT ALLOWED {line}", red=True)

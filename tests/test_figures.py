@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
 from matplotlib.image import imread
 
-pytest.importorskip("rliable")
-from analysis import figures  # noqa: E402
-from analysis.stats import aggregate_table, performance_profiles, probability_of_improvement, sample_efficiency  # noqa: E402
+from analysis import figures
+from analysis.stats import aggregate_table, performance_profiles, probability_of_improvement, sample_efficiency
 
 
 def _frame() -> pd.DataFrame:

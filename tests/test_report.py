@@ -11,13 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-pytest.importorskip("rliable")
-from analysis.load import load_runs  # noqa: E402
-from analysis.scores import per_run_scores  # noqa: E402
-from experiments.cli import main  # noqa: E402
-from experiments.execute import RunOptions, execute_run  # noqa: E402
-from experiments.runs import RunSpec  # noqa: E402
-from tests.helpers import write_synthetic_runs  # noqa: E402
+from analysis.load import load_runs
+from analysis.scores import per_run_scores
+from experiments.cli import main
+from experiments.execute import RunOptions, execute_run
+from experiments.runs import RunSpec
+from tests.helpers import write_synthetic_runs
 
 CELLS = {
     ("ppo", "default", "Hopper-v5"): 2400.0,

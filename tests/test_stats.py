@@ -7,8 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-pytest.importorskip("rliable")
-from analysis.stats import aggregate_table, probability_of_improvement, score_matrices  # noqa: E402
+from analysis.stats import aggregate_table, probability_of_improvement, score_matrices
 
 
 def synthetic_scores(means: dict[str, float], seeds: int = 10, envs: int = 5, sd: float = 0.2, rng_seed: int = 0):
