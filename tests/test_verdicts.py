@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from analysis.load import load_runs
 from analysis.scores import load_reference, per_run_scores
-from analysis.verdicts import compare_to_references, parse_spread, parse_steps, reference_rows, verdict
+from analysis.verdicts import bootstrap_ci, compare_to_references, parse_spread, parse_steps, reference_rows, verdict
 from tests.helpers import write_synthetic_runs
 
 
@@ -22,6 +23,27 @@ def test_welch_verdicts_when_the_reference_gives_a_seed_spread():
     assert result["statistic"].startswith("Welch") and result["p_value"] < 1e-6
 
 
+def _scores(mean: float, std: float, n: int) -> np.ndarray:
+    """n per-seed scores with exactly this mean and sample std (ddof=1)."""
+    z = np.random.default_rng(1).standard_normal(n)
+    return mean + std * (z - z.mean()) / z.std(ddof=1)
+
+
+@pytest.mark.parametrize("side", [-1.0, 1.0])
+def test_welch_verdicts_just_either_side_of_p_005(side):
+    """Our 5 seeds (std 100) against a reference of 10 seeds (std 300): Welch's two-sided test at 5% changes its verdict
+    where |mean difference| = t_0.975(Welch-Satterthwaite df) x standard error. 1% inside: reproduced; 1% outside: below
+    or above. (Student's pooled t would still say reproduced 1% outside; a one-sided test would not say so 1% inside.)"""
+    ref, ref_std, ref_n, std, n = 3000.0, 300.0, 10, 100.0, 5
+    a, b = std**2 / n, ref_std**2 / ref_n
+    df = (a + b) ** 2 / (a**2 / (n - 1) + b**2 / (ref_n - 1))
+    critical = stats.t.ppf(0.975, df) * np.sqrt(a + b)
+    inside = verdict(_scores(ref + side * 0.99 * critical, std, n), ref, ref_std, ref_n)
+    outside = verdict(_scores(ref + side * 1.01 * critical, std, n), ref, ref_std, ref_n)
+    assert inside["verdict"] == "reproduced" and 0.05 < inside["p_value"] < 0.052, inside
+    assert outside["verdict"] == ("above" if side > 0 else "below") and 0.048 < outside["p_value"] < 0.05, outside
+
+
 def test_bootstrap_verdicts_without_a_reference_spread():
     ours = np.array([99.0, 100.0, 101.0, 100.5, 99.5])
     assert verdict(ours, 100.0)["verdict"] == "reproduced"
@@ -29,6 +51,10 @@ def test_bootstrap_verdicts_without_a_reference_spread():
     assert verdict(ours, 90.0)["verdict"] == "above"
     assert "bootstrap" in verdict(ours, 90.0)["statistic"]
     assert verdict(ours[:1], 100.0)["verdict"] == "inconclusive"
+    # At the edges of the 95% CI: a reference on the edge is inside, one a hair beyond it is not.
+    low, high = bootstrap_ci(ours)
+    assert verdict(ours, low)["verdict"] == "reproduced" and verdict(ours, high)["verdict"] == "reproduced"
+    assert verdict(ours, low - 1e-6)["verdict"] == "above" and verdict(ours, high + 1e-6)["verdict"] == "below"
 
 
 def test_reference_text_parsing():
@@ -79,6 +105,23 @@ def test_budget_differences_are_stated(tmp_path):
     assert table.iloc[0]["note"] == "budget differs: ours 200,000 steps, reference 1,000,000"
     # 2,400 is within CleanRL's 1M-step spread, but a 200k-step run cannot reproduce (or fall below) a 1M-step figure
     assert table.iloc[0]["verdict"] == "budget differs" and "Welch" in table.iloc[0]["statistic"]
+
+
+def test_the_budget_rule_just_either_side_of_10_percent(tmp_path):
+    """CleanRL's PPO on Hopper: 1M steps. A budget more than 10% away from it is `budget differs`; exactly 10% or
+    less is compared (and here reproduced: the level is CleanRL's)."""
+    budgets = {"b899000": 899_000, "b900000": 900_000, "b1100000": 1_100_000, "b1101000": 1_101_000}
+    for variant, steps in budgets.items():
+        cell = {("ppo", variant, "Hopper-v5"): 2382.86}
+        write_synthetic_runs(tmp_path, cell, seeds=[1, 2, 3, 4, 5], total_steps=steps, noise=150.0)
+    table = compare_to_references(load_runs(tmp_path), ["cleanrl_benchmarks"], {"Hopper-v5": "mujoco"})
+    rows = table.set_index("variant")
+    assert rows["budget"].to_dict() == {variant: float(steps) for variant, steps in budgets.items()}
+    for variant in ("b900000", "b1100000"):
+        assert rows.loc[variant, "verdict"] == "reproduced" and rows.loc[variant, "note"] == "", rows.loc[variant]
+    for variant, steps in (("b899000", "899,000"), ("b1101000", "1,101,000")):
+        assert rows.loc[variant, "verdict"] == "budget differs", rows.loc[variant]
+        assert rows.loc[variant, "note"] == f"budget differs: ours {steps} steps, reference 1,000,000"
 
 
 def test_eval_max_verdict_uses_the_max_of_the_seed_average(tmp_path):
