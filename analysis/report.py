@@ -420,7 +420,7 @@ def options_from_args(args: argparse.Namespace) -> ReportOptions:
         if name not in ("auto", "none") and name not in SOURCES:
             try:
                 load_reference(name)
-            except FileNotFoundError as exc:
+            except (FileNotFoundError, ValueError) as exc:  # ValueError: a cell it cannot read (file, row, column)
                 problems.append(str(exc))
     pairs = []
     for pair in args.pair:

@@ -38,15 +38,55 @@ def final_scores(frame: pd.DataFrame, protocol: str = "eval-last", n: int = 10) 
     return scores.rename(columns={"value": "score"})
 
 
+SEEDS_NOT_GIVEN = {"", "n/a", "na", "none", "-", "?", "not stated", "not given", "unknown"}
+
+
+def parse_seed_count(text: object) -> int | None:
+    """A reference row's `n_seeds_if_given` as published: '10' -> 10, '1 (single run)' -> 1, '3 (CleanRL); ...' -> 3
+    (the leading integer; the rest is a comment), '' or 'n/a' or 'not stated' -> None. ValueError for anything else."""
+    if text is None or (isinstance(text, float) and np.isnan(text)):
+        return None
+    cell = str(text).strip()
+    if cell.lower() in SEEDS_NOT_GIVEN:
+        return None
+    try:
+        number = float(cell)  # "3", and "3.0" from a table saved by pandas
+    except ValueError:
+        match = re.match(r"(\d+)(?![\d.,]*\d)", cell)  # a leading integer, not the start of "3.5" or "1,000"
+        number = float(match.group(1)) if match else float("nan")
+    if not (number >= 1 and float(number).is_integer()):
+        raise ValueError(f"cannot read a seed count in {cell!r}")
+    return int(number)
+
+
 def load_reference(name: str) -> pd.DataFrame:
-    """A reference table shipped in analysis/reference/ (file stem), or any CSV path in the same format."""
+    """A reference table shipped in analysis/reference/ (file stem), or any CSV path in the same format.
+
+    `n_seeds_if_given` becomes integers (or missing) by `parse_seed_count`; a cell that cannot be read raises a
+    ValueError naming the file, row and column of every such cell: a table the report cannot read as its author meant
+    is refused before any work, rather than a row of it silently dropped from the comparison."""
     path = Path(name)
     if not path.is_file():
         path = REFERENCE_DIR / f"{name.removesuffix('.csv')}.csv"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in REFERENCE_DIR.glob("*.csv")))
         raise FileNotFoundError(f"no reference table {name!r}; shipped: {known}")
-    return pd.read_csv(path)
+    table = pd.read_csv(path, dtype={"n_seeds_if_given": str})
+    if "n_seeds_if_given" in table:
+        counts, problems = [], []
+        for i, cell in enumerate(table["n_seeds_if_given"]):
+            try:
+                counts.append(parse_seed_count(cell))
+            except ValueError as exc:
+                counts.append(None)
+                problems.append(f"{path}, row {i + 2} (the header is row 1), column n_seeds_if_given: {exc}")
+        if problems:
+            hint = (
+                "give the number of seeds first (text after it is kept as a comment, e.g. '1 (single run)') or leave it empty"
+            )
+            raise ValueError("\n  ".join([f"reference table {path}: {hint}", *problems]))
+        table["n_seeds_if_given"] = pd.array(counts, dtype="Int64")
+    return table
 
 
 def atari_game(env_id: str) -> str:

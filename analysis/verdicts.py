@@ -10,7 +10,8 @@ Verdicts (`reproduced`, `below`, `above`; `inconclusive` with fewer than 2 seeds
 budget is more than 10% away from the reference's, where the test's statistic is still shown but the two numbers
 are not the same experiment, so neither `reproduced` nor `below` would be honest):
 - the reference gives a spread across seeds and its seed count: Welch's t-test of our per-seed scores
-  against the reference mean, std (converted to ddof=1 where the source used ddof=0) and n, at the 5% level;
+  against the reference mean, std (converted to ddof=1 where the source used ddof=0, and from a standard error
+  of the mean, se * sqrt(n), where the source gave that) and n, at the 5% level;
 - otherwise: our 95% bootstrap CI of the mean (for `eval-max`, of the max over steps of the seed-average)
   against the reference value.
 """
@@ -27,6 +28,7 @@ from scipy import stats
 from analysis.scores import CELL_KEYS, env_key, eval_curves, load_reference, per_run_scores
 
 SEED_SPREAD = re.compile(r"(across|over) (seeds|trials)")
+STANDARD_ERROR = re.compile(r"(?i:standard error|std\.? ?err)|\bs\.e\.|\bSEM?\b")
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,16 @@ def parse_spread(std_text: object, metric_text: str) -> tuple[float | None, bool
     return float(match.group(1)), across_seeds, "ddof=0" in metric_text
 
 
+def spread_is_standard_error(std_text: object, metric_text: str) -> bool:
+    """The spread is a standard error of the mean over the seeds: its text says so ('±62 (standard error)'), or the
+    metric's does ('± = standard error over 5 seeds') and the spread does not call itself something else. A standard
+    error over evaluation episodes is not one over seeds."""
+    spread = std_text if isinstance(std_text, str) else ""
+    if "episode" in spread:
+        return False
+    return bool(STANDARD_ERROR.search(spread) or (STANDARD_ERROR.search(metric_text) and "std" not in spread))
+
+
 def reference_rows(name: str, algo: str, family: str, env_id: str) -> pd.DataFrame:
     """Rows of reference `name` (shipped source, or a CSV whose `algorithm` column names our algorithms)."""
     source = SOURCES.get(name)
@@ -179,9 +191,14 @@ def _version(env_id: str, described: str = "?") -> str:
 
 
 def _reference_summary(row: pd.Series) -> tuple[float, float | None, int | None]:
-    """(value, std across seeds with ddof=1 or None, n or None) of a reference row."""
+    """(value, std across seeds with ddof=1 or None, n or None) of a reference row.
+
+    A standard error over n seeds is converted to their std: se = s / sqrt(n), so s = se * sqrt(n) (ddof=1 already);
+    without n it cannot be, and the row is compared by its value alone."""
     std, across_seeds, ddof0 = parse_spread(row["std_or_ci_if_given"], str(row["metric"]))
-    n_ref = int(row["n_seeds_if_given"]) if pd.notna(row["n_seeds_if_given"]) else None
+    n_ref = int(row["n_seeds_if_given"]) if pd.notna(row["n_seeds_if_given"]) else None  # load_reference parsed it
+    if std is not None and spread_is_standard_error(row["std_or_ci_if_given"], str(row["metric"])):
+        return float(row["value"]), (std * np.sqrt(n_ref) if n_ref else None), n_ref
     if not across_seeds:  # e.g. a std over evaluation episodes of one agent says nothing about seeds
         return float(row["value"]), None, n_ref
     if std is not None and ddof0 and n_ref and n_ref > 1:

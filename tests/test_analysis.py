@@ -163,3 +163,105 @@ def test_normalisation_bounds_by_name():
         env_bounds(["Hopper-v5", "CartPole-v1"], "d4rl")
     with pytest.raises(ValueError, match="unknown normalisation"):
         env_bounds(["Hopper-v5"], "zscore")
+
+
+# --- reference tables as published: free text in n_seeds_if_given, spreads given as standard errors ------------
+REFERENCE_COLUMNS = (
+    "source,algorithm,env_id,env_version_in_source,steps_or_frames,metric,value,std_or_ci_if_given,n_seeds_if_given,citation"
+)
+
+
+def _reference_csv(path, rows: list[tuple[str, str, str, str, str]]):
+    """A reference CSV: one line per (env_id, metric, value, spread, n_seeds) for algorithm ppo at 1M steps."""
+    lines = [REFERENCE_COLUMNS]
+    lines += [
+        f'paper,ppo,{env},v5,1M env steps,"{metric}",{value},"{spread}","{n}",table 1'
+        for env, metric, value, spread, n in rows
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_every_shipped_reference_table_loads_with_integer_seed_counts():
+    from analysis.scores import REFERENCE_DIR
+
+    names = sorted(p.stem for p in REFERENCE_DIR.glob("*.csv"))
+    assert len(names) == 7
+    for name in names:
+        table = load_reference(name)
+        assert str(table["n_seeds_if_given"].dtype) == "Int64", name
+    cleanrl = load_reference("cleanrl_benchmarks")
+    free_text = pd.read_csv(REFERENCE_DIR / "cleanrl_benchmarks.csv", dtype=str)["n_seeds_if_given"].str.contains(
+        "CleanRL", na=False
+    )
+    assert free_text.sum() > 0 and set(cleanrl.loc[free_text, "n_seeds_if_given"]) == {3}  # "3 (CleanRL); baselines ..."
+    assert set(load_reference("mujoco_td3_paper_2018")["n_seeds_if_given"]) == {10}
+
+
+def test_free_text_seed_counts_are_read_as_their_leading_integer(tmp_path):
+    cells = ["1 (single run)", "10 seeds", "3 (CleanRL); baselines seeds not stated", "5", "3.0", "", "n/a", "not stated"]
+    rows = [(f"Env{i}-v5", "mean return", "100", "", n) for i, n in enumerate(cells)]
+    table = load_reference(str(_reference_csv(tmp_path / "published.csv", rows)))
+    assert table["n_seeds_if_given"].tolist() == [1, 10, 3, 5, 3, pd.NA, pd.NA, pd.NA]
+
+
+def test_an_unreadable_seed_count_names_the_file_row_and_column(tmp_path):
+    rows = [
+        ("A-v5", "m", "1", "", "4"),
+        ("B-v5", "m", "1", "", "about ten"),
+        ("C-v5", "m", "1", "", "2"),
+        ("D-v5", "m", "1", "", "3.5"),
+    ]
+    path = _reference_csv(tmp_path / "mine.csv", rows)
+    with pytest.raises(ValueError) as info:
+        load_reference(str(path))
+    message = str(info.value)
+    assert f"{path}, row 3 (the header is row 1), column n_seeds_if_given: cannot read a seed count in 'about ten'" in message
+    assert f"{path}, row 5 (the header is row 1), column n_seeds_if_given: cannot read a seed count in '3.5'" in message
+    assert "row 2" not in message and "row 4" not in message
+
+
+@pytest.fixture(scope="module")
+def hopper_frame(tmp_path_factory):
+    """4 seeds of ppo on Hopper-v5 at about 2,400 (1M steps): the cell a user's reference table is compared with."""
+    from tests.helpers import write_synthetic_runs
+
+    root = tmp_path_factory.mktemp("hopper")
+    write_synthetic_runs(
+        root, {("ppo", "default", "Hopper-v5"): 2400.0}, seeds=[1, 2, 3, 4], total_steps=1_000_000, noise=50.0
+    )
+    return load_runs(root)
+
+
+@pytest.mark.parametrize(
+    ("metric", "spread"),
+    [
+        ("mean return of the final policy", "±62 (standard error)"),  # the spread says it
+        ("mean return; ± = standard error of the mean over seeds", "±62"),  # the metric says it
+        ("mean return", "±62 (s.e.)"),
+    ],
+    ids=["spread-says-se", "metric-says-se", "abbreviated"],
+)
+def test_a_standard_error_over_seeds_becomes_a_seed_std(tmp_path, hopper_frame, metric, spread):
+    from scipy import stats
+
+    from analysis.verdicts import compare_to_references
+
+    path = _reference_csv(tmp_path / "se.csv", [("Hopper-v5", metric, "2500", spread, "5 (seeds)")])
+    row = compare_to_references(hopper_frame, [str(path)], {"Hopper-v5": "mujoco"}).iloc[0]
+    assert row["reference_n"] == 5
+    assert row["reference_std"] == pytest.approx(62 * np.sqrt(5))  # se = s / sqrt(n)
+    ours = per_run_scores(hopper_frame).sort_values("seed")["score"].to_numpy()
+    expected = stats.ttest_ind_from_stats(ours.mean(), ours.std(ddof=1), 4, 2500.0, 62 * np.sqrt(5), 5, equal_var=False)
+    assert row["statistic"] == f"Welch t={expected.statistic:.2f}, p={expected.pvalue:.3f}"
+
+
+def test_a_standard_error_without_seeds_or_over_episodes_is_not_a_seed_std(tmp_path, hopper_frame):
+    from analysis.verdicts import compare_to_references
+
+    rows = [("Hopper-v5", "mean return", "2500", "±62 (standard error)", "")]
+    row = compare_to_references(hopper_frame, [str(_reference_csv(tmp_path / "a.csv", rows))], {}).iloc[0]
+    assert np.isnan(row["reference_std"]) and "bootstrap" in row["statistic"]  # no n: nothing to convert with
+    rows = [("Hopper-v5", "mean return", "2500", "±62 (standard error over 30 evaluation episodes)", "1")]
+    row = compare_to_references(hopper_frame, [str(_reference_csv(tmp_path / "b.csv", rows))], {}).iloc[0]
+    assert np.isnan(row["reference_std"]) and row["reference_n"] == 1

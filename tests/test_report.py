@@ -164,3 +164,37 @@ def test_bad_report_options_fail_clearly(synthetic_runs, tmp_path, capsys, args,
     code = main(["report", *args, "--out", str(tmp_path / "out")])
     assert code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "out" / "report.html").exists()
+
+
+PUBLISHED = """\
+source,algorithm,env_id,env_version_in_source,steps_or_frames,metric,value,std_or_ci_if_given,n_seeds_if_given,citation
+paper,ppo,Hopper-v3,v3,1M env steps,final return,2300,±62 (standard error),5 (seeds),table 2
+paper,sac,Hopper-v3,v3,1M env steps,final return,3100,,1 (single run),table 2
+"""
+
+
+def test_a_reference_table_with_free_text_seed_counts_is_used(synthetic_runs, tmp_path, capsys):
+    """The published wording ("1 (single run)", a standard error) no longer aborts the report: both rows are compared,
+    the standard error as a seed std (62 * sqrt(5))."""
+    table = tmp_path / "published.csv"
+    table.write_text(PUBLISHED)
+    out = tmp_path / "out"
+    code = main(["report", str(synthetic_runs), "--out", str(out), "--reference", str(table), "--reps", "200"])
+    assert code == 0, capsys.readouterr().err
+    verdicts = pd.read_csv(out / "tables" / "reference_verdicts.csv").set_index(["algo", "variant"])
+    assert verdicts.loc[("ppo", "default"), "reference_n"] == 5
+    assert np.isclose(verdicts.loc[("ppo", "default"), "reference_std"], 62 * np.sqrt(5))
+    assert verdicts.loc[("sac", "default"), "reference_n"] == 1
+    printed = capsys.readouterr().out
+    assert "2,300.0 ± 138.6 (n=5)" in printed and "sac on Hopper-v3  3,100.0 " in printed
+
+
+def test_an_unreadable_seed_count_stops_the_report_naming_the_cell(synthetic_runs, tmp_path, capsys):
+    table = tmp_path / "published.csv"
+    table.write_text(PUBLISHED.replace("1 (single run)", "one run"))
+    out = tmp_path / "out"
+    code = main(["report", str(synthetic_runs), "--out", str(out), "--reference", str(table)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and err.startswith("error: bad report options:")  # with any others
+    assert f"{table}, row 3 (the header is row 1), column n_seeds_if_given: cannot read a seed count in 'one run'" in err
+    assert not out.exists()  # refused before loading any run
