@@ -118,10 +118,17 @@ def test_same_seed_same_numbers_other_seed_differs(algo, kind):
 @pytest.mark.slow
 @pytest.mark.parametrize("algo", ALGOS)
 def test_compile_flag_runs(algo):
-    """compile=True wraps the hot paths in torch.compile (CPU inductor here); the run must still work."""
+    """compile=True wraps the hot paths in torch.compile (CPU inductor here): TorchDynamo compiles frames (its counters,
+    reset first, say so; an ignored flag leaves them at zero), and the run still works."""
+    import torch
+    from torch._dynamo.utils import counters
+
     module, cfg = smoke_config(algo, SMOKE_ENVS[supported(algo)[-1]])
     logger = RecordingLogger()
+    torch._dynamo.reset()
+    counters.clear()
     result = module.train(dataclasses.replace(cfg, compile=True), logger)
+    assert counters["frames"]["ok"] >= 1 and counters["stats"]["unique_graphs"] >= 1, {k: dict(v) for k, v in counters.items()}
     assert math.isfinite(result.final_eval_return)
     losses = [v for _, m in logger.records for k, v in m.items() if k.startswith("losses/") and "explained" not in k]
     assert losses and all(math.isfinite(v) for v in losses)
