@@ -217,6 +217,13 @@ def test_image_agents_train_and_evaluate_on_the_fast_path(algo, settings, monkey
     result = module.train(
         module.Config(env_id="PongNoFrameskip-v4", seed=1, eval_every=0, eval_episodes=2, **settings), logger
     )
-    (step, score), *_ = logger.series("eval/episodic_return")[-1:]
-    assert step == settings["total_timesteps"] and -21 <= score <= 21
-    assert result is not None
+    ((step, score),) = logger.series("eval/episodic_return")
+    ((_, spread),) = logger.series("eval/episodic_return_std")
+    assert step == settings["total_timesteps"]
+    # Two whole games: a game of Pong ends when one side has 21 points, so its score is an integer in [-21, -1] or
+    # [1, 21] (a game cut short could score anything, 0 included); mean +- std (ddof=0) of two values are the values.
+    games = [score - spread, score + spread]
+    assert all(game == round(game) and 1 <= abs(game) <= 21 for game in games), games
+    assert result.global_step == step and result.final_eval_return == score and result.eval_returns == [(step, score)]
+    losses = [v for _, m in logger.records for k, v in m.items() if k.startswith("losses/") and "explained" not in k]
+    assert losses and all(np.isfinite(losses)), "the agent trained on the frames"
