@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 optuna = pytest.importorskip("optuna")
+from barrier_env import BARRIER, pids_at  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from experiments.cli import main  # noqa: E402
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.tuning
 STUDY = """
 name = "{name}"
 algorithm = "ppo"
-env_ids = ["CartPole-v1"]
+env_ids = ["{env_id}"]
 seeds = {seeds}
 total_timesteps = {steps}
 eval_every = {every}
@@ -70,6 +71,7 @@ def write_study(
     pruner_options: str = "",
     lr_type: str = "float",
     lr_space: str = "low = 3e-4\nhigh = 3e-3\nlog = true",
+    env_id: str = "CartPole-v1",
 ) -> Path:
     path = tmp_path / f"{name}.toml"
     text = STUDY.format(
@@ -83,9 +85,26 @@ def write_study(
         pruner_options=pruner_options,
         lr_type=lr_type,
         lr_space=lr_space,
+        env_id=env_id,
     )
     path.write_text(text)
     return path
+
+
+TWO_WORKERS_ENV = "barrier_env:BarrierCartPole-v1"
+"""CartPole whose first reset in a process waits until a second process has reached its own (tests/barrier_env.py)"""
+
+
+@pytest.fixture()
+def barrier(tmp_path, monkeypatch) -> Path:
+    """Studies on TWO_WORKERS_ENV started from here hold each worker's first trial until another worker has started one:
+    two workers run trials by construction. Workers import the env from tests/ (PYTHONPATH); returns the barrier's
+    directory, where each worker that reached it left its pid."""
+    directory = tmp_path / "barrier"
+    tests_dir = str(Path(__file__).parent)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv(BARRIER, str(directory))
+    return directory
 
 
 def rlgrid(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -104,8 +123,8 @@ def test_a_run_paused_at_each_evaluation_matches_an_uninterrupted_one(tmp_path):
     assert deterministic_metrics(spec.run_dir(tmp_path / "paused")) == deterministic_metrics(whole["run_dir"])
 
 
-def test_two_worker_processes_share_a_journal_study_and_the_best_config_exports_as_a_suite(tmp_path):
-    study_file = write_study(tmp_path, n_trials=6)
+def test_two_worker_processes_share_a_journal_study_and_the_best_config_exports_as_a_suite(tmp_path, barrier, monkeypatch):
+    study_file = write_study(tmp_path, n_trials=6, env_id=TWO_WORKERS_ENV)
     runs = tmp_path / "runs"
     result = rlgrid("tune", str(study_file), "--workers", "2", "--runs-dir", str(runs))
     assert result.returncode == 0, result.stderr
@@ -116,12 +135,13 @@ def test_two_worker_processes_share_a_journal_study_and_the_best_config_exports_
     finished = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(counted(study_obj, include_running=False)) == 6 and len(finished) == 6, [t.state for t in trials]
     assert len({t.number for t in trials}) == len(trials) and not [t for t in trials if t.state == TrialState.RUNNING]
-    assert {t.user_attrs["pid"] for t in finished}.__len__() == 2, "both workers ran trials"
+    pids = {t.user_attrs["pid"] for t in finished}
+    assert len(pids) == 2 and pids == pids_at(barrier), "both workers ran trials (and only they passed the barrier)"
     for trial in finished:  # no lost results: every trial's score matches its run directory
         (run_dir,) = Path(trial.user_attrs["run_dir"]).rglob("DONE")
         evals = [json.loads(line) for line in (run_dir.parent / "metrics.jsonl").read_text().splitlines()]
         last = [row["eval/episodic_return"] for row in evals if "eval/episodic_return" in row][-1]
-        assert trial.user_attrs["scores"] == {"CartPole-v1/seed1": last} and trial.value == last
+        assert trial.user_attrs["scores"] == {f"{TWO_WORKERS_ENV}/seed1": last} and trial.value == last
     surplus = [t for t in trials if t.state == TrialState.FAIL]
     assert all(t.user_attrs["fail_reason"].startswith("surplus") for t in surplus)
 
@@ -133,6 +153,7 @@ def test_two_worker_processes_share_a_journal_study_and_the_best_config_exports_
     assert "Best trials" in (out / "report.html").read_text()
     exported = out / "tuned-tiny.toml"
     assert f"learning_rate = {study_obj.best_trial.params['learning_rate']!r}" in exported.read_text()
+    monkeypatch.delenv(BARRIER)  # the exported suite's runs need no second worker
     result = rlgrid("run", str(exported), "--runs-dir", str(tmp_path / "check"))
     assert result.returncode == 0, result.stderr
     done = sorted(json.loads((p.parent / "spec.json").read_text())["seed"] for p in (tmp_path / "check").rglob("DONE"))
@@ -213,10 +234,10 @@ def test_running_trials_of_dead_or_silent_workers_are_failed(tmp_path):
 
 @pytest.mark.postgres
 @pytest.mark.slow
-def test_postgres_workers_share_a_study_and_a_killed_worker_is_recovered(tmp_path):
+def test_postgres_workers_share_a_study_and_a_killed_worker_is_recovered(tmp_path, barrier):
     from tests.postgres import postgres_server
 
-    study_file = write_study(tmp_path, steps=8192, every=2048, n_trials=5)
+    study_file = write_study(tmp_path, steps=8192, every=2048, n_trials=5, env_id=TWO_WORKERS_ENV)
     runs = tmp_path / "runs"
     with postgres_server() as url:
         # 1. Start one worker and SIGKILL it in the middle of a trial (a run of that trial has checkpointed).
@@ -235,6 +256,7 @@ def test_postgres_workers_share_a_study_and_a_killed_worker_is_recovered(tmp_pat
                 "5",
             ],
             start_new_session=True,
+            env={k: v for k, v in os.environ.items() if k != BARRIER},  # a lone worker: no barrier to wait at
             stdout=subprocess.DEVNULL,
             stderr=(tmp_path / "worker.err").open("w"),
         )
@@ -260,12 +282,13 @@ def test_postgres_workers_share_a_study_and_a_killed_worker_is_recovered(tmp_pat
         assert trials[victim.number].user_attrs["fail_reason"] == "worker died"
         assert len(counted(study_obj, include_running=False)) == 5 and not study_obj.get_trials(states=(TrialState.RUNNING,))
         completed = [t for t in trials if t.state == TrialState.COMPLETE]
-        assert len(completed) == 5 and len({t.user_attrs["pid"] for t in completed}) >= 2
+        pids = {t.user_attrs["pid"] for t in completed}
+        assert len(completed) == 5 and len(pids) == 2 and pids == pids_at(barrier), "both workers ran trials"
 
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_ray_workers_join_one_study(tmp_path):
+def test_ray_workers_join_one_study(tmp_path, barrier):
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
@@ -276,7 +299,7 @@ def test_ray_workers_join_one_study(tmp_path):
         ray.init(address=cluster.address)
         if {node["NodeManagerAddress"] for node in ray.nodes()} != {"127.0.0.1"}:
             pytest.skip("Ray did not stay on loopback")
-        study_file = write_study(tmp_path, n_trials=4)
+        study_file = write_study(tmp_path, n_trials=4, env_id=TWO_WORKERS_ENV)
         args = ["tune", str(study_file), "--executor", "ray", "--workers", "2", "--runs-dir", str(tmp_path / "runs")]
         assert main(args) == 0
     finally:
@@ -284,14 +307,15 @@ def test_ray_workers_join_one_study(tmp_path):
         cluster.shutdown()
     study_obj = load_or_create_study(load_study(str(study_file)), str(study_file.with_suffix(".journal")))
     complete = study_obj.get_trials(states=(TrialState.COMPLETE,))
-    assert len(complete) == 4 and len({t.user_attrs["pid"] for t in complete}) == 2, "two Ray workers ran trials"
+    pids = {t.user_attrs["pid"] for t in complete}
+    assert len(complete) == 4 and len(pids) == 2 and pids == pids_at(barrier), "two Ray workers ran trials"
 
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_slurm_job_array_workers_join_one_study(tmp_path):
+def test_slurm_job_array_workers_join_one_study(tmp_path, barrier):
     pytest.importorskip("submitit")
-    study_file = write_study(tmp_path, n_trials=3)
+    study_file = write_study(tmp_path, n_trials=3, env_id=TWO_WORKERS_ENV)
     args = [
         "tune",
         str(study_file),
@@ -309,3 +333,5 @@ def test_slurm_job_array_workers_join_one_study(tmp_path):
     assert main(args) == 0
     study_obj = load_or_create_study(load_study(str(study_file)), str(study_file.with_suffix(".journal")))
     assert len(counted(study_obj, include_running=False)) == 3
+    pids = {t.user_attrs["pid"] for t in study_obj.get_trials(states=(TrialState.COMPLETE,))}
+    assert len(pids) == 2 and pids == pids_at(barrier), "both jobs of the array ran trials"
