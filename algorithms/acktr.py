@@ -43,7 +43,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -386,8 +385,6 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
             # 8. Log (every LOG_EVERY updates), evaluate, checkpoint.
             if iteration % LOG_EVERY == 1:
                 pg_loss, v_loss, entropy_mean = stats.tolist()
-                if not np.isfinite([pg_loss, v_loss, entropy_mean]).all():
-                    raise FloatingPointError(f"non-finite loss at step {global_step}: policy {pg_loss}, value {v_loss}")
                 var_returns, residual = returns.var(), returns - values.detach()
                 explained_var = (1 - residual.var() / var_returns).item() if var_returns > 0 else float("nan")
                 run.logger.log(

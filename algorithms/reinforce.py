@@ -222,8 +222,6 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
 
             # 7. Log, evaluate, checkpoint.
             pg_loss, v_loss = policy_loss.item(), value_loss.item()
-            if not np.isfinite([pg_loss, v_loss]).all():
-                raise FloatingPointError(f"non-finite loss at step {global_step}: policy {pg_loss}, value {v_loss}")
             var_returns = returns.var()
             explained_var = (1 - (returns - baselines).var() / var_returns).item() if var_returns > 0 else float("nan")
             run.logger.log(

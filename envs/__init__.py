@@ -28,6 +28,9 @@ __all__ = [
 MINATAR_STEP_LIMIT = 10_000
 """MinAtar's games have no time limit (a good Breakout player can go on for ever); this cap, a truncation that
 targets bootstrap through, keeps every episode and evaluation finite"""
+EVAL_STEP_LIMIT = 108_000
+"""steps after which an evaluation episode that has not ended is cut (an env without a time limit of its own), as
+Atari's 30-minute cap (108,000 frames)"""
 ENV_FAMILIES = ("classic_control", "mujoco", "box2d", "toy_text", "atari", "minatar", "other")
 
 
@@ -150,22 +153,30 @@ def evaluate(
     policy: Callable[[np.ndarray], np.ndarray],
     episodes: int,
     seed: int,
+    max_steps: int = EVAL_STEP_LIMIT,
 ) -> np.ndarray:
     """Run `episodes` full episodes with a deterministic `policy` on fresh copies of the training env.
 
     The copies share the training observation statistics, frozen; rewards are the env's own (not
     normalised, not clipped). One copy per episode, seeded seed + i, each stopped after its first episode,
-    so long and short episodes are counted alike. Returns the episodic returns, shape (episodes,).
+    so long and short episodes are counted alike. An episode still running after `max_steps` steps (an env with
+    no time limit of its own) counts with its return so far. Returns the episodic returns, shape (episodes,);
+    a return may be NaN or infinite (the caller decides: `RunState` records the run as diverged).
     """
     envs = train_envs.frozen_copy(episodes)
     try:
         obs = envs.reset(seed=seed)
-        returns = np.full(episodes, np.nan)
-        while np.isnan(returns).any():
-            obs, _, _, _, info = envs.step(policy(obs))
+        returns, so_far = np.zeros(episodes), np.zeros(episodes)
+        finished = np.zeros(episodes, dtype=bool)  # not a NaN marker: a NaN return must end its episode too
+        for _ in range(max_steps):
+            obs, rewards, _, _, info = envs.step(policy(obs))
+            so_far += rewards
             for i, episodic_return, _ in info["episodes"]:
-                if np.isnan(returns[i]):
-                    returns[i] = episodic_return
+                if not finished[i]:
+                    returns[i], finished[i] = episodic_return, True
+            if finished.all():
+                return returns
+        returns[~finished] = so_far[~finished]
         return returns
     finally:
         envs.close()

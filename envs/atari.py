@@ -234,7 +234,7 @@ class AtariGame(gym.Env):
     # --- exact resume (envs.state) ------------------------------------------------------------------
     def capture_state(self) -> dict[str, Any]:
         return {
-            "ale": self.ale.cloneState(include_rng=True),
+            "ale": self.ale.cloneState(include_rng=True).serialize(),  # bytes: checkpoints hold plain data only
             "noops": self.noops.rng.get_state(),
             "raw": self.raw.copy(),
             "stack": self.stack.copy(),
@@ -245,11 +245,14 @@ class AtariGame(gym.Env):
         """The emulator, and with sticky actions the action it would repeat, which its saved state leaves out: the
         emulator is stepped with that action until it has (almost surely) taken it, which also makes it the action
         to repeat, and the state is restored again (emulator and RNG; the action stays)."""
-        self.ale.restoreState(state["ale"])
+        from ale_py import ALEState
+
+        emulator = ALEState(state["ale"])
+        self.ale.restoreState(emulator)
         if self.settings.repeat_action_probability > 0:
             for _ in range(STICKY_PRIMING_FRAMES):
                 self.ale.act(self.action_set[state["counters"][5]])
-            self.ale.restoreState(state["ale"])
+            self.ale.restoreState(emulator)
         self.noops.rng.set_state(state["noops"])
         self.raw[:], self.stack[:] = state["raw"], state["stack"]
         self.newest, self.frames, self.lives, self.game_return, self.game_over, self.last_action = state["counters"]

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from algorithms.common import RunInterrupted
+from algorithms.common import RunInterrupted, RunStopped
 from algorithms.common.cli import parse_command_line
 from experiments.registry import list_algorithms, load_algorithm
 from experiments.runs import RunDirectoryMismatch, RunSpec, check_runs_dir
@@ -51,7 +51,7 @@ class TrainOptions:
 
 
 def cmd_train(argv: list[str]) -> int:
-    from experiments.execute import RunOptions, execute_run, validate_spec
+    from experiments.execute import RunDiverged, RunOptions, execute_run, validate_spec
 
     if not argv or argv[0].startswith("-"):
         print(f"usage: rlgrid train ALGO [OPTIONS]\n\n{TRAIN_DESCRIPTION}\n\nalgorithms: {', '.join(list_algorithms())}")
@@ -92,6 +92,12 @@ def cmd_train(argv: list[str]) -> int:
     except RunInterrupted as exc:
         print(f"\n{exc}; run the same command again to resume.", file=sys.stderr)
         return 130
+    except RunStopped as exc:
+        print(f"\n{exc}; run the same command again to resume from the newest checkpoint.", file=sys.stderr)
+        return 130
+    except RunDiverged as exc:
+        print(f"diverged: {exc}\n  recorded in the run directory (DIVERGED); it is not resumed or retried.", file=sys.stderr)
+        return 1
     result = outcome["result"]
     verb = "already finished, nothing to do" if outcome["status"] == "skipped" else "finished"
     print(f"{verb}: {outcome['run_dir']}")

@@ -16,14 +16,16 @@ from typing import Any
 
 import torch
 
-from algorithms.common import Checkpointer, ConsoleLogger, RunInterrupted, RunPaused
+from algorithms.common import Checkpointer, ConsoleLogger, RunInterrupted, RunPaused, RunStopped
+from algorithms.common.checkpoint import newest_checkpoint_step
 from envs import validate_env_id
 from experiments.registry import load_algorithm
 from experiments.runs import JsonlLogger, RunDirectory, RunSpec
 
 
 class RunDiverged(Exception):
-    """The run's losses became NaN/inf; recorded in DIVERGED and not retried (it would diverge again)."""
+    """The run's losses, weights, or training or evaluation returns became NaN/inf (a FloatingPointError from
+    `RunState`); recorded in DIVERGED and not retried (it would diverge again)."""
 
 
 @dataclasses.dataclass
@@ -127,8 +129,8 @@ def execute_run(spec: RunSpec, options: RunOptions) -> dict[str, Any]:
     try:
         result = load_algorithm(spec.algo).train(config, logger, checkpointer).to_dict()
     except RunPaused:
-        return {"status": "paused", "run_dir": str(run_dir.path), "step": checkpointer.latest()["step"]}
-    except RunInterrupted:
+        return {"status": "paused", "run_dir": str(run_dir.path), "step": newest_checkpoint_step(run_dir.checkpoint_dir)}
+    except (RunInterrupted, RunStopped):  # checkpointed on request, or stopped at once: it resumes, nothing failed
         raise
     except FloatingPointError as exc:
         run_dir.error_file.write_text(traceback.format_exc())
@@ -150,10 +152,11 @@ def execute_run(spec: RunSpec, options: RunOptions) -> dict[str, Any]:
 
 def run_to_state(spec: RunSpec, options: RunOptions) -> str:
     """`execute_run` as a task for any executor (a local worker process, a Ray task, a Slurm job): the run's final state,
-    "done", "interrupted" (checkpointed on request, to be resumed) or "diverged"; a failure raises."""
+    "done", "interrupted" (checkpointed on request or stopped by a second signal, to be resumed) or "diverged"; a failure
+    raises."""
     try:
         execute_run(spec, options)
-    except RunInterrupted:
+    except (RunInterrupted, RunStopped):
         return "interrupted"
     except RunDiverged:
         return "diverged"

@@ -10,8 +10,10 @@ its checkpoints behind, and running it again resumes from them.
 
 - `inline`: one after another in this process (debugging; a tuning study's single local worker).
 - `local` (default): a spawned process per task, `CUDA_VISIBLE_DEVICES` set in the child to pack tasks onto GPU slots
-  (`gpus_per_task` 0.25: four per device). Ctrl-C or SIGTERM during `submit` is forwarded to the children as SIGTERM:
-  runs checkpoint and stop; a worker killed outright (SIGKILL, OOM) is a failure, retried.
+  (`gpus_per_task` 0.25: four per device). Each Ctrl-C or SIGTERM during `submit` is forwarded to the children as
+  one SIGTERM (they run in sessions of their own, so a terminal's Ctrl-C reaches them only this way): at the first,
+  runs checkpoint and stop; at a second, they stop at once. A worker killed outright (SIGKILL, OOM) is a failure,
+  retried.
 - `ray`: a Ray task per task on an existing cluster (`address`, or "auto") or a local one: `num_cpus` = threads,
   fractional `num_gpus`, retried by Ray on worker death (`max_retries`) and on exceptions (`retry_exceptions`);
   Ctrl-C cancels the tasks (SIGINT in the task: it checkpoints and stops). Every node must see the same files.
@@ -106,6 +108,9 @@ class InlineExecutor(Executor):
 
 def _run_in_child(connection: Any, fn: Callable[..., Any], args: tuple[Any, ...], gpu: int | None) -> None:
     """Entry point of a local worker process: send ("ok", value) or ("error", traceback) back, then exit."""
+    # A session of its own: a Ctrl-C in the terminal reaches only the parent, which passes on one SIGTERM per signal it
+    # gets (`stop()`): the first asks the task to checkpoint and stop, a second stops it at once.
+    os.setsid()
     if gpu is not None:  # before anything touches CUDA in this fresh (spawned) interpreter
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     try:

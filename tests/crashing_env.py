@@ -37,3 +37,28 @@ class NaNRewardEnv(CrashEnv):
 
 
 gym.register(id="NaNReward-v0", entry_point=NaNRewardEnv)
+
+
+class NaNRewardBoxEnv(NaNRewardEnv):
+    """NaNRewardEnv with continuous actions (DDPG, TD3, SAC)."""
+
+    def __init__(self, crash_after: int = 50) -> None:
+        super().__init__(crash_after)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+
+# The rewards of every episode (10 steps) turn NaN at step 6: training and evaluation returns are all NaN.
+gym.register(id="NaNRewardSoon-v0", entry_point=NaNRewardEnv, kwargs={"crash_after": 5})
+gym.register(id="NaNRewardSoonBox-v0", entry_point=NaNRewardBoxEnv, kwargs={"crash_after": 5})
+
+
+class HugeRewardEnv(CrashEnv):
+    """Rewards of 1e30: every return is finite (1e31 in float64), but a squared TD error overflows float32 (a
+    diverging critic while the env looks healthy)."""
+
+    def step(self, action):
+        self.steps += 1
+        return np.zeros(2, np.float32), 1e30, False, self.steps % 10 == 0, {}
+
+
+gym.register(id="HugeReward-v0", entry_point=HugeRewardEnv)

@@ -1,9 +1,15 @@
-"""What several test modules share: a tiny PPO suite and run metrics without wall-clock fields."""
+"""What several test modules share: a tiny PPO suite, run metrics without wall-clock fields, holding a run at a known
+point (tests/hold)."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import time
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY_SUITE = """
 algorithms = ["ppo"]
@@ -83,3 +89,35 @@ def write_synthetic_runs(
                 (run_dir / "DONE").touch()
             dirs.append(run_dir)
     return dirs
+
+
+def run_env(**extra: str) -> dict[str, str]:
+    """The environment of an `rlgrid` subprocess run from the repository."""
+    return {**os.environ, "PYTHONPATH": str(REPO), **extra}
+
+
+def held_env(hold_dir: Path, after_saves: int = 1, ignores_stop: bool = False, only: str = "", **extra: str) -> dict[str, str]:
+    """The environment of a subprocess whose runs (those whose checkpoint directory contains `only`) are held once,
+    after `after_saves` checkpoints (tests/hold/sitecustomize.py)."""
+    hold_dir.mkdir(parents=True, exist_ok=True)
+    return {
+        **run_env(**extra),
+        "PYTHONPATH": f"{REPO / 'tests' / 'hold'}{os.pathsep}{REPO}",
+        "RLGRID_HOLD_DIR": str(hold_dir),
+        "RLGRID_HOLD_AFTER_SAVES": str(after_saves),
+        "RLGRID_HOLD_IGNORES_STOP": "1" if ignores_stop else "0",
+        "RLGRID_HOLD_ONLY": only,
+    }
+
+
+def wait_for_hold(hold_dir: Path, process: subprocess.Popen, count: int = 1, timeout: float = 600.0) -> list[dict]:
+    """The records of `count` held processes (pid, checkpoint directory, newest checkpoint `step`), once they are held.
+    Fails if `process` ends first: its runs finished or failed without being held."""
+    deadline = time.monotonic() + timeout
+    while len(records := sorted(hold_dir.glob("held-*.json"))) < count:
+        if process.poll() is not None:
+            output = process.stdout.read() if process.stdout else ""
+            raise AssertionError(f"the process ended (exit {process.returncode}) before {count} runs were held: {output}")
+        assert time.monotonic() < deadline, f"no run was held within {timeout:.0f} s"
+        time.sleep(0.02)
+    return [json.loads(path.read_text()) for path in records]

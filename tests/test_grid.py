@@ -8,11 +8,10 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from helpers import deterministic_metrics, tiny_suite
+from helpers import deterministic_metrics, held_env, run_env, tiny_suite, wait_for_hold
 
 from experiments.cli import main
 from experiments.suite import SuiteError, load_suite
@@ -170,51 +169,41 @@ def _grid_command(suite: Path, runs: Path, *extra: str) -> list[str]:
     ]
 
 
-def _children(pid: int) -> list[int]:
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [int(c) for c in children if "resource_tracker" not in Path(f"/proc/{c}/cmdline").read_text()]
-
-
-def _wait_for(predicate, timeout: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 @pytest.mark.slow
 def test_worker_killed_with_sigkill_is_retried_and_resumes_to_identical_metrics(tmp_path):
     path = write_suite(tmp_path, tiny_suite('["CartPole-v1"]', "[4]", 12288))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     subprocess.run(
         _grid_command(path, tmp_path / "reference", "--executor", "inline"),
         check=True,
-        env=env,
+        env=run_env(),
         timeout=600,
         stdout=subprocess.DEVNULL,
     )
+    hold_dir = tmp_path / "hold"
     grid = subprocess.Popen(
         _grid_command(path, tmp_path / "runs", "--workers", "1", "--retries", "1"),
-        env=env,
+        env=held_env(hold_dir, after_saves=2),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    _wait_for(lambda: list((tmp_path / "runs").glob("tiny/ppo/*/*/checkpoints/ckpt-*.pt")))
-    (worker,) = _children(grid.pid)
-    os.kill(worker, signal.SIGKILL)
+    (held,) = wait_for_hold(hold_dir, grid)  # the worker, held past its second checkpoint; its retry runs through
+    os.kill(held["pid"], signal.SIGKILL)
     output, _ = grid.communicate(timeout=600)
     assert grid.returncode == 0, output
     assert "exited with -9; retry 1" in output
     (run_dir,) = (tmp_path / "runs").glob("tiny/ppo/*/seed4-*")
     (reference_dir,) = (tmp_path / "reference").glob("tiny/ppo/*/seed4-*")
     assert deterministic_metrics(run_dir) == deterministic_metrics(reference_dir)
+    assert json.loads((run_dir / "result.json").read_text())["resumed_from_step"] == held["step"] > 0
     summary = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())
     assert summary["runs_detail"][0]["attempts"] == 2 and summary["counts"] == {"done": 1}
 
 
 @pytest.mark.slow
 def test_sigint_stops_the_grid_and_the_same_command_finishes_only_what_is_left(tmp_path):
+    """Ctrl-C (SIGINT to the process group) while the long run has no checkpoint at all (its interval is longer than
+    the run): the signal itself makes the run save one, where it stood, and the same command resumes from it."""
     path = write_suite(
         tmp_path,
         tiny_suite('["CartPole-v1"]', "[1]", 1024)
@@ -228,37 +217,36 @@ name = "long"
 total_timesteps = 50000
 """,
     )
-    runs = tmp_path / "runs"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    (long_spec,) = [spec for spec in load_suite(str(path)).specs if spec.variant == "long"]
+    runs, hold_dir = tmp_path / "runs", tmp_path / "hold"
+    never = ("--checkpoint-every-steps", "1000000000", "--checkpoint-every-seconds", "1000000")
     grid = subprocess.Popen(
-        _grid_command(path, runs, "--workers", "1"),
-        env=env,
+        _grid_command(path, runs, "--workers", "1", *never),
+        env=held_env(hold_dir, after_saves=0, only=long_spec.hash),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
     )
-
-    def long_run_has_checkpoint() -> bool:
-        dirs = list(runs.glob("tiny/ppo/*/seed1-*"))
-        return any(not (d / "DONE").exists() and list(d.glob("checkpoints/ckpt-*.pt")) for d in dirs)
-
-    _wait_for(lambda: list(runs.glob("tiny/ppo/*/*/DONE")))
-    _wait_for(long_run_has_checkpoint)
+    (held,) = wait_for_hold(hold_dir, grid)  # the long run, at the end of its first iteration
+    long_dir = long_spec.run_dir(runs)
+    assert not list((long_dir / "checkpoints").glob("ckpt-*.pt"))
     os.killpg(grid.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole process group
     output, _ = grid.communicate(timeout=120)
     assert grid.returncode == 130, output
     assert "1 runs left; run the same command again to continue." in output
     (short_dir,) = [p.parent for p in runs.glob("tiny/ppo/*/*/DONE")]
-    long_dir = next(p for p in runs.glob("tiny/ppo/*/seed1-*") if p != short_dir)
-    assert not (long_dir / "DONE").exists() and list((long_dir / "checkpoints").glob("ckpt-*.pt"))
+    assert short_dir != long_dir and not (long_dir / "DONE").exists()
+    assert [p.name for p in (long_dir / "checkpoints").glob("ckpt-*.pt")] == [f"ckpt-{held['at_step']:012d}.pt"]
     before = tree_snapshot(short_dir)
 
-    resumed = subprocess.run(_grid_command(path, runs, "--workers", "1"), env=env, capture_output=True, text=True, timeout=900)
+    resumed = subprocess.run(
+        _grid_command(path, runs, "--workers", "1"), env=run_env(), capture_output=True, text=True, timeout=900
+    )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "1 already done" in resumed.stdout
     assert tree_snapshot(short_dir) == before
-    assert (long_dir / "DONE").exists()
+    assert json.loads((long_dir / "result.json").read_text())["resumed_from_step"] == held["at_step"]
 
 
 def test_diverging_run_is_recorded_with_its_step_not_retried_and_skipped_later(tmp_path, capsys):
@@ -267,7 +255,7 @@ def test_diverging_run_is_recorded_with_its_step_not_retried_and_skipped_later(t
     assert main(["run", str(path), "--runs-dir", str(runs), "--workers", "1", "--retries", "2"]) == 1
     (row,) = json.loads((runs / "tiny" / "summary.json").read_text())["runs_detail"]
     assert row["status"] == "diverged" and row["attempts"] == 1
-    assert "non-finite loss at step 256" in row["error"]
+    assert "non-finite training episode return nan at step 120" in row["error"]
     assert (Path(row["run_dir"]) / "DIVERGED").exists() and not (Path(row["run_dir"]) / "DONE").exists()
     capsys.readouterr()
     assert main(["run", str(path), "--runs-dir", str(runs), "--dry-run"]) == 0

@@ -9,7 +9,7 @@
 Nothing here imports an algorithm file or the runner.
 """
 
-from algorithms.common.checkpoint import Checkpointer, RunInterrupted, RunPaused, restore_rng_state, rng_state
+from algorithms.common.checkpoint import Checkpointer, RunInterrupted, RunPaused, RunStopped, restore_rng_state, rng_state
 from algorithms.common.logging import ConsoleLogger, Logger, NullLogger, RecordingLogger, TrainResult
 from algorithms.common.seeding import seed_everything
 
@@ -21,6 +21,7 @@ __all__ = [
     "RecordingLogger",
     "RunInterrupted",
     "RunPaused",
+    "RunStopped",
     "TrainResult",
     "restore_rng_state",
     "rng_state",

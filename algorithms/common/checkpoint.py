@@ -1,17 +1,27 @@
-"""Checkpoint handle: atomic saves of arbitrary state, the last K kept, RNG state capture.
+"""Checkpoint handle: atomic saves of plain state, the last K kept, damaged files set aside, RNG state capture.
 
 An algorithm builds a plain dict (model and optimizer `state_dict()`s, env state, counters, `rng_state()`)
 and hands it to `Checkpointer.save`; on start it calls `Checkpointer.load()` and restores what it finds.
 Files are written to a temporary name and renamed, so a kill during a save never leaves a torn file.
+
+Files are read with `torch.load(weights_only=True)` and an allow-list of numpy's array and dtype types: a file
+planted in a shared runs directory cannot run code on the next resume (it is refused, `CheckpointRefused`). What
+rlgrid stores is therefore plain data only: tensors, numpy arrays, python scalars, strings, bytes and containers
+(`envs.state` turns simulator states into such data). A file that was damaged after it was written (bit rot, a
+partial copy between machines; detected by the CRC-32 of every zip record, which `torch.save` writes and
+`torch.load` does not check) is moved to `damaged/` and the next older checkpoint is used instead.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 import signal
+import sys
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +30,31 @@ import numpy as np
 import torch
 
 _NAME = re.compile(r"^ckpt-(\d{12})\.pt$")
+DAMAGED_DIR = "damaged"
+"""where damaged checkpoints are set aside, inside the checkpoint directory (kept for inspection, never loaded)"""
+
+
+def _numpy_types() -> list[Any]:
+    """What pickled numpy arrays, scalars and dtypes refer to (numpy 2 moved `core` to `_core`)."""
+    try:
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct, scalar
+    dtypes = {type(np.dtype(code)) for code in np.typecodes["All"] if code != "O"}  # no object arrays
+    return [_reconstruct, scalar, np.ndarray, np.dtype, *dtypes]
+
+
+SAFE_TYPES = _numpy_types()
+"""the only globals a checkpoint may name besides torch's tensors and python's containers"""
+
+
+class CheckpointRefused(ValueError):
+    """A checkpoint file is intact but names types rlgrid never stores (a file planted or written by other code):
+    it is not loaded, since unpickling it could run code."""
+
+
+class CheckpointDamaged(Exception):
+    """A checkpoint file cannot be read back as written (truncated, bit rot): it is set aside for an older one."""
 
 
 def newest_checkpoint_step(directory: Path) -> int:
@@ -30,6 +65,11 @@ def newest_checkpoint_step(directory: Path) -> int:
 
 class RunInterrupted(Exception):
     """Raised by `Checkpointer.save` after a stop was requested (SIGTERM/SIGINT): the state is safe on disk."""
+
+
+class RunStopped(KeyboardInterrupt):
+    """A second SIGTERM/SIGINT: the run stops at once, wherever it is (a step or an evaluation that does not end);
+    it resumes from its newest checkpoint. A KeyboardInterrupt, so no `except Exception` on the way swallows it."""
 
 
 class RunPaused(RunInterrupted):
@@ -58,7 +98,8 @@ class Checkpointer:
 
     A save is due every `every_steps` environment steps or `every_seconds` of wall time, whichever comes
     first, and right away once a stop was requested (`handle_signals()` turns SIGTERM/SIGINT into such a
-    request, so a preempted or Ctrl-C'd run saves at its next safe point and then raises RunInterrupted).
+    request, so a preempted or Ctrl-C'd run saves at its next safe point and then raises RunInterrupted; a second
+    signal raises RunStopped at once).
     `metadata_fn` adds caller data to every file (the runner records how far `metrics.jsonl` had got).
     `pause_at_step`: save and raise RunPaused at the first safe point at or after that step.
     """
@@ -81,13 +122,25 @@ class Checkpointer:
         self.metadata_fn = metadata_fn
         self.pause_at_step = pause_at_step
         self.stop_requested = False
+        self._loaded: dict[str, Any] | None = None  # `latest()`'s payload, until `load()` hands it over
         self._last_step: int | None = None
         self._last_time = time.monotonic()
 
     # --- when -------------------------------------------------------------------------------------
     def handle_signals(self) -> None:
+        """SIGTERM/SIGINT: the first asks for a checkpoint and a stop at the next safe point; a second one stops the run
+        at once (RunStopped), for a run that never reaches a safe point."""
+
         def request_stop(signum: int, frame: Any) -> None:
+            if self.stop_requested:
+                raise RunStopped(f"stopped at once by a second {signal.Signals(signum).name}")
             self.stop_requested = True
+            print(
+                f"\n{signal.Signals(signum).name}: checkpointing at the next safe point, then stopping (a second one stops"
+                " at once)",
+                file=sys.stderr,
+                flush=True,
+            )
 
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
@@ -122,7 +175,7 @@ class Checkpointer:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"ckpt-{step:012d}.pt"
         for name, extra in (extras or {}).items():
-            self._write(path.with_name(f"{path.stem}.{name}.pt"), extra)
+            self._write(_extra_path(path, name), extra)
         payload = {"step": step, "saved_at": time.time(), "state": state, "extras": sorted(extras or {})}
         if self.metadata_fn is not None:
             payload["metadata"] = self.metadata_fn()
@@ -131,30 +184,77 @@ class Checkpointer:
             for extra in self.directory.glob(f"{old.stem}.*.pt"):
                 extra.unlink(missing_ok=True)
             old.unlink(missing_ok=True)
-        self._last_step, self._last_time = step, time.monotonic()
+        self._last_step, self._last_time, self._loaded = step, time.monotonic(), None
         if self.stop_requested:
             raise RunInterrupted(f"stopped on request after saving a checkpoint at step {step:,}")
         if self.pause_at_step is not None and step >= self.pause_at_step:
             raise RunPaused(f"paused at step {step:,} (asked for {self.pause_at_step:,})")
         return path
 
-    def load_extra(self, name: str) -> Any:
-        """The extra `name` saved with the newest checkpoint (call after `load()`)."""
-        newest = self.paths()[-1]
-        return torch.load(newest.with_name(f"{newest.stem}.{name}.pt"), map_location="cpu", weights_only=False)
-
     def latest(self) -> dict[str, Any] | None:
-        """The newest checkpoint's payload (`step`, `state`, `metadata`), or None."""
-        paths = self.paths()
-        if not paths:
-            return None
-        # weights_only=False: our own files hold numpy RNG tuples and env snapshots, not just tensors.
-        return torch.load(paths[-1], map_location="cpu", weights_only=False)
+        """The newest checkpoint that reads back whole, its extras included: its payload (`step`, `state`, `metadata`,
+        `extras`: the extras' contents by name), or None when there is none. Damaged files on the way are moved to
+        `damaged/` with a warning; a refused one raises `CheckpointRefused`. The result is kept for `load()`."""
+        if self._loaded is not None:
+            return self._loaded
+        for path in reversed(self.paths()):
+            try:
+                payload = _read(path)
+                payload["extras"] = {name: _read(_extra_path(path, name)) for name in payload.get("extras", [])}
+            except CheckpointDamaged as exc:
+                self._set_aside(path, str(exc))
+                continue
+            self._loaded = payload
+            return payload
+        return None
 
-    def load(self) -> dict[str, Any] | None:
-        """The newest saved state dict, or None when the run starts fresh."""
+    def load(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """(state, extras) of the newest checkpoint that reads back whole (`latest()`), or None when the run starts
+        fresh. Saves are counted from its step."""
         payload = self.latest()
         if payload is None:
             return None
+        self._loaded = None  # the extras (a replay memory) are not kept twice
         self._last_step = payload["step"]
-        return payload["state"]
+        return payload["state"], payload["extras"]
+
+    def _set_aside(self, path: Path, reason: str) -> None:
+        """Move a damaged checkpoint and its extras to `damaged/` (never deleted: the user may want to look)."""
+        aside = self.directory / DAMAGED_DIR
+        aside.mkdir(exist_ok=True)
+        for item in [path, *self.directory.glob(f"{path.stem}.*.pt")]:
+            os.replace(item, aside / item.name)
+        print(
+            f"warning: checkpoint {path} is damaged ({reason}); moved to {aside}, resuming from the previous one",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _extra_path(checkpoint: Path, name: str) -> Path:
+    return checkpoint.with_name(f"{checkpoint.stem}.{name}.pt")
+
+
+def _read(path: Path) -> Any:
+    """A file written by `torch.save`, checked record by record against its CRC-32 first, then unpickled with only
+    plain data allowed. Raises CheckpointDamaged (unreadable) or CheckpointRefused (names other types)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad_record = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise CheckpointDamaged(f"{type(exc).__name__}: {exc}") from None
+    if bad_record is not None:
+        raise CheckpointDamaged(f"record {bad_record} fails its CRC-32 check")
+    try:
+        with torch.serialization.safe_globals(SAFE_TYPES):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" in str(exc):
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            raise CheckpointRefused(
+                f"{path} names types rlgrid never stores in a checkpoint ({', '.join(unsafe) or 'see below'}); it was not "
+                "loaded, since loading it could run code. Remove it (or the run directory) if you did not put it there."
+            ) from None
+        raise CheckpointDamaged(f"{type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # an intact zip whose pickle torch cannot read
+        raise CheckpointDamaged(f"{type(exc).__name__}: {exc}") from None

@@ -20,6 +20,7 @@ passed to `checkpoint_if_due`.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -69,7 +70,7 @@ class RunState:
         extras: dict[str, Any] | None = None,
     ) -> None:
         self.cfg, self.envs, self.checkpoint = cfg, envs, checkpoint
-        self.logger = logger or NullLogger()
+        self.logger = DivergenceCheck(logger or NullLogger())
         self.state, self.extras = state, extras or {}
         self.eval_history: list[tuple[int, float]] = []
         self.recent_returns: deque[float] = deque(maxlen=RECENT_RETURNS)
@@ -80,14 +81,15 @@ class RunState:
     def restore(self, **values: Any) -> tuple[int, dict[str, Any]]:
         """Load everything registered from the newest checkpoint, if there is one. Returns the step to continue from
         and `values` (the defaults given here on a fresh start, the saved ones on a resume)."""
-        saved = self.checkpoint.load() if self.checkpoint is not None else None
+        loaded = self.checkpoint.load() if self.checkpoint is not None else None
         step = 0
-        if saved is not None:
+        if loaded is not None:
+            saved, saved_extras = loaded
             try:
                 for name, item in self.state.items():
                     _load(item, saved[name])
                 for name, item in self.extras.items():
-                    item.load_state_dict(self.checkpoint.load_extra(name))
+                    item.load_state_dict(saved_extras[name])
                 # A value a checkpoint lacks was added to the algorithm after it was written: its initial value then.
                 values = {name: saved.get(name, initial) for name, initial in values.items()}
             except (KeyError, RuntimeError, ValueError) as exc:
@@ -109,6 +111,10 @@ class RunState:
         interval, a stop request, a pause step). Call at the end of an iteration, where everything is consistent."""
         if self.checkpoint is None or not self.checkpoint.due(step):
             return
+        # A diverged network is never saved: the last checkpoint stays the last good state.
+        for name, item in self.state.items():
+            if isinstance(item, torch.nn.Module) and not all(torch.isfinite(p).all() for p in item.parameters()):
+                raise FloatingPointError(f"non-finite weights in {name} at step {step}")
         payload = {name: _state_of(item) for name, item in self.state.items()}
         payload.update(values, global_step=step, eval_history=self.eval_history, recent_returns=list(self.recent_returns))
         payload["rng"] = rng_state()
@@ -119,6 +125,8 @@ class RunState:
         """Log each training episode that ended (`info["episodes"]` of a vector env step: env index, return, length)
         and keep its return for the result."""
         for _, episodic_return, length in episodes:
+            if not math.isfinite(episodic_return):
+                raise FloatingPointError(f"non-finite training episode return {episodic_return} at step {step}")
             self.recent_returns.append(episodic_return)
             self.logger.log(step, {"charts/episodic_return": episodic_return, "charts/episodic_length": length})
 
@@ -143,6 +151,8 @@ class RunState:
         the episodes an uninterrupted one would."""
         index = len(self.eval_history)
         returns = evaluate(self.envs, policy, self.cfg.eval_episodes, seed=10**6 + self.cfg.seed * 10**4 + index * 97)
+        if not np.isfinite(returns).all():
+            raise FloatingPointError(f"non-finite evaluation return at step {step}: {returns.tolist()}")
         self.eval_history.append((step, float(returns.mean())))
         self.logger.log(
             step, {"eval/episodic_return": float(returns.mean()), "eval/episodic_return_std": float(returns.std())}
@@ -160,6 +170,26 @@ class RunState:
             eval_returns=self.eval_history,
             last_episodic_returns=list(self.recent_returns),
         )
+
+
+class DivergenceCheck:
+    """The run's logger, raising FloatingPointError on a non-finite `losses/*` value: every algorithm logs its losses
+    through `RunState.logger`, so a diverging run is caught by all of them alike, at its next logged update.
+    (`losses/explained_variance` is NaN by definition when the returns do not vary.)"""
+
+    EXEMPT = frozenset({"losses/explained_variance"})
+
+    def __init__(self, logger: Logger) -> None:
+        self.inner = logger
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        bad = {k: v for k, v in metrics.items() if k.startswith("losses/") and k not in self.EXEMPT and not math.isfinite(v)}
+        if bad:
+            raise FloatingPointError(f"non-finite loss at step {step}: {', '.join(f'{k}={v}' for k, v in bad.items())}")
+        self.inner.log(step, metrics)
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def _state_of(item: Any) -> Any:
