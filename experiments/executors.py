@@ -12,8 +12,8 @@ its checkpoints behind, and running it again resumes from them.
 - `local` (default): a spawned process per task, `CUDA_VISIBLE_DEVICES` set in the child to pack tasks onto GPU slots
   (`gpus_per_task` 0.25: four per device). Each Ctrl-C or SIGTERM during `submit` is forwarded to the children as
   one SIGTERM (they run in sessions of their own, so a terminal's Ctrl-C reaches them only this way): at the first,
-  runs checkpoint and stop; at a second, they stop at once. A worker killed outright (SIGKILL, OOM) is a failure,
-  retried.
+  runs checkpoint and stop; at a second, they stop at once. On Linux a worker also gets a SIGTERM when this process
+  dies, however it dies. A worker killed outright (SIGKILL, OOM) is a failure, retried.
 - `ray`: a Ray task per task on an existing cluster (`address`, or "auto") or a local one: `num_cpus` = threads,
   fractional `num_gpus`, retried by Ray on worker death (`max_retries`) and on exceptions (`retry_exceptions`);
   Ctrl-C cancels the tasks (SIGINT in the task: it checkpoints and stops). Every node must see the same files.
@@ -28,6 +28,7 @@ import dataclasses
 import multiprocessing as mp
 import os
 import signal
+import sys
 import time
 import traceback
 from collections import deque
@@ -106,11 +107,23 @@ class InlineExecutor(Executor):
                 break
 
 
-def _run_in_child(connection: Any, fn: Callable[..., Any], args: tuple[Any, ...], gpu: int | None) -> None:
+def _stop_with_parent(parent: int) -> None:
+    """Linux: SIGTERM this worker when the process that started it dies, even by SIGKILL (PR_SET_PDEATHSIG), so no
+    worker outlives its grid and runs beside the same grid started again; its run checkpoints and stops."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # it died before the line above
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _run_in_child(connection: Any, fn: Callable[..., Any], args: tuple[Any, ...], gpu: int | None, parent: int) -> None:
     """Entry point of a local worker process: send ("ok", value) or ("error", traceback) back, then exit."""
     # A session of its own: a Ctrl-C in the terminal reaches only the parent, which passes on one SIGTERM per signal it
     # gets (`stop()`): the first asks the task to checkpoint and stop, a second stops it at once.
     os.setsid()
+    _stop_with_parent(parent)
     if gpu is not None:  # before anything touches CUDA in this fresh (spawned) interpreter
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     try:
@@ -160,7 +173,9 @@ class LocalExecutor(Executor):
                     task, attempt = pending.popleft()
                     gpu = free_gpus.pop(0) if free_gpus else None
                     receiver, sender = context.Pipe(duplex=False)
-                    process = context.Process(target=_run_in_child, args=(sender, task.fn, task.args, gpu), name=task.name)
+                    process = context.Process(
+                        target=_run_in_child, args=(sender, task.fn, task.args, gpu, os.getpid()), name=task.name
+                    )
                     process.start()
                     sender.close()
                     active[process] = (task, attempt, gpu, receiver)

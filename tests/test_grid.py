@@ -8,11 +8,13 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from helpers import deterministic_metrics, held_env, run_env, tiny_suite, wait_for_hold
 
+from algorithms.common.checkpoint import newest_checkpoint_step
 from experiments.cli import main
 from experiments.suite import SuiteError, load_suite
 
@@ -198,6 +200,36 @@ def test_worker_killed_with_sigkill_is_retried_and_resumes_to_identical_metrics(
     assert json.loads((run_dir / "result.json").read_text())["resumed_from_step"] == held["step"] > 0
     summary = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())
     assert summary["runs_detail"][0]["attempts"] == 2 and summary["counts"] == {"done": 1}
+
+
+def _running(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+def test_a_grid_killed_outright_leaves_no_worker_running_and_its_runs_resume(tmp_path):
+    """SIGKILL to the grid process alone (the OOM killer, kill -9): its worker gets a SIGTERM (Linux), checkpoints where
+    it stands and exits, instead of running on beside the grid started again; that grid resumes the run there."""
+    path = write_suite(tmp_path, tiny_suite('["CartPole-v1"]', "[2]", 4096))
+    runs, hold_dir = tmp_path / "runs", tmp_path / "hold"
+    grid = subprocess.Popen(
+        _grid_command(path, runs, "--workers", "1"), env=held_env(hold_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    (held,) = wait_for_hold(hold_dir, grid)
+    grid.kill()
+    grid.wait(timeout=60)
+    deadline = time.monotonic() + 120
+    while _running(held["pid"]):
+        assert time.monotonic() < deadline, "the worker outlived its grid"
+        time.sleep(0.05)
+    (run_dir,) = runs.glob("tiny/ppo/*/seed2-*")
+    assert newest_checkpoint_step(run_dir / "checkpoints") == held["at_step"], "the worker checkpointed where it stood"
+
+    resumed = subprocess.run(_grid_command(path, runs), env=run_env(), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert json.loads((run_dir / "result.json").read_text())["resumed_from_step"] == held["at_step"]
 
 
 @pytest.mark.slow
