@@ -48,6 +48,16 @@ class TrainOptions:
     def __post_init__(self) -> None:
         if self.threads < 1 or self.keep_checkpoints < 1:
             raise ValueError(f"--threads and --keep-checkpoints must be >= 1, got {self.threads}, {self.keep_checkpoints}")
+        check_checkpoint_intervals(self.checkpoint_every_seconds, self.checkpoint_every_steps)
+
+
+def check_checkpoint_intervals(every_seconds: float, every_steps: int | None) -> None:
+    """ValueError unless the intervals make sense: seconds > 0 (inf: never by wall time; NaN would silently mean the
+    same), steps >= 1 when given."""
+    if not every_seconds > 0:  # also catches NaN
+        raise ValueError(f"--checkpoint-every-seconds must be > 0 (inf: only by steps), got {every_seconds}")
+    if every_steps is not None and every_steps < 1:
+        raise ValueError(f"--checkpoint-every-steps must be >= 1, got {every_steps}")
 
 
 def cmd_train(argv: list[str]) -> int:
@@ -171,6 +181,7 @@ def cmd_run(argv: list[str]) -> int:
         suite = load_suite(args.suite)
         if args.threads_per_run < 1 or args.retries < 0 or (args.workers is not None and args.workers < 1):
             raise ValueError("--threads-per-run and --workers must be >= 1, --retries >= 0")
+        check_checkpoint_intervals(args.checkpoint_every_seconds, args.checkpoint_every_steps)
         if not args.dry_run:  # a dry run only reads
             check_runs_dir(args.runs_dir)
     except (SuiteError, ValueError) as exc:

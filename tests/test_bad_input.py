@@ -126,6 +126,8 @@ BAD_INPUTS = [
     ("float-inf", "ppo", {}, ("--gamma", "inf"), ["Error parsing config", "gamma must be a finite number, got inf"]),
     ("float-minus-inf", "ppo", {}, ("--ent-coef", "-inf"), ["Error parsing config", "ent_coef must be a finite number"]),
     ("optional-float-inf", "ppo", {}, ("--target-kl", "inf"), ["Error parsing config", "target_kl must be a finite"]),
+    ("checkpoint-seconds-nan", "ppo", {}, ("--checkpoint-every-seconds", "nan"), ["--checkpoint-every-seconds must be > 0"]),
+    ("checkpoint-steps-zero", "ppo", {}, ("--checkpoint-every-steps", "0"), ["--checkpoint-every-steps must be >= 1"]),
 ]
 
 
@@ -375,6 +377,14 @@ def test_run_refuses_a_runs_dir_that_cannot_be_made(tmp_path, capsys):
     )
     code, out, _ = run_cli(["run", str(suite), "--runs-dir", str(runs_dir), "--dry-run"], capsys)  # a dry run only reads
     assert code == 0 and "1 runs: 1 new" in out
+
+
+def test_run_refuses_a_checkpoint_interval_that_is_not_a_number(tmp_path, capsys):
+    suite = tmp_path / "tiny.toml"
+    suite.write_text('algorithms = ["ppo"]\nenv_ids = ["CartPole-v1"]\nseeds = [1]\ntotal_timesteps = 2048\n')
+    runs_dir = tmp_path / "runs"
+    code, _, err = run_cli(["run", str(suite), "--runs-dir", str(runs_dir), "--checkpoint-every-seconds", "nan"], capsys)
+    assert code == 2 and "--checkpoint-every-seconds must be > 0" in err and not runs_dir.exists()
 
 
 def test_tune_refuses_a_runs_dir_that_cannot_be_made(tmp_path, capsys):

@@ -173,6 +173,8 @@ class Checkpointer:
         """Write the checkpoint atomically. `extras` (e.g. a replay buffer) go to files of their own,
         `ckpt-<step>.<name>.pt`, written before the checkpoint that refers to them and pruned with it."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        for stale in self.directory.glob("ckpt-*.tmp"):  # left by a process killed while writing (one process per run)
+            stale.unlink(missing_ok=True)
         path = self.directory / f"ckpt-{step:012d}.pt"
         for name, extra in (extras or {}).items():
             self._write(_extra_path(path, name), extra)
