@@ -6,12 +6,15 @@ import dataclasses
 import difflib
 import importlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
 from envs.vector import EnvSpec, RunningMeanStd, VecEnv
+from envs.video import VIDEO_FPS, write_video
+from envs.video import frame_skip as video_frame_skip
 
 __all__ = [
     "EnvSpec",
@@ -154,6 +157,7 @@ def evaluate(
     episodes: int,
     seed: int,
     max_steps: int = EVAL_STEP_LIMIT,
+    video: Path | None = None,
 ) -> np.ndarray:
     """Run `episodes` full episodes with a deterministic `policy` on fresh copies of the training env.
 
@@ -162,21 +166,28 @@ def evaluate(
     so long and short episodes are counted alike. An episode still running after `max_steps` steps (an env with
     no time limit of its own) counts with its return so far. Returns the episodic returns, shape (episodes,);
     a return may be NaN or infinite (the caller decides: `RunState` records the run as diverged).
+    With `video`, copy 0 renders its episode into that MP4 file (`envs.video`), without changing any number.
     """
-    envs = train_envs.frozen_copy(episodes)
+    envs = train_envs.frozen_copy(episodes, render_first=video is not None)
     try:
         obs = envs.reset(seed=seed)
         returns, so_far = np.zeros(episodes), np.zeros(episodes)
         finished = np.zeros(episodes, dtype=bool)  # not a NaN marker: a NaN return must end its episode too
-        for _ in range(max_steps):
+        frames, skip = ([envs.frame()], video_frame_skip(envs.render_fps())) if video is not None else ([], 1)
+        for step in range(1, max_steps + 1):
             obs, rewards, _, _, info = envs.step(policy(obs))
             so_far += rewards
             for i, episodic_return, _ in info["episodes"]:
                 if not finished[i]:
                     returns[i], finished[i] = episodic_return, True
+            if video is not None and not finished[0] and step % skip == 0:
+                frames.append(envs.frame())
             if finished.all():
-                return returns
-        returns[~finished] = so_far[~finished]
+                break
+        else:
+            returns[~finished] = so_far[~finished]
+        if video is not None:
+            write_video(video, frames, fps=(envs.render_fps() or VIDEO_FPS) / skip)
         return returns
     finally:
         envs.close()

@@ -279,6 +279,12 @@ class AtariPythonVecEnv(VecEnv):
         settings = atari_settings(self.spec.env_id, self.training, dict(self.spec.env_kwargs))
         return [AtariGame(settings) for _ in range(num_envs)]
 
+    def frame(self) -> np.ndarray:
+        return self.envs[0].ale.getScreenRGB()
+
+    def render_fps(self) -> float | None:
+        return 60 / FRAME_SKIP  # one agent step is FRAME_SKIP emulator frames at 60 Hz
+
     def _load_copies_state(self, state: dict[str, Any]) -> None:
         if "atari_vector" in state:
             raise ValueError(
@@ -328,6 +334,13 @@ class AtariVecEnv(VecEnv):
 
     Its games' state cannot be saved: `load_state_dict` restores everything else (statistics) and starts fresh
     games, seeded from the run's seed and the step count; `observation()` is then their first observation."""
+
+    def frozen_copy(self, num_envs: int, render_first: bool = False) -> VecEnv:
+        """Evaluation copies; with `render_first` on the Python path, whose games play step for step the same and can
+        show their screen (the C++ vector env returns only the preprocessed frames)."""
+        if render_first:
+            return AtariPythonVecEnv(self.spec, num_envs, training=False, render_first=True)
+        return super().frozen_copy(num_envs)
 
     def _make_copies(self, num_envs: int) -> list[gym.Env]:
         self.settings = atari_settings(self.spec.env_id, self.training, dict(self.spec.env_kwargs))

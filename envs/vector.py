@@ -77,12 +77,13 @@ class EnvSpec:
 class VecEnv:
     """`num_envs` copies of one env stepped in turn; observations float32 of shape (num_envs, *obs_shape)."""
 
-    def __init__(self, spec: EnvSpec, num_envs: int, training: bool = True) -> None:
+    def __init__(self, spec: EnvSpec, num_envs: int, training: bool = True, render_first: bool = False) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.spec = spec
         self.num_envs = num_envs
         self.training = training  # False: statistics frozen (evaluation)
+        self.render_first = render_first  # copy 0 renders frames (`frame()`: videos of evaluation episodes)
         self.envs = self._make_copies(num_envs)
         self.single_observation_space, self.single_action_space = self._spaces()
         self.is_continuous = isinstance(self.single_action_space, gym.spaces.Box)
@@ -155,7 +156,24 @@ class VecEnv:
     # --- the copies: one gymnasium env each (a subclass may step them otherwise, e.g. as one C++ vector env) ------
     def _make_copies(self, num_envs: int) -> list[gym.Env]:
         kwargs = dict(self.spec.env_kwargs)
-        return [gym.make(self.spec.env_id, disable_env_checker=True, **kwargs) for _ in range(num_envs)]
+        copies = [gym.make(self.spec.env_id, disable_env_checker=True, **kwargs) for _ in range(num_envs)]
+        if self.render_first:
+            from envs import env_family
+            from envs.video import render_kwargs
+
+            copies[0].close()
+            kwargs.update(render_kwargs(self.spec.env_id, env_family(self.spec.env_id)))
+            copies[0] = gym.make(self.spec.env_id, disable_env_checker=True, **kwargs)
+        return copies
+
+    def frame(self) -> np.ndarray:
+        """Copy 0's current frame, RGB uint8 (H, W, 3) (made with `render_first`)."""
+        from envs.video import as_frame
+
+        return as_frame(self.envs[0].render())
+
+    def render_fps(self) -> float | None:
+        return self.envs[0].metadata.get("render_fps")
 
     def _spaces(self) -> tuple[gym.Space, gym.Space]:
         return self.envs[0].observation_space, self.envs[0].action_space
@@ -206,9 +224,10 @@ class VecEnv:
             env.close()
 
     # --- evaluation twin and checkpoints ----------------------------------------------------------
-    def frozen_copy(self, num_envs: int) -> VecEnv:
-        """A fresh env with this env's observation statistics copied and frozen (for evaluation)."""
-        twin = type(self)(self.spec, num_envs, training=False)
+    def frozen_copy(self, num_envs: int, render_first: bool = False) -> VecEnv:
+        """A fresh env with this env's observation statistics copied and frozen (for evaluation); with `render_first`,
+        copy 0 renders frames."""
+        twin = type(self)(self.spec, num_envs, training=False, render_first=render_first)
         twin.obs_rms = copy.deepcopy(self.obs_rms)
         twin.return_rms = None
         return twin

@@ -92,5 +92,11 @@ class WandbLogger:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.run.log({**metrics, "global_step": step})
 
+    def log_video(self, step: int, path: Path) -> None:
+        """An evaluation video (`--capture-video`), as W&B media under `eval/video` at its step."""
+        import wandb
+
+        self.run.log({"eval/video": wandb.Video(str(path), format="mp4"), "global_step": step})
+
     def close(self) -> None:
         self.run.finish()

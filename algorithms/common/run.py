@@ -24,6 +24,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,6 +56,38 @@ def numpy_policy(act: Callable[[torch.Tensor], torch.Tensor], device: torch.devi
     return policy
 
 
+def evaluation_seed(run_seed: int, index: int) -> int:
+    """The seed of a run's evaluation number `index` (0, 1, ...); its episodes are seeded from it upwards (`evaluate`).
+    Fixed per (run seed, evaluation index), so a resumed run, and `rlgrid eval`, play exactly the episodes that an
+    uninterrupted run does."""
+    return 10**6 + run_seed * 10**4 + index * 97
+
+
+class CheckpointEvaluation(Checkpointer):
+    """A checkpoint handle that turns `train()` into an evaluation of a run's newest checkpoint (`rlgrid eval`).
+
+    Give it to the algorithm's own `train()` with the run's Config at `total_timesteps` = the checkpoint's step: the
+    algorithm builds its networks and its evaluation policy as it always does, `RunState.restore` loads them (and the
+    observation-normalisation statistics of the env, which the evaluation freezes), no iteration runs, and
+    `RunState.finish` evaluates `episodes` episodes seeded from `seed` upwards (None: the seed of the run's own
+    evaluation at that step, `evaluation_seed`), whether or not the run already evaluated there. The returns are kept
+    in `returns`, the seed in `seed_used`. Nothing in the run directory is written or moved (read-only; the replay
+    memory is not read), and a loop that would train anyway stops at the end of its first iteration, before any save.
+    """
+
+    def __init__(self, directory: str | Path, episodes: int, seed: int | None = None) -> None:
+        super().__init__(directory, every_seconds=None, read_only=True)
+        self.episodes, self.seed = episodes, seed
+        self.returns: np.ndarray | None = None
+        self.seed_used: int | None = None
+
+    def due(self, step: int) -> bool:
+        raise RuntimeError(
+            f"evaluating the checkpoint in {self.directory} would have trained (an iteration ended at step {step:,}): "
+            "train() must be given total_timesteps = the checkpoint's step"
+        )
+
+
 class RunState:
     """A run's protocol state and its checkpoints. `state` maps checkpoint names to what the algorithm wants saved:
     objects with `state_dict()`/`load_state_dict()` (modules, optimizers, the vector env), numpy Generators (their bit
@@ -71,6 +104,9 @@ class RunState:
     ) -> None:
         self.cfg, self.envs, self.checkpoint = cfg, envs, checkpoint
         self.logger = DivergenceCheck(logger or NullLogger())
+        # --capture-video: a runner's logger names a folder, and the first and the final evaluation record their first
+        # episode there (envs.evaluate; the logger's `log_video` mirrors the file, e.g. to W&B).
+        self.video_dir: Path | None = getattr(logger, "video_dir", None)
         self.state, self.extras = state, extras or {}
         self.eval_history: list[tuple[int, float]] = []
         self.recent_returns: deque[float] = deque(maxlen=RECENT_RETURNS)
@@ -82,6 +118,8 @@ class RunState:
         """Load everything registered from the newest checkpoint, if there is one. Returns the step to continue from
         and `values` (the defaults given here on a fresh start, the saved ones on a resume)."""
         loaded = self.checkpoint.load() if self.checkpoint is not None else None
+        if loaded is None and isinstance(self.checkpoint, CheckpointEvaluation):
+            raise ValueError(f"no checkpoint to evaluate in {self.checkpoint.directory}")
         step = 0
         if loaded is not None:
             saved, saved_extras = loaded
@@ -89,7 +127,8 @@ class RunState:
                 for name, item in self.state.items():
                     _load(item, saved[name])
                 for name, item in self.extras.items():
-                    item.load_state_dict(saved_extras[name])
+                    if not self.checkpoint.read_only:  # a read-only view reads no replay memory (an evaluation)
+                        item.load_state_dict(saved_extras[name])
                 # A value a checkpoint lacks was added to the algorithm after it was written: its initial value then.
                 values = {name: saved.get(name, initial) for name, initial in values.items()}
             except (KeyError, RuntimeError, ValueError) as exc:
@@ -143,14 +182,18 @@ class RunState:
         due = every > 0 and step // every > self._checked_step // every
         self._checked_step = step
         if due:
-            self.evaluate(step, policy)
+            self.evaluate(step, policy, record=not self.eval_history or step >= self.cfg.total_timesteps)
 
-    def evaluate(self, step: int, policy: Callable[[np.ndarray], np.ndarray]) -> None:
+    def evaluate(self, step: int, policy: Callable[[np.ndarray], np.ndarray], record: bool = False) -> None:
         """`eval_episodes` episodes of `policy` on fresh copies of the training env; logs `eval/episodic_return` (and
         its std). The episodes' seeds are fixed per (run seed, evaluation index), so a resumed run evaluates on exactly
-        the episodes an uninterrupted one would."""
+        the episodes an uninterrupted one would. `record`: the first episode goes to `video_dir` too, if set."""
         index = len(self.eval_history)
-        returns = evaluate(self.envs, policy, self.cfg.eval_episodes, seed=10**6 + self.cfg.seed * 10**4 + index * 97)
+        video = self.video_dir / f"eval-step{step:012d}.mp4" if record and self.video_dir is not None else None
+        seed = 10**6 + self.cfg.seed * 10**4 + index * 97
+        returns = evaluate(self.envs, policy, self.cfg.eval_episodes, seed=seed, video=video)
+        if video is not None:
+            self.logger.log_video(step, video)
         if not np.isfinite(returns).all():
             raise FloatingPointError(f"non-finite evaluation return at step {step}: {returns.tolist()}")
         self.eval_history.append((step, float(returns.mean())))
@@ -160,8 +203,16 @@ class RunState:
 
     def finish(self, step: int, policy: Callable[[np.ndarray], np.ndarray]) -> TrainResult:
         """The end of every `train()`: a final evaluation at `step` (unless the last one ran there) and the result."""
+        if isinstance(self.checkpoint, CheckpointEvaluation):
+            return self._evaluate_checkpoint(step, policy)
         if not self.eval_history or self.eval_history[-1][0] != step:
-            self.evaluate(step, policy)
+            self.evaluate(step, policy, record=True)
+        elif self.video_dir is not None and not (self.video_dir / f"eval-step{step:012d}.mp4").exists():
+            # The last evaluation was at this step but not recorded: play its first episode again for the video.
+            index = len(self.eval_history) - 1
+            video = self.video_dir / f"eval-step{step:012d}.mp4"
+            evaluate(self.envs, policy, 1, seed=10**6 + self.cfg.seed * 10**4 + index * 97, video=video)
+            self.logger.log_video(step, video)
         return TrainResult(
             global_step=step,
             wall_time_s=time.perf_counter() - self.start_time,
@@ -169,6 +220,25 @@ class RunState:
             final_eval_return=self.eval_history[-1][1],
             eval_returns=self.eval_history,
             last_episodic_returns=list(self.recent_returns),
+        )
+
+    def _evaluate_checkpoint(self, step: int, policy: Callable[[np.ndarray], np.ndarray]) -> TrainResult:
+        """`finish` under a `CheckpointEvaluation`: its episodes, from its seed or else from the seed of the run's own
+        evaluation at `step` (the last one, if the run evaluated there; else the next one its protocol would run).
+        Logs nothing and raises on nothing (NaN returns are the answer)."""
+        request = self.checkpoint
+        assert isinstance(request, CheckpointEvaluation) and step == self.start_step
+        index = len(self.eval_history) - (1 if self.eval_history and self.eval_history[-1][0] == step else 0)
+        seed = request.seed if request.seed is not None else evaluation_seed(self.cfg.seed, index)
+        # (`rlgrid eval --capture-video` would record here, like `evaluate`'s first episode.)
+        returns = evaluate(self.envs, policy, request.episodes, seed=seed)
+        request.returns, request.seed_used = returns, seed
+        return TrainResult(
+            global_step=step,
+            wall_time_s=time.perf_counter() - self.start_time,
+            steps_per_second=0.0,
+            final_eval_return=float(returns.mean()),
+            eval_returns=[(step, float(returns.mean()))],
         )
 
 
@@ -187,6 +257,10 @@ class DivergenceCheck:
         if bad:
             raise FloatingPointError(f"non-finite loss at step {step}: {', '.join(f'{k}={v}' for k, v in bad.items())}")
         self.inner.log(step, metrics)
+
+    def log_video(self, step: int, path: Path) -> None:
+        if hasattr(self.inner, "log_video"):
+            self.inner.log_video(step, path)
 
     def close(self) -> None:
         self.inner.close()
