@@ -62,3 +62,19 @@ class HugeRewardEnv(CrashEnv):
 
 
 gym.register(id="HugeReward-v0", entry_point=HugeRewardEnv)
+
+
+class NaNEvalRewardEnv(CrashEnv):
+    """Healthy in training; NaN rewards in episodes reset with a seed of 1,000,000 or more, which only evaluation uses
+    (RunState's evaluation seeds): the evaluation path alone meets them."""
+
+    def reset(self, *, seed=None, options=None):
+        self.in_evaluation = seed is not None and seed >= 1_000_000
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        obs, _, terminated, truncated, info = super().step(action)
+        return obs, float("nan") if self.in_evaluation else 0.0, terminated, truncated, info
+
+
+gym.register(id="NaNEvalReward-v0", entry_point=NaNEvalRewardEnv, kwargs={"crash_after": 10**9})

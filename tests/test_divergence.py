@@ -75,6 +75,8 @@ OFF_POLICY = "--learning-starts 200 --buffer-size 1000 --batch-size 32 --eval-ev
         ("dqn", "crashing_env:NaNRewardSoon-v0", "non-finite training episode return nan at step 10"),
         ("sac", "crashing_env:NaNRewardSoonBox-v0", "non-finite training episode return nan at step 10"),
         ("td3", "crashing_env:NaNRewardSoonBox-v0", "non-finite training episode return nan at step 10"),
+        # Healthy training, NaN evaluation returns: the evaluation ends (it used to spin for ever) and says so.
+        ("dqn", "crashing_env:NaNEvalReward-v0", "non-finite evaluation return at step 1000"),
         # Finite returns, overflowing TD errors: caught at the first logged update, through the shared logger.
         ("dqn", "crashing_env:HugeReward-v0", "non-finite loss at step 2"),
     ],
