@@ -41,6 +41,7 @@ class ReportOptions:
     pairs: tuple[tuple[str, str], ...] = ()  # probability of improvement; empty: every pair of methods (up to 6)
     reps: int = 2000  # bootstrap resamples
     seed: int = 0
+    smooth: int = 20  # training-return curves: each run's rolling mean over this many episodes
 
 
 @dataclass
@@ -51,6 +52,7 @@ class Report:
     figures: dict[str, list[Path]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     header: list[str] = field(default_factory=list)
+    summary: list[str] = field(default_factory=list)  # the comparison in sentences: who wins, by how much, verdicts
     title: str = "rlgrid report"
 
 
@@ -148,6 +150,69 @@ def _show_verdicts(table: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def tau_grid(values: pd.Series | np.ndarray, points: int = 50) -> np.ndarray:
+    """Thresholds of a performance profile: the scores' range and 5% either side (the profile starts at 1 and ends
+    at 0); scores without spread (every seed scored 500) get 5% of their value either side."""
+    low, high = float(np.min(values)), float(np.max(values))
+    span = high - low
+    pad = 0.05 * span if span > 1e-9 * max(1.0, abs(low), abs(high)) else max(0.05 * abs(high), 0.05)
+    return np.linspace(low - pad, high + pad, points)
+
+
+def comparison_summary(
+    scores: pd.DataFrame, improvement: pd.DataFrame | None, verdicts: pd.DataFrame, protocol: str
+) -> list[str]:
+    """The comparison in sentences, the loser named as plainly as the winner: per env the methods ranked by score with
+    whether the best one's 95% CI clears the others', each probability of improvement read against 0.5, and per
+    method its reference verdicts (any `below` spelled out)."""
+    lines = []
+    for env_id, cell in scores.groupby("env_id"):
+        if cell["method"].nunique() < 2:
+            continue
+        ranked = cell.sort_values("score", ascending=False, kind="stable")
+        best, others = ranked.iloc[0], ranked.iloc[1:]
+        listing = ", ".join(f"{r.method} {fmt(r.score)} [{fmt(r.ci_low)}, {fmt(r.ci_high)}]" for r in ranked.itertuples())
+        tied = others[others["score"] == best["score"]]
+        overlapping = others[others["ci_high"] >= best["ci_low"]]
+        if len(tied):
+            reading = f"{' and '.join([best['method'], *tied['method']])} tie"
+        elif overlapping.empty:
+            reading = f"{best['method']} scores highest, and its 95% CI lies above every other method's"
+        else:
+            names = ", ".join(overlapping["method"])
+            reading = (
+                f"{best['method']} scores highest, but its 95% CI overlaps that of {names}: "
+                f"not separated with {int(cell['seeds'].min())} seeds"
+            )
+        lines.append(f"{env_id} ({protocol}, mean [95% CI]): {listing}. {reading}.")
+    if improvement is not None:
+        for _, row in improvement.iterrows():
+            x, y, p, low, high = row["X"], row["Y"], row["P(X > Y)"], row["low"], row["high"]
+            if low > 0.5:
+                reading = f"{x} is better (the 95% CI lies above 0.5)"
+            elif high < 0.5:
+                reading = f"{y} is better (the 95% CI lies below 0.5)"
+            else:
+                reading = "no clear difference (the 95% CI contains 0.5)"
+            lines.append(f"P({x} > {y}) = {p:.2f} [{low:.2f}, {high:.2f}] over envs: {reading}.")
+    if verdicts is not None and not verdicts.empty:
+        methods = [method_name(a, v) for a, v in zip(verdicts["algo"], verdicts["variant"])]
+        for method, rows in verdicts.assign(method=methods).groupby("method", sort=True):
+            counts = rows["verdict"].value_counts()
+            parts = [f"{n} {name}" for name, n in counts.items()]
+            below = [
+                f"{r['env_id']} ({r['reference_algorithm']}: ours {fmt(r['ours'])}, reference {fmt(r['reference_value'])})"
+                for _, r in rows[rows["verdict"] == "below"].iterrows()
+            ]
+            text = f"{method} against published scores: {', '.join(parts)}"
+            if below:
+                text += f"; below the reference on {'; '.join(below)}"
+            if "budget differs" in counts:
+                text += "; 'budget differs': the reference ran a different number of steps (see the notes column)"
+            lines.append(text + ".")
+    return lines
+
+
 def build_report(frame: pd.DataFrame, out_dir: str | Path, options: ReportOptions, log=print) -> Report:
     """Compute every table and figure of the report from a tidy frame; write nothing but the figures."""
     report = Report(Path(out_dir))
@@ -202,11 +267,11 @@ def build_report(frame: pd.DataFrame, out_dir: str | Path, options: ReportOption
                     "95% CI": [f"[{a:.3f}, {b:.3f}]" for a, b in zip(improvement["low"], improvement["high"])],
                 }
             )
-            report.figures["probability_of_improvement"] = figures.improvement_plot(improvement, figure_dir)
         except ValueError as exc:
             report.notes.append(f"Probability of improvement not computed: {exc}")
 
     references = list(SOURCES) if "auto" in options.references else [r for r in options.references if r != "none"]
+    verdicts = pd.DataFrame()
     if references:
         log(f"reference comparison: {', '.join(references)}")
         verdicts = compare_to_references(frame, references, _families(env_ids), options.protocol, options.last_n, options.seed)
@@ -216,27 +281,66 @@ def build_report(frame: pd.DataFrame, out_dir: str | Path, options: ReportOption
             report.tables["reference_verdicts"] = verdicts
             report.shown["reference_verdicts"] = _show_verdicts(verdicts)
 
-    log("figures")
-    report.figures["learning_curves"] = figures.learning_curves(
-        frame, figure_dir, metric, reps=options.reps // 2, seed=options.seed
+    report.summary = comparison_summary(
+        report.tables["scores"], report.tables.get("probability_of_improvement"), verdicts, options.protocol
     )
-    report.figures["aggregate_intervals"] = figures.aggregate_intervals(aggregates, figure_dir)
+
+    log("figures")
+    cells = frame[["algo", "variant"]].drop_duplicates()
+    colors = figures.method_colors([method_name(a, v) for a, v in zip(cells["algo"], cells["variant"])])  # in every figure
+    protocols_of = lambda m: [p for p, shown in METRIC_OF.items() if shown == m]  # noqa: E731
+    report.figures["learning_curves"] = figures.learning_curves(
+        frame,
+        figure_dir,
+        metric,
+        reps=options.reps // 2,
+        seed=options.seed,
+        smooth=options.smooth if metric == "charts/episodic_return" else 1,
+        references=figures.reference_lines(verdicts, protocols_of(metric)),
+        colors=colors,
+    )
+    training = "charts/episodic_return"
+    if metric != training and frame["metric"].eq(training).any():  # CleanRL's view, where its references belong
+        report.figures["training_curves"] = figures.learning_curves(
+            frame,
+            figure_dir,
+            training,
+            name="training_curves",
+            reps=options.reps // 2,
+            seed=options.seed,
+            smooth=options.smooth,
+            references=figures.reference_lines(verdicts, protocols_of(training)),
+            colors=colors,
+        )
+    report.figures["aggregate_intervals"] = figures.aggregate_intervals(aggregates, figure_dir, colors)
+    if "probability_of_improvement" in report.tables:
+        report.figures["probability_of_improvement"] = figures.improvement_plot(
+            report.tables["probability_of_improvement"], figure_dir
+        )
+    label = "normalised score tau" if normalized else "score tau"
     if pooled:
-        values = scores[column].to_numpy(float)
-        thresholds = np.linspace(values.min(), values.max(), 50)
-        profiles = performance_profiles(scores, thresholds, column, options.reps, options.seed)
-        label = "normalised score tau" if normalized else "score tau"
-        report.figures["performance_profiles"] = figures.performance_profile_plot(profiles, figure_dir, label)
+        profiles = performance_profiles(scores, tau_grid(scores[column]), column, options.reps, options.seed)
+    else:  # raw returns: a panel per env, each on its own scale
+        profiles = pd.concat(
+            [
+                performance_profiles(group, tau_grid(group[column]), column, options.reps, options.seed).assign(env_id=env_id)
+                for env_id, group in scores.groupby("env_id")
+            ],
+            ignore_index=True,
+        )
+    report.figures["performance_profiles"] = figures.performance_profile_plot(profiles, figure_dir, label, colors)
+    if pooled:
         if frame["metric"].eq("eval/episodic_return").any():
             curves = sample_efficiency(
                 frame[frame["env_id"].isin(env_ids)], bounds=bounds, reps=max(200, options.reps // 4), seed=options.seed
             )
-            report.figures["sample_efficiency"] = figures.sample_efficiency_plot(curves, figure_dir)
+            report.figures["sample_efficiency"] = figures.sample_efficiency_plot(curves, figure_dir, colors)
     else:
         report.notes.append(
-            "Performance profiles and sample-efficiency curves pool envs, so they need --normalize (or a single env)."
+            "The sample-efficiency curve (IQM over envs) pools envs, so it needs --normalize (or a single env); "
+            "the learning curves show each env, and the performance profiles are per env."
         )
-    variants = figures.variant_comparison(scores, figure_dir, column, options.reps, options.seed)
+    variants = figures.variant_comparison(scores, figure_dir, column, options.reps, options.seed, colors)
     if variants:
         report.figures["variant_comparison"] = variants
     return report
@@ -283,9 +387,11 @@ TITLES = {
     "trials": "All trials (tuning)",
 }
 FIGURE_TITLES = {
-    "learning_curves": "Learning curves (mean over seeds, 95% bootstrap band)",
+    "learning_curves": "Learning curves (mean over seeds, 95% bootstrap band; dashed: published reference scores)",
+    "training_curves": "Training returns (smoothed per run as the axis says; mean over seeds, 95% bootstrap band; "
+    "dashed: published reference scores)",
     "aggregate_intervals": "Aggregate intervals",
-    "performance_profiles": "Performance profiles",
+    "performance_profiles": "Performance profiles (fraction of runs above each score, 95% bootstrap band)",
     "sample_efficiency": "Sample efficiency (IQM over runs and envs)",
     "probability_of_improvement": "Probability of improvement",
     "variant_comparison": "Hyperparameter variants",
@@ -320,6 +426,8 @@ def render_html(report: Report) -> str:
         f"</head><body><h1>{title}</h1>"
     ]
     parts += [f'<p class="meta">{html.escape(line)}</p>' for line in report.header]
+    if report.summary:
+        parts.append("<h2>Summary</h2><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in report.summary) + "</ul>")
     for name, shown in report.shown.items():
         parts.append(f"<h2>{TITLES.get(name, name)}</h2>{html_table(shown)}")
     for name, paths in report.figures.items():
@@ -339,6 +447,8 @@ def write_report(report: Report) -> list[Path]:
         table.to_csv(out / "tables" / f"{name}.csv", index=False)
         written.append(out / "tables" / f"{name}.csv")
     markdown = [f"# {report.title}", ""] + [f"{line}  " for line in report.header] + [""]
+    if report.summary:
+        markdown += ["## Summary", ""] + [f"- {line}" for line in report.summary] + [""]
     for name, shown in report.shown.items():
         (out / "tables" / f"{name}.md").write_text(markdown_table(shown))
         (out / "tables" / f"{name}.tex").write_text(latex_table(shown))
@@ -398,6 +508,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--include-incomplete", action="store_true", help="keep runs that did not finish")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples (default 2000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (same seed, same intervals)")
+    parser.add_argument(
+        "--smooth",
+        type=int,
+        default=20,
+        metavar="EPISODES",
+        help="training-return curves: each run's rolling mean over this many episodes (default 20; 1: raw)",
+    )
     parser.add_argument("--wandb-project", default=None, help="also load the runs of this W&B project (needs network)")
     parser.add_argument("--wandb-entity", default=None)
     parser.add_argument("--wandb-group", default=None)
@@ -430,13 +547,15 @@ def options_from_args(args: argparse.Namespace) -> ReportOptions:
             pairs.append(tuple(pair.split(",")))
     if args.normalize not in ("none", "human", "d4rl") and args.normalize.count(":") < 2:
         problems.append(f"--normalize {args.normalize!r}: use none, human, d4rl or TABLE:LOW_ALGO:HIGH_ALGO")
-    if args.last_n < 1 or args.reps < 100:
-        problems.append("--last-n must be >= 1 and --reps >= 100")
+    if args.last_n < 1 or args.reps < 100 or args.smooth < 1:
+        problems.append("--last-n and --smooth must be >= 1 and --reps >= 100")
     if args.out.exists() and not args.out.is_dir():
         problems.append(f"--out {args.out} exists and is not a folder")
     if problems:
         raise ValueError("\n  ".join(["bad report options:", *problems]))
-    return ReportOptions(args.protocol, args.last_n, references, args.normalize, tuple(pairs), args.reps, args.seed)
+    return ReportOptions(
+        args.protocol, args.last_n, references, args.normalize, tuple(pairs), args.reps, args.seed, args.smooth
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -479,6 +598,8 @@ def main(argv: list[str]) -> int:
     ]
     write_report(report)
     print(f"\n{TITLES['scores']} ({options.protocol})\n{text_table(report.shown['scores'])}")
+    if report.summary:
+        print("\nSummary\n" + "\n".join(f"- {line}" for line in report.summary))
     if "reference_verdicts" in report.shown:
         shown = report.shown["reference_verdicts"].drop(columns=["statistic", "note"])
         print(f"\n{TITLES['reference_verdicts']} (statistics and notes in the report)\n{text_table(shown)}")

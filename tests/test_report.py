@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from analysis import figures
 from analysis.load import load_runs
+from analysis.report import FIGURE_TITLES
 from analysis.scores import per_run_scores
 from experiments.cli import main
 from experiments.execute import RunOptions, execute_run
 from experiments.runs import RunSpec
+from experiments.suite import SUITES_DIR, load_suite
 from tests.helpers import write_synthetic_runs
 
 CELLS = {
@@ -48,6 +53,7 @@ def test_report_writes_tables_figures_and_html(report_dir, capsys):
             assert (report_dir / "tables" / f"{name}.{ext}").stat().st_size > 50, (name, ext)
     for name in (
         "learning_curves",
+        "training_curves",
         "aggregate_intervals",
         "performance_profiles",
         "sample_efficiency",
@@ -82,43 +88,53 @@ def test_report_numbers_are_the_runs_numbers(report_dir, synthetic_runs):
     assert cleanrl_ppo.loc["Hopper-v5", "versions"] == "ours v5, reference v4"
 
 
-def test_report_html_is_standalone_and_renders_in_a_headless_browser(report_dir, tmp_path):
-    page = (report_dir / "report.html").read_text()
-    assert not re.search(r"""(src|href)=["']?(https?:|//|file:)""", page), "must open offline"
-    figures_in_page = page.count('src="data:image/png;base64,')
-    assert figures_in_page == 6 and page.count("<table>") == 4
+PROBE = (  # the page itself has no script; a copy gets one that counts the images the browser actually decoded
+    '<script>addEventListener("load",()=>{const i=[...document.images];document.body.dataset.decoded='
+    'i.filter(x=>x.complete&&x.naturalWidth>0).length+"/"+i.length;'
+    'document.body.dataset.tables=document.querySelectorAll("table tr").length});</script></body>'
+)
+
+
+def chromium() -> str:
+    """The headless browser's path; the test is skipped without one (failed where RLGRID_REQUIRE_BROWSER is set)."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if browser is None:
         if os.environ.get("RLGRID_REQUIRE_BROWSER"):
             pytest.fail("RLGRID_REQUIRE_BROWSER is set but no chromium is installed")
         pytest.skip("no chromium here (.ci/run installs it)")
-    # The page itself has no script; a copy gets one that counts images the browser actually decoded.
-    probe = (
-        '<script>addEventListener("load",()=>{const i=[...document.images];document.body.dataset.decoded='
-        'i.filter(x=>x.complete&&x.naturalWidth>0).length+"/"+i.length;'
-        'document.body.dataset.tables=document.querySelectorAll("table tr").length});</script></body>'
-    )
+    return browser
 
-    def render(html: str) -> str:
-        path = tmp_path / "probe.html"
-        path.write_text(html.replace("</body>", probe))
-        command = [
-            browser,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--virtual-time-budget=10000",
-            "--dump-dom",
-            path.as_uri(),
-        ]
-        return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
 
-    dom = render(page)
+def render_in_chromium(page: str, tmp_path) -> str:
+    """The DOM headless Chromium built from `page` (with the probe): `data-decoded="OK/ALL"` images, `data-tables` rows."""
+    path = tmp_path / "probe.html"
+    path.write_text(page.replace("</body>", PROBE))
+    command = [
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        path.as_uri(),
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
+
+
+def test_report_html_is_standalone_and_renders_in_a_headless_browser(report_dir, tmp_path):
+    page = (report_dir / "report.html").read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:|//|file:)""", page), "must open offline"
+    figures_in_page = page.count('src="data:image/png;base64,')
+    assert figures_in_page == 7 and page.count("<table>") == 4
+    chromium()
+    dom = render_in_chromium(page, tmp_path)
     assert f'data-decoded="{figures_in_page}/{figures_in_page}"' in dom
     assert int(re.search(r'data-tables="(\d+)"', dom).group(1)) > 20
     broken = page.replace('src="data:image/png;base64,iVBOR', 'src="data:image/png;base64,AAAA', 1)
-    assert f'data-decoded="{figures_in_page - 1}/{figures_in_page}"' in render(broken), "the probe sees a broken image"
+    assert f'data-decoded="{figures_in_page - 1}/{figures_in_page}"' in render_in_chromium(broken, tmp_path), (
+        "the probe sees a broken image"
+    )
 
 
 def test_report_on_real_runs_without_normalisation(tmp_path, capsys):
@@ -198,3 +214,84 @@ def test_an_unreadable_seed_count_stops_the_report_naming_the_cell(synthetic_run
     assert code == 2 and "Traceback" not in err and err.startswith("error: bad report options:")  # with any others
     assert f"{table}, row 3 (the header is row 1), column n_seeds_if_given: cannot read a seed count in 'one run'" in err
     assert not out.exists()  # refused before loading any run
+
+
+def test_the_quickstart_suite_compares_two_algorithms_on_two_tasks():
+    """The README's main command is a comparison: the shipped quickstart validates and names at least two algorithms,
+    each run on CartPole-v1 and Acrobot-v1 with seeds 1-3 and the same budget, each with its classic-control setting."""
+    quick = load_suite("quickstart")
+    algos = sorted({s.algo for s in quick.specs})
+    assert len(algos) >= 2, algos
+    assert {(s.algo, s.env_id, s.seed) for s in quick.specs} == {
+        (a, e, seed) for a in algos for e in ("CartPole-v1", "Acrobot-v1") for seed in (1, 2, 3)
+    }
+    assert {(s.config().total_timesteps, s.config().eval_every) for s in quick.specs} == {(100_000, 10_000)}
+    configs = {s.algo: s.config() for s in quick.specs if s.env_id == "Acrobot-v1"}
+    assert configs["ppo"].num_envs == 8 and configs["dqn"].learning_rate == 2.3e-3, "the tuned [algo.X.classic_control]"
+
+
+def tiny_quickstart(tmp_path: Path) -> Path:
+    """The shipped quickstart suite file, cut to 5,120 steps and 2 seeds: same algorithms, envs and settings."""
+    text = (SUITES_DIR / "quickstart.toml").read_text()
+    for key, value in (
+        ("name", '"tiny-quickstart"'),
+        ("seeds", "[1, 2]"),
+        ("total_timesteps", "5_120"),  # 20 PPO batches; its 8 Acrobot copies finish their first (500-step) episodes
+        ("eval_every", "2_560"),
+        ("eval_episodes", "2"),
+    ):
+        text, count = re.subn(rf"(?m)^{key} = .*$", f"{key} = {value}", text)
+        assert count == 1, key
+    path = tmp_path / "tiny-quickstart.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_tiny_quickstart_runs_end_to_end_and_its_report_compares(tmp_path, capsys):
+    """`rlgrid run` + `rlgrid report` on the quickstart cut short: the report has the comparison figures (learning and
+    training curves with both methods, aggregate intervals, probability of improvement, performance profiles), says in
+    words which method scored higher, holds the reference verdicts of both methods, and renders in Chromium."""
+    shipped, tiny = load_suite("quickstart"), load_suite(str(tiny_quickstart(tmp_path)))
+    assert {(s.algo, s.env_id) for s in tiny.specs} == {(s.algo, s.env_id) for s in shipped.specs}
+    assert len(tiny.specs) == 2 * len(shipped.specs) // 3
+    runs, out = tmp_path / "runs", tmp_path / "report"
+    assert main(["run", str(tmp_path / "tiny-quickstart.toml"), "--runs-dir", str(runs)]) == 0
+    capsys.readouterr()
+    assert main(["report", str(runs / "tiny-quickstart"), "--out", str(out), "--last-n", "2", "--reps", "200"]) == 0
+    printed = capsys.readouterr().out
+
+    comparison = ["learning_curves", "training_curves", "aggregate_intervals", "probability_of_improvement"]
+    comparison += ["performance_profiles"]
+    assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(
+        f"{n}.{e}" for n in comparison for e in ("png", "pdf")
+    )
+    page = (out / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == len(comparison)
+    for name in comparison:
+        assert f'alt="{html.escape(FIGURE_TITLES[name])}"' in page, name
+        assert f"](figures/{name}.png)" in (out / "report.md").read_text(), name
+
+    methods = sorted({s.algo for s in shipped.specs})
+    scores = pd.read_csv(out / "tables" / "scores.csv")
+    assert sorted(zip(scores["method"], scores["env_id"])) == sorted(
+        (m, e) for m in methods for e in ("Acrobot-v1", "CartPole-v1")
+    )
+    assert (scores["seeds"] == 2).all() and (scores["steps"] == 5_120).all()
+    improvement = pd.read_csv(out / "tables" / "probability_of_improvement.csv")
+    assert len(improvement) == 1 and {improvement.loc[0, "X"], improvement.loc[0, "Y"]} == set(methods)
+    verdicts = pd.read_csv(out / "tables" / "reference_verdicts.csv")
+    assert set(verdicts["algo"]) == set(methods) and set(verdicts["env_id"]) == {"Acrobot-v1", "CartPole-v1"}
+    assert "<h2>Summary</h2>" in page
+    for env_id, cell in scores.groupby("env_id"):  # the summary names the higher-scoring method in each env, or a tie
+        top = cell[cell["score"] == cell["score"].max()]["method"]
+        line = next(line for line in printed.splitlines() if line.startswith(f"- {env_id} (eval-last"))
+        assert (f"{top.iloc[0]} scores highest" if len(top) == 1 else " tie") in line, line
+    frame = load_runs(runs)  # both methods' curves in each panel, as the report drew them
+    for metric in ("eval/episodic_return", "charts/episodic_return"):
+        fig = figures.plot_learning_curves(frame, metric, reps=100)
+        for ax in fig.axes:
+            labels = ax.get_legend_handles_labels()[1]
+            assert {m for m in methods if f"{m} (2 seeds)" in labels} == set(methods), (metric, ax.get_title(), labels)
+
+    dom = render_in_chromium(page, tmp_path)
+    assert f'data-decoded="{len(comparison)}/{len(comparison)}"' in dom
