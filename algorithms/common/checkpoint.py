@@ -102,6 +102,9 @@ class Checkpointer:
     signal raises RunStopped at once).
     `metadata_fn` adds caller data to every file (the runner records how far `metrics.jsonl` had got).
     `pause_at_step`: save and raise RunPaused at the first safe point at or after that step.
+    `read_only`: a view of a run's checkpoints that changes nothing in it (`rlgrid eval`): `save` raises, a damaged file
+    is skipped with a warning but left where it is, and extras (a replay memory) are not read (`latest()` gives them
+    as {}): what is read is the networks' and the protocol's state, all an evaluation needs.
     """
 
     def __init__(
@@ -112,6 +115,7 @@ class Checkpointer:
         every_seconds: float | None = 300.0,
         metadata_fn: Callable[[], dict[str, Any]] | None = None,
         pause_at_step: int | None = None,
+        read_only: bool = False,
     ) -> None:
         if keep_last < 1:
             raise ValueError(f"keep_last must be >= 1, got {keep_last}")
@@ -121,6 +125,7 @@ class Checkpointer:
         self.every_seconds = every_seconds
         self.metadata_fn = metadata_fn
         self.pause_at_step = pause_at_step
+        self.read_only = read_only
         self.stop_requested = False
         self._loaded: dict[str, Any] | None = None  # `latest()`'s payload, until `load()` hands it over
         self._last_step: int | None = None
@@ -172,6 +177,8 @@ class Checkpointer:
     def save(self, step: int, state: dict[str, Any], extras: dict[str, Any] | None = None) -> Path:
         """Write the checkpoint atomically. `extras` (e.g. a replay buffer) go to files of their own,
         `ckpt-<step>.<name>.pt`, written before the checkpoint that refers to them and pruned with it."""
+        if self.read_only:
+            raise RuntimeError(f"{self.directory} is opened read-only: nothing is saved there")
         self.directory.mkdir(parents=True, exist_ok=True)
         for stale in self.directory.glob("ckpt-*.tmp"):  # left by a process killed while writing (one process per run)
             stale.unlink(missing_ok=True)
@@ -196,15 +203,20 @@ class Checkpointer:
     def latest(self) -> dict[str, Any] | None:
         """The newest checkpoint that reads back whole, its extras included: its payload (`step`, `state`, `metadata`,
         `extras`: the extras' contents by name), or None when there is none. Damaged files on the way are moved to
-        `damaged/` with a warning; a refused one raises `CheckpointRefused`. The result is kept for `load()`."""
+        `damaged/` with a warning (`read_only`: skipped, left in place); a refused one raises `CheckpointRefused`. The
+        result is kept for `load()`."""
         if self._loaded is not None:
             return self._loaded
         for path in reversed(self.paths()):
             try:
                 payload = _read(path)
-                payload["extras"] = {name: _read(_extra_path(path, name)) for name in payload.get("extras", [])}
+                names = [] if self.read_only else payload.get("extras", [])
+                payload["extras"] = {name: _read(_extra_path(path, name)) for name in names}
             except CheckpointDamaged as exc:
-                self._set_aside(path, str(exc))
+                if self.read_only:
+                    print(f"warning: checkpoint {path} is damaged ({exc}); using the one before", file=sys.stderr, flush=True)
+                else:
+                    self._set_aside(path, str(exc))
                 continue
             self._loaded = payload
             return payload
