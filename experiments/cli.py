@@ -12,6 +12,7 @@ from algorithms.common import RunInterrupted, RunStopped
 from algorithms.common.cli import parse_command_line
 from experiments.registry import list_algorithms, load_algorithm
 from experiments.runs import RunDirectoryMismatch, RunSpec, check_runs_dir
+from experiments.tensorboard_logger import check_tensorboard
 
 TRAIN_DESCRIPTION = """\
 Train one run: ALGO on --env-id with --seed for --total-timesteps environment steps.
@@ -44,6 +45,8 @@ class TrainOptions:
     """checkpoint files kept"""
     quiet: bool = False
     """no progress display"""
+    tensorboard: bool = False
+    """also write TensorBoard event files into <run>/tensorboard (the tensorboard extra)"""
 
     def __post_init__(self) -> None:
         if self.threads < 1 or self.keep_checkpoints < 1:
@@ -83,6 +86,8 @@ def cmd_train(argv: list[str]) -> int:
         # RunSpec.create keeps the values that differ from the algorithm's defaults: those name the run.
         spec = RunSpec.create(algo, config.env_id, config.seed, dataclasses.asdict(config))
         validate_spec(spec)  # bad input is reported before the runs directory is made
+        if runner.tensorboard:
+            check_tensorboard()
         check_runs_dir(runner.runs_dir)
         options = RunOptions(
             runs_dir=runner.runs_dir,
@@ -94,6 +99,7 @@ def cmd_train(argv: list[str]) -> int:
             checkpoint_every_seconds=runner.checkpoint_every_seconds,
             keep_checkpoints=runner.keep_checkpoints,
             progress=not runner.quiet,
+            tensorboard=runner.tensorboard,
         )
         outcome = execute_run(spec, options)
     except (ValueError, RunDirectoryMismatch) as exc:
@@ -169,6 +175,7 @@ def cmd_run(argv: list[str]) -> int:
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="root of run directories (default: ./runs)")
     parser.add_argument("--dry-run", action="store_true", help="print the runs and their state; run nothing")
     parser.add_argument("--track", action="store_true", help="mirror every run to Weights & Biases")
+    parser.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files into each run")
     parser.add_argument("--wandb-mode", choices=["online", "offline", "disabled"], default=None)
     parser.add_argument("--checkpoint-every-seconds", type=float, default=300.0, help="checkpoint interval (default: 300)")
     parser.add_argument("--checkpoint-every-steps", type=int, default=None, help="also checkpoint every N env steps")
@@ -182,6 +189,8 @@ def cmd_run(argv: list[str]) -> int:
         if args.threads_per_run < 1 or args.retries < 0 or (args.workers is not None and args.workers < 1):
             raise ValueError("--threads-per-run and --workers must be >= 1, --retries >= 0")
         check_checkpoint_intervals(args.checkpoint_every_seconds, args.checkpoint_every_steps)
+        if args.tensorboard:
+            check_tensorboard()
         if not args.dry_run:  # a dry run only reads
             check_runs_dir(args.runs_dir)
     except (SuiteError, ValueError) as exc:
@@ -206,6 +215,7 @@ def cmd_run(argv: list[str]) -> int:
         checkpoint_every_steps=args.checkpoint_every_steps,
         progress=args.executor == "inline",
         quiet_tracking=args.executor != "inline",
+        tensorboard=args.tensorboard,
     )
     grid = GridOptions(
         executor=args.executor,
@@ -265,6 +275,59 @@ def cmd_report(argv: list[str]) -> int:
         return int(exc.code or 0)
 
 
+EVAL_DESCRIPTION = """\
+Evaluate the newest checkpoint of a run (RUN_DIR: a run directory, RUNS_DIR/<suite>/<algo>/<env>/seed<k>-<hash>/,
+finished or not) under the run's own evaluation protocol: its deterministic policy, the observation-normalisation
+statistics saved with the checkpoint (frozen), unclipped returns. Prints the mean return with a 95% Student-t
+interval and every episode's return.
+
+By default the episodes are the run's own: its eval_episodes, seeded as the run's evaluation at the checkpoint's step
+was, so a finished run whose newest checkpoint is at its final step gives its final_eval_return again. --episodes and
+--seed ask for others. Nothing in RUN_DIR is written, moved or touched (a damaged newest checkpoint is skipped, not set
+aside). A directory that is not a run, or a run without a checkpoint, is refused (exit 2)."""
+
+
+def cmd_eval(argv: list[str]) -> int:
+    from algorithms.common.run import CheckpointMismatch
+    from experiments.evaluate_run import NotEvaluable, describe, evaluate_run
+
+    parser = argparse.ArgumentParser(
+        prog="rlgrid eval",
+        description=EVAL_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory")
+    parser.add_argument("--episodes", type=int, default=None, help="episodes to play (default: the run's eval_episodes)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the first episode, episode i gets SEED + i (default: the seed of the run's own evaluation at the "
+        "checkpoint's step)",
+    )
+    parser.add_argument("--device", default=None, help="torch device (default: the run's; cpu for a run trained on a GPU)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    # --capture-video goes here: record the evaluation's first episode (evaluate_run passes it on to RunState).
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    if args.threads < 1:
+        print(f"error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+        return 2
+    try:
+        evaluation = evaluate_run(args.run_dir, args.episodes, args.seed, args.device, args.threads)
+    except (NotEvaluable, CheckpointMismatch) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    print(describe(evaluation))
+    return 0
+
+
 def _needs_tuning(command: Any) -> Any:
     def run(argv: list[str]) -> int:
         try:
@@ -291,11 +354,19 @@ def cmd_tune_report(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"train": cmd_train, "run": cmd_run, "report": cmd_report, "tune": cmd_tune, "tune-report": cmd_tune_report}
+    commands = {
+        "train": cmd_train,
+        "run": cmd_run,
+        "eval": cmd_eval,
+        "report": cmd_report,
+        "tune": cmd_tune,
+        "tune-report": cmd_tune_report,
+    }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print(
             "usage: rlgrid COMMAND ...\n\ncommands:\n  train   train one run (rlgrid train --help)"
             "\n  run     run a suite: a seeded grid (rlgrid run --help)"
+            "\n  eval    evaluate a run's newest checkpoint, with a confidence interval (rlgrid eval --help)"
             "\n  report  tables, figures, reference verdicts and report.html from runs (rlgrid report --help)"
             "\n  tune    Optuna search over a study file, any number of workers (rlgrid tune --help)"
             "\n  tune-report  best trials, search figures, best config as a suite (rlgrid tune-report --help)"

@@ -43,6 +43,7 @@ class RunOptions:
     pause_at_step: int | None = None  # stop (checkpointed) at the first safe point at or after this step
     wandb_group: str | None = None  # default: <suite>/<algo>/<env>
     wandb_job_type: str = "train"
+    tensorboard: bool = False  # also write TensorBoard event files into <run>/tensorboard
 
 
 class MultiLogger:
@@ -88,13 +89,21 @@ def execute_run(spec: RunSpec, options: RunOptions) -> dict[str, Any]:
     # counted once, in the process that redoes it).
     attempt_start = time.perf_counter()
     earlier_wall_time = 0.0
+    tensorboard = None
+
+    def metrics_offset() -> int:
+        """How far metrics.jsonl has got, for the checkpoint; the TensorBoard events so far are put on disk with it."""
+        if tensorboard is not None:
+            tensorboard.flush()
+        return jsonl.offset()
+
     checkpointer = Checkpointer(
         run_dir.checkpoint_dir,
         keep_last=options.keep_checkpoints,
         every_steps=options.checkpoint_every_steps,
         every_seconds=options.checkpoint_every_seconds,
         metadata_fn=lambda: {
-            "metrics_offset": jsonl.offset(),
+            "metrics_offset": metrics_offset(),
             "wall_time_s": earlier_wall_time + time.perf_counter() - attempt_start,
         },
         pause_at_step=options.pause_at_step,
@@ -124,6 +133,11 @@ def execute_run(spec: RunSpec, options: RunOptions) -> dict[str, Any]:
                 quiet=options.quiet_tracking,
             )
         )
+    if options.tensorboard:
+        from experiments.tensorboard_logger import TensorBoardLogger
+
+        tensorboard = TensorBoardLogger(run_dir.path / "tensorboard", latest["step"] if latest else None, run_dir.metrics_file)
+        loggers.append(tensorboard)
     logger = MultiLogger(*loggers)
     checkpointer.handle_signals()
     try:

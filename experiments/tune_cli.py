@@ -11,6 +11,7 @@ from algorithms.common import RunInterrupted
 from experiments.execute import RunOptions
 from experiments.executors import Finished, Task, make_executor
 from experiments.runs import check_runs_dir
+from experiments.tensorboard_logger import check_tensorboard
 
 TUNE_DESCRIPTION = """\
 Search a study's hyperparameters with Optuna (STUDY: a study TOML file, or a study shipped in
@@ -87,6 +88,7 @@ def cmd_tune(argv: list[str]) -> int:
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="root of run directories (default ./runs)")
     parser.add_argument("--threads-per-run", type=int, default=1, help="torch threads per run (default 1)")
     parser.add_argument("--track", action="store_true", help="mirror every trial run to W&B (group tune/<study>)")
+    parser.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files into each run")
     parser.add_argument("--wandb-mode", choices=["online", "offline", "disabled"], default=None)
     parser.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local one)")
     parser.add_argument("--slurm-partition", default=None)
@@ -100,6 +102,8 @@ def cmd_tune(argv: list[str]) -> int:
         study = load_study(args.study)
         if args.workers < 1 or args.threads_per_run < 1 or (args.n_trials is not None and args.n_trials < 1):
             raise ValueError("--workers, --threads-per-run and --n-trials must be >= 1")
+        if args.tensorboard:
+            check_tensorboard()
         check_runs_dir(args.runs_dir)
         storage = args.storage or default_storage(study, args.runs_dir)
         study_obj = load_or_create_study(study, storage)  # storage reachable, same study file: checked before any run
@@ -118,7 +122,12 @@ def cmd_tune(argv: list[str]) -> int:
         flush=True,
     )
     options = RunOptions(
-        runs_dir=args.runs_dir, track=args.track, wandb_mode=args.wandb_mode, threads=args.threads_per_run, quiet_tracking=True
+        runs_dir=args.runs_dir,
+        track=args.track,
+        wandb_mode=args.wandb_mode,
+        threads=args.threads_per_run,
+        quiet_tracking=True,
+        tensorboard=args.tensorboard,
     )
     try:
         finished = launch(args.executor, args.workers, str(study.path), storage, args.n_trials, args.runs_dir, options, args)
