@@ -142,7 +142,7 @@ def open_run(run_dir: str | Path, episodes: int | None = None, seed: int | None 
         import torch
 
         if not torch.cuda.is_available():
-            raise NotEvaluable(f"{path} ran on {config.device} and this machine has no CUDA device: add --device cpu")
+            raise NotEvaluable(f"{path}: device {config.device} is not available here (no CUDA device): use --device cpu")
     handle.episodes = episodes or config.eval_episodes
     return algorithm, config, handle, spec
 
@@ -192,7 +192,7 @@ def describe(evaluation: RunEvaluation) -> str:
     lines.append(where)
     seeds = f"seeds {e.seed}..{e.seed + e.episodes - 1}" if e.episodes > 1 else f"seed {e.seed}"
     if e.own_seed:
-        seeds += ", those of the run's own evaluation at this step"
+        seeds += ", as in the run's own evaluation at this step"
     lines.append(
         f"{e.episodes} episode{'s' if e.episodes > 1 else ''} ({seeds}): deterministic policy, frozen observation "
         "statistics, unclipped returns"

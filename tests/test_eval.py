@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from algorithms.common.checkpoint import newest_checkpoint_step
 from experiments.cli import main
@@ -168,6 +169,9 @@ def test_bad_options_are_refused(tmp_path, capsys):
     ]:
         assert main(["eval", str(run_dir), *argv]) == 2
         assert message in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["eval", str(run_dir), "--device", "cuda"]) == 2
+        assert "device cuda is not available here (no CUDA device): use --device cpu" in capsys.readouterr().err
     assert main(["eval", "--help"]) == 0
     assert "run's own evaluation protocol" in capsys.readouterr().out
 
