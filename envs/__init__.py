@@ -13,7 +13,7 @@ import gymnasium as gym
 import numpy as np
 
 from envs.vector import EnvSpec, RunningMeanStd, VecEnv
-from envs.video import VIDEO_FPS, write_video
+from envs.video import VIDEO_FPS, RenderingUnavailable, rendering_hint, write_video
 from envs.video import frame_skip as video_frame_skip
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "RunningMeanStd",
     "VecEnv",
     "check_env_support",
+    "check_rendering",
     "env_family",
     "env_kinds",
     "evaluate",
@@ -118,6 +119,29 @@ def validate_env_id(env_id: str) -> None:
         gym.make(env_id, disable_env_checker=True).close()
     except Exception as exc:  # a missing optional dependency (mujoco, ale-py) shows up here
         raise ValueError(f"environment {env_id!r} is registered but cannot be built: {exc}") from None
+
+
+def check_rendering(env_id: str) -> None:
+    """RenderingUnavailable, before any compute, unless one frame of `env_id` can be rendered and encoded here."""
+    family = env_family(env_id)
+    try:
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        raise RenderingUnavailable("--capture-video writes MP4 with imageio-ffmpeg: pip install 'rlgrid[video]'") from None
+    envs, _ = make_vec_env(env_id, 1, seed=0)
+    try:
+        twin = envs.frozen_copy(1, render_first=True)
+        try:
+            twin.reset(seed=0)
+            twin.frame()
+        finally:
+            twin.close()
+    except Exception as exc:
+        raise RenderingUnavailable(
+            f"cannot render {env_id} without a display ({type(exc).__name__}: {exc}). {rendering_hint(family)}"
+        ) from None
+    finally:
+        envs.close()
 
 
 def make_vec_env(

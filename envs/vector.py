@@ -158,11 +158,10 @@ class VecEnv:
         kwargs = dict(self.spec.env_kwargs)
         copies = [gym.make(self.spec.env_id, disable_env_checker=True, **kwargs) for _ in range(num_envs)]
         if self.render_first:
-            from envs import env_family
             from envs.video import render_kwargs
 
             copies[0].close()
-            kwargs.update(render_kwargs(self.spec.env_id, env_family(self.spec.env_id)))
+            kwargs.update(render_kwargs(str(copies[0].spec.entry_point if copies[0].spec else "")))
             copies[0] = gym.make(self.spec.env_id, disable_env_checker=True, **kwargs)
         return copies
 

@@ -29,9 +29,9 @@ class RenderingUnavailable(ValueError):
     """This machine cannot render the env headless; the message says what to install."""
 
 
-def render_kwargs(env_id: str, family: str) -> dict[str, Any]:
-    """What `gym.make` needs to return frames from `render()` for an env of `family` (`envs.env_family`)."""
-    if family == "mujoco":
+def render_kwargs(entry_point: str) -> dict[str, Any]:
+    """What `gym.make` needs to return frames from `render()` for an env registered with `entry_point`."""
+    if "mujoco" in entry_point:
         if not os.environ.get("DISPLAY") and not os.environ.get("MUJOCO_GL"):
             os.environ["MUJOCO_GL"] = "egl"  # read when the first MuJoCo renderer is made
         return {"render_mode": "rgb_array", "width": MUJOCO_SIZE, "height": MUJOCO_SIZE}
@@ -73,32 +73,8 @@ def write_video(path: Path, frames: list[np.ndarray], fps: float = VIDEO_FPS) ->
     return path
 
 
-def check_rendering(env_id: str) -> None:
-    """RenderingUnavailable, before any compute, unless one frame of `env_id` can be rendered and encoded here."""
-    from envs import env_family, make_vec_env
-
-    family = env_family(env_id)
-    try:
-        import imageio_ffmpeg  # noqa: F401
-    except ImportError:
-        raise RenderingUnavailable("--capture-video writes MP4 with imageio-ffmpeg: pip install 'rlgrid[video]'") from None
-    envs, _ = make_vec_env(env_id, 1, seed=0)
-    try:
-        twin = envs.frozen_copy(1, render_first=True)
-        try:
-            twin.reset(seed=0)
-            twin.frame()
-        finally:
-            twin.close()
-    except Exception as exc:
-        raise RenderingUnavailable(
-            f"cannot render {env_id} without a display ({type(exc).__name__}: {exc}). {_hint(family)}"
-        ) from None
-    finally:
-        envs.close()
-
-
-def _hint(family: str) -> str:
+def rendering_hint(family: str) -> str:
+    """What to install so that an env of `family` renders without a display."""
     if family == "mujoco":
         return (
             "MuJoCo renders offscreen with MUJOCO_GL=egl (apt install libegl1 libgl1-mesa-dri) or MUJOCO_GL=osmesa "

@@ -47,6 +47,8 @@ class TrainOptions:
     """no progress display"""
     tensorboard: bool = False
     """also write TensorBoard event files into <run>/tensorboard (the tensorboard extra)"""
+    capture_video: bool = False
+    """record the first episode of the first and the final evaluation into <run>/videos (MP4; W&B with --track)"""
 
     def __post_init__(self) -> None:
         if self.threads < 1 or self.keep_checkpoints < 1:
@@ -85,7 +87,7 @@ def cmd_train(argv: list[str]) -> int:
     try:
         # RunSpec.create keeps the values that differ from the algorithm's defaults: those name the run.
         spec = RunSpec.create(algo, config.env_id, config.seed, dataclasses.asdict(config))
-        validate_spec(spec)  # bad input is reported before the runs directory is made
+        validate_spec(spec, runner.capture_video)  # bad input is reported before the runs directory is made
         if runner.tensorboard:
             check_tensorboard()
         check_runs_dir(runner.runs_dir)
@@ -100,6 +102,7 @@ def cmd_train(argv: list[str]) -> int:
             keep_checkpoints=runner.keep_checkpoints,
             progress=not runner.quiet,
             tensorboard=runner.tensorboard,
+            capture_video=runner.capture_video,
         )
         outcome = execute_run(spec, options)
     except (ValueError, RunDirectoryMismatch) as exc:
@@ -176,6 +179,9 @@ def cmd_run(argv: list[str]) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the runs and their state; run nothing")
     parser.add_argument("--track", action="store_true", help="mirror every run to Weights & Biases")
     parser.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files into each run")
+    parser.add_argument(
+        "--capture-video", action="store_true", help="record the first and the final evaluation's first episode (MP4)"
+    )
     parser.add_argument("--wandb-mode", choices=["online", "offline", "disabled"], default=None)
     parser.add_argument("--checkpoint-every-seconds", type=float, default=300.0, help="checkpoint interval (default: 300)")
     parser.add_argument("--checkpoint-every-steps", type=int, default=None, help="also checkpoint every N env steps")
@@ -191,6 +197,11 @@ def cmd_run(argv: list[str]) -> int:
         check_checkpoint_intervals(args.checkpoint_every_seconds, args.checkpoint_every_steps)
         if args.tensorboard:
             check_tensorboard()
+        if args.capture_video:
+            from envs import check_rendering
+
+            for env_id in sorted({spec.env_id for spec in suite.specs}):
+                check_rendering(env_id)
         if not args.dry_run:  # a dry run only reads
             check_runs_dir(args.runs_dir)
     except (SuiteError, ValueError) as exc:
@@ -216,6 +227,7 @@ def cmd_run(argv: list[str]) -> int:
         progress=args.executor == "inline",
         quiet_tracking=args.executor != "inline",
         tensorboard=args.tensorboard,
+        capture_video=args.capture_video,
     )
     grid = GridOptions(
         executor=args.executor,
@@ -308,7 +320,9 @@ def cmd_eval(argv: list[str]) -> int:
     )
     parser.add_argument("--device", default=None, help="torch device (default: the run's; cpu for a run trained on a GPU)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
-    # --capture-video goes here: record the evaluation's first episode (evaluate_run passes it on to RunState).
+    parser.add_argument(
+        "--video", type=Path, default=None, metavar="FILE.mp4", help="also record the first episode there (outside the run)"
+    )
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
@@ -317,7 +331,7 @@ def cmd_eval(argv: list[str]) -> int:
         print(f"error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
         return 2
     try:
-        evaluation = evaluate_run(args.run_dir, args.episodes, args.seed, args.device, args.threads)
+        evaluation = evaluate_run(args.run_dir, args.episodes, args.seed, args.device, args.threads, args.video)
     except (NotEvaluable, CheckpointMismatch) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -325,6 +339,8 @@ def cmd_eval(argv: list[str]) -> int:
         print("\ninterrupted", file=sys.stderr)
         return 130
     print(describe(evaluation))
+    if args.video is not None:
+        print(f"video of the first episode: {args.video}")
     return 0
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from algorithms.common.checkpoint import CheckpointRefused
 from algorithms.common.run import CheckpointEvaluation
-from envs import validate_env_id
+from envs import check_rendering, validate_env_id
 from experiments.registry import config_fields, load_algorithm, make_config
 from experiments.runs import RunDirectory
 
@@ -94,7 +94,13 @@ def t_interval(values: list[float] | np.ndarray, confidence: float = 0.95) -> tu
 
 
 # --- the evaluation ------------------------------------------------------------------------------------------------
-def open_run(run_dir: str | Path, episodes: int | None = None, seed: int | None = None, device: str | None = None):
+def open_run(
+    run_dir: str | Path,
+    episodes: int | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    video: Path | None = None,
+):
     """Everything checked before compute: (algorithm, Config to run, CheckpointEvaluation with the checkpoint read,
     spec dict). Raises NotEvaluable with a one-line reason."""
     path = Path(run_dir)
@@ -117,7 +123,9 @@ def open_run(run_dir: str | Path, episodes: int | None = None, seed: int | None 
         raise NotEvaluable(f"--episodes must be >= 1, got {episodes}")
     if seed is not None and seed < 0:
         raise NotEvaluable(f"--seed must be >= 0, got {seed}")
-    handle = CheckpointEvaluation(run.checkpoint_dir, episodes=1, seed=seed)
+    if video is not None and Path(video).resolve().is_relative_to(path.resolve()):
+        raise NotEvaluable(f"--video {video} is inside the run directory, which rlgrid eval leaves untouched")
+    handle = CheckpointEvaluation(run.checkpoint_dir, episodes=1, seed=seed, video=video)
     try:
         latest = handle.latest()
     except CheckpointRefused as exc:
@@ -136,6 +144,8 @@ def open_run(run_dir: str | Path, episodes: int | None = None, seed: int | None 
         config = make_config(algorithm.name, values)
         validate_env_id(config.env_id)
         algorithm.check_env(config.env_id)
+        if video is not None:
+            check_rendering(config.env_id)
     except ValueError as exc:
         raise NotEvaluable(f"{path}: {exc}") from None
     if config.device.startswith("cuda"):
@@ -148,13 +158,19 @@ def open_run(run_dir: str | Path, episodes: int | None = None, seed: int | None 
 
 
 def evaluate_run(
-    run_dir: str | Path, episodes: int | None = None, seed: int | None = None, device: str | None = None, threads: int = 1
+    run_dir: str | Path,
+    episodes: int | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    threads: int = 1,
+    video: Path | None = None,
 ) -> RunEvaluation:
     """Evaluate the newest checkpoint of `run_dir` (see the module docstring). `episodes` defaults to the run's
-    `eval_episodes`, `seed` to the seed of the run's own evaluation at the checkpoint's step."""
+    `eval_episodes`, `seed` to the seed of the run's own evaluation at the checkpoint's step; `video`: the first
+    episode as an MP4 file there (outside the run directory)."""
     import torch
 
-    algorithm, config, handle, spec = open_run(run_dir, episodes, seed, device)
+    algorithm, config, handle, spec = open_run(run_dir, episodes, seed, device, video)
     run = RunDirectory(Path(run_dir))
     step = handle.latest()["step"]
     previous_threads = torch.get_num_threads()

@@ -18,7 +18,7 @@ import torch
 
 from algorithms.common import Checkpointer, ConsoleLogger, RunInterrupted, RunPaused, RunStopped
 from algorithms.common.checkpoint import newest_checkpoint_step
-from envs import validate_env_id
+from envs import check_rendering, validate_env_id
 from experiments.registry import load_algorithm
 from experiments.runs import JsonlLogger, RunDirectory, RunSpec
 
@@ -44,11 +44,18 @@ class RunOptions:
     wandb_group: str | None = None  # default: <suite>/<algo>/<env>
     wandb_job_type: str = "train"
     tensorboard: bool = False  # also write TensorBoard event files into <run>/tensorboard
+    capture_video: bool = False  # the first and the final evaluation record an episode into <run>/videos (W&B too)
 
 
 class MultiLogger:
-    def __init__(self, *loggers: Any) -> None:
+    def __init__(self, *loggers: Any, video_dir: Path | None = None) -> None:
         self.loggers = [lg for lg in loggers if lg is not None]
+        self.video_dir = video_dir  # where RunState records evaluation videos (None: no videos)
+
+    def log_video(self, step: int, path: Path) -> None:
+        for logger in self.loggers:
+            if hasattr(logger, "log_video"):
+                logger.log_video(step, path)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         for logger in self.loggers:
@@ -59,12 +66,14 @@ class MultiLogger:
             logger.close()
 
 
-def validate_spec(spec: RunSpec) -> Any:
+def validate_spec(spec: RunSpec, capture_video: bool = False) -> Any:
     """Everything that can be checked before compute is spent; returns the resolved Config."""
     algorithm = load_algorithm(spec.algo)
     config = spec.config()
     validate_env_id(spec.env_id)
     algorithm.check_env(spec.env_id)
+    if capture_video:
+        check_rendering(spec.env_id)  # RenderingUnavailable (a ValueError) says what to install
     return config
 
 
@@ -72,7 +81,7 @@ def execute_run(spec: RunSpec, options: RunOptions) -> dict[str, Any]:
     """Returns {"status": "done" | "skipped", "run_dir": ..., "result": ...}, or {"status": "paused", "run_dir": ...,
     "step": ...} when `options.pause_at_step` was reached; raises on failure or interrupt (after writing error.txt
     for failures; checkpoints make the next call resume)."""
-    config = validate_spec(spec)
+    config = validate_spec(spec, options.capture_video)
     run_dir = RunDirectory(spec.run_dir(options.runs_dir))
     run_dir.create_or_check(spec, config)  # refuses a directory of another config before anything is written
     if run_dir.status == "diverged":
@@ -138,7 +147,7 @@ def execute_run(spec: RunSpec, options: RunOptions) -> dict[str, Any]:
 
         tensorboard = TensorBoardLogger(run_dir.path / "tensorboard", latest["step"] if latest else None, run_dir.metrics_file)
         loggers.append(tensorboard)
-    logger = MultiLogger(*loggers)
+    logger = MultiLogger(*loggers, video_dir=run_dir.path / "videos" if options.capture_video else None)
     checkpointer.handle_signals()
     try:
         result = load_algorithm(spec.algo).train(config, logger, checkpointer).to_dict()

@@ -89,6 +89,9 @@ def cmd_tune(argv: list[str]) -> int:
     parser.add_argument("--threads-per-run", type=int, default=1, help="torch threads per run (default 1)")
     parser.add_argument("--track", action="store_true", help="mirror every trial run to W&B (group tune/<study>)")
     parser.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files into each run")
+    parser.add_argument(
+        "--capture-video", action="store_true", help="record the first and the final evaluation's first episode (MP4)"
+    )
     parser.add_argument("--wandb-mode", choices=["online", "offline", "disabled"], default=None)
     parser.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local one)")
     parser.add_argument("--slurm-partition", default=None)
@@ -104,6 +107,11 @@ def cmd_tune(argv: list[str]) -> int:
             raise ValueError("--workers, --threads-per-run and --n-trials must be >= 1")
         if args.tensorboard:
             check_tensorboard()
+        if args.capture_video:
+            from envs import check_rendering
+
+            for env_id in study.env_ids:
+                check_rendering(env_id)
         check_runs_dir(args.runs_dir)
         storage = args.storage or default_storage(study, args.runs_dir)
         study_obj = load_or_create_study(study, storage)  # storage reachable, same study file: checked before any run
@@ -128,6 +136,7 @@ def cmd_tune(argv: list[str]) -> int:
         threads=args.threads_per_run,
         quiet_tracking=True,
         tensorboard=args.tensorboard,
+        capture_video=args.capture_video,
     )
     try:
         finished = launch(args.executor, args.workers, str(study.path), storage, args.n_trials, args.runs_dir, options, args)

@@ -122,3 +122,20 @@ def test_a_resumed_run_keeps_its_videos(tmp_path):
     assert [p.name for p in (run_dir / "videos").iterdir()] == ["eval-step000000001024.mp4"]
     execute_run(spec, options)
     assert len(list((run_dir / "videos").glob("*.mp4"))) == 2
+
+
+def test_rlgrid_eval_records_a_video_outside_the_run_and_leaves_the_run_untouched(tmp_path, capsys):
+    from experiments.cli import main
+
+    spec = RunSpec.create("ppo", "CartPole-v1", 4, TINY_PPO)
+    run_dir = Path(execute_run(spec, RunOptions(runs_dir=tmp_path / "runs", progress=False))["run_dir"])
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.rglob("*") if p.is_file()}
+    inside = run_dir / "eval.mp4"
+    assert main(["eval", str(run_dir), "--video", str(inside)]) == 2
+    assert "inside the run directory" in capsys.readouterr().err and not inside.exists()
+    video = tmp_path / "watch.mp4"
+    assert main(["eval", str(run_dir), "--episodes", "2", "--video", str(video)]) == 0
+    assert f"video of the first episode: {video}" in capsys.readouterr().out
+    frames, shape = _decoded(video)
+    assert frames >= 5 and shape == (400, 600, 3)
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.rglob("*") if p.is_file()} == before

@@ -70,14 +70,15 @@ class CheckpointEvaluation(Checkpointer):
     algorithm builds its networks and its evaluation policy as it always does, `RunState.restore` loads them (and the
     observation-normalisation statistics of the env, which the evaluation freezes), no iteration runs, and
     `RunState.finish` evaluates `episodes` episodes seeded from `seed` upwards (None: the seed of the run's own
-    evaluation at that step, `evaluation_seed`), whether or not the run already evaluated there. The returns are kept
+    evaluation at that step, `evaluation_seed`), whether or not the run already evaluated there, the first one into
+    the MP4 file `video` if given. The returns are kept
     in `returns`, the seed in `seed_used`. Nothing in the run directory is written or moved (read-only; the replay
     memory is not read), and a loop that would train anyway stops at the end of its first iteration, before any save.
     """
 
-    def __init__(self, directory: str | Path, episodes: int, seed: int | None = None) -> None:
+    def __init__(self, directory: str | Path, episodes: int, seed: int | None = None, video: Path | None = None) -> None:
         super().__init__(directory, every_seconds=None, read_only=True)
-        self.episodes, self.seed = episodes, seed
+        self.episodes, self.seed, self.video = episodes, seed, video  # video: the first episode as an MP4 there
         self.returns: np.ndarray | None = None
         self.seed_used: int | None = None
 
@@ -148,8 +149,10 @@ class RunState:
     def checkpoint_if_due(self, step: int, **values: Any) -> None:
         """Save everything registered, the protocol state and `values` when the checkpointer says a save is due (its
         interval, a stop request, a pause step). Call at the end of an iteration, where everything is consistent."""
-        if self.checkpoint is None or not self.checkpoint.due(step):
-            return
+        if self.checkpoint is not None and self.checkpoint.due(step):
+            self._save(step, **values)
+
+    def _save(self, step: int, **values: Any) -> None:
         # A diverged network is never saved: the last checkpoint stays the last good state.
         for name, item in self.state.items():
             if isinstance(item, torch.nn.Module) and not all(torch.isfinite(p).all() for p in item.parameters()):
@@ -213,6 +216,10 @@ class RunState:
             video = self.video_dir / f"eval-step{step:012d}.mp4"
             evaluate(self.envs, policy, 1, seed=10**6 + self.cfg.seed * 10**4 + index * 97, video=video)
             self.logger.log_video(step, video)
+        if self.checkpoint is not None:
+            # The final state, whatever the interval: `rlgrid eval` evaluates it, and a run whose DONE never got
+            # written resumes straight to here. (Loop values such as update counters are not needed past the end.)
+            self._save(step)
         return TrainResult(
             global_step=step,
             wall_time_s=time.perf_counter() - self.start_time,
@@ -230,8 +237,7 @@ class RunState:
         assert isinstance(request, CheckpointEvaluation) and step == self.start_step
         index = len(self.eval_history) - (1 if self.eval_history and self.eval_history[-1][0] == step else 0)
         seed = request.seed if request.seed is not None else evaluation_seed(self.cfg.seed, index)
-        # (`rlgrid eval --capture-video` would record here, like `evaluate`'s first episode.)
-        returns = evaluate(self.envs, policy, request.episodes, seed=seed)
+        returns = evaluate(self.envs, policy, request.episodes, seed=seed, video=request.video)
         request.returns, request.seed_used = returns, seed
         return TrainResult(
             global_step=step,
