@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from algorithms.common import Checkpointer, ConsoleLogger, RunInterrupted, RunPaused, RunStopped
-from algorithms.common.checkpoint import newest_checkpoint_step
+from algorithms.common.checkpoint import STOP_SIGNALS, newest_checkpoint_step
 from envs import check_rendering, validate_env_id
 from experiments.registry import load_algorithm
 from experiments.runs import JsonlLogger, RunDirectory, RunSpec
@@ -90,7 +90,7 @@ def execute_run(spec: RunSpec, options: RunOptions) -> dict[str, Any]:
         return {"status": "skipped", "run_dir": str(run_dir.path), "result": json.loads(run_dir.result_file.read_text())}
 
     previous_threads = torch.get_num_threads()
-    previous_handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous_handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     torch.set_num_threads(options.threads)
     jsonl = None
     # Wall time is accumulated across the run's processes through the checkpoints: a resumed run's result reports

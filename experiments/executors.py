@@ -12,8 +12,8 @@ its checkpoints behind, and running it again resumes from them.
 - `local` (default): a spawned process per task, `CUDA_VISIBLE_DEVICES` set in the child to pack tasks onto GPU slots
   (`gpus_per_task` 0.25: four per device). Each Ctrl-C or SIGTERM during `submit` is forwarded to the children as
   one SIGTERM (they run in sessions of their own, so a terminal's Ctrl-C reaches them only this way): at the first,
-  runs checkpoint and stop; at a second, they stop at once. On Linux a worker also gets a SIGTERM when this process
-  dies, however it dies. A worker killed outright (SIGKILL, OOM) is a failure, retried.
+  runs checkpoint and stop; at a second, they stop at once. On Linux a worker also gets a SIGHUP (checkpoint and stop)
+  when this process dies, however it dies. A worker killed outright (SIGKILL, OOM) is a failure, retried.
 - `ray`: a Ray task per task on an existing cluster (`address`, or "auto") or a local one: `num_cpus` = threads,
   fractional `num_gpus`, retried by Ray on worker death (`max_retries`) and on exceptions (`retry_exceptions`);
   Ctrl-C cancels the tasks (SIGINT in the task: it checkpoints and stops). Every node must see the same files.
@@ -108,14 +108,16 @@ class InlineExecutor(Executor):
 
 
 def _stop_with_parent(parent: int) -> None:
-    """Linux: SIGTERM this worker when the process that started it dies, even by SIGKILL (PR_SET_PDEATHSIG), so no
-    worker outlives its grid and runs beside the same grid started again; its run checkpoints and stops."""
+    """Linux: SIGHUP this worker when the process that started it dies, even by SIGKILL (PR_SET_PDEATHSIG), so no
+    worker outlives its grid and runs beside the same grid started again; its run checkpoints and stops. SIGHUP, not
+    SIGTERM: the kernel may send it more than once (once per thread of the dying parent), and a second SIGTERM would
+    stop the run at once, without its checkpoint (`Checkpointer.handle_signals`)."""
     if sys.platform.startswith("linux"):
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGHUP)  # 1 = PR_SET_PDEATHSIG
         if os.getppid() != parent:  # it died before the line above
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGHUP)
 
 
 def _run_in_child(connection: Any, fn: Callable[..., Any], args: tuple[Any, ...], gpu: int | None, parent: int) -> None:

@@ -210,7 +210,7 @@ def _running(pid: int) -> bool:
 
 
 def test_a_grid_killed_outright_leaves_no_worker_running_and_its_runs_resume(tmp_path):
-    """SIGKILL to the grid process alone (the OOM killer, kill -9): its worker gets a SIGTERM (Linux), checkpoints where
+    """SIGKILL to the grid process alone (the OOM killer, kill -9): its worker gets a SIGHUP (Linux), checkpoints where
     it stands and exits, instead of running on beside the grid started again; that grid resumes the run there."""
     path = write_suite(tmp_path, tiny_suite('["CartPole-v1"]', "[2]", 4096))
     runs, hold_dir = tmp_path / "runs", tmp_path / "hold"

@@ -63,6 +63,10 @@ def newest_checkpoint_step(directory: Path) -> int:
     return max(steps, default=0)
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+"""what `Checkpointer.handle_signals` turns into a checkpoint and a stop"""
+
+
 class RunInterrupted(Exception):
     """Raised by `Checkpointer.save` after a stop was requested (SIGTERM/SIGINT): the state is safe on disk."""
 
@@ -134,21 +138,28 @@ class Checkpointer:
     # --- when -------------------------------------------------------------------------------------
     def handle_signals(self) -> None:
         """SIGTERM/SIGINT: the first asks for a checkpoint and a stop at the next safe point; a second one stops the run
-        at once (RunStopped), for a run that never reaches a safe point."""
+        at once (RunStopped), for a run that never reaches a safe point. SIGHUP (a closed terminal; a local worker's
+        grid that died) asks for the same checkpoint and stop but never counts as a second signal: the kernel may send
+        a worker its parent-death signal more than once (once per thread of the dying parent)."""
 
         def request_stop(signum: int, frame: Any) -> None:
-            if self.stop_requested:
+            if self.stop_requested and signum != signal.SIGHUP:
                 raise RunStopped(f"stopped at once by a second {signal.Signals(signum).name}")
+            if self.stop_requested:
+                return
             self.stop_requested = True
-            print(
-                f"\n{signal.Signals(signum).name}: checkpointing at the next safe point, then stopping (a second one stops"
-                " at once)",
-                file=sys.stderr,
-                flush=True,
-            )
+            try:
+                print(
+                    f"\n{signal.Signals(signum).name}: checkpointing at the next safe point, then stopping (a second "
+                    "SIGINT or SIGTERM stops at once)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            except OSError:  # no one reads stderr any more (a dead grid's pipe): the stop must go on regardless
+                pass
 
-        signal.signal(signal.SIGTERM, request_stop)
-        signal.signal(signal.SIGINT, request_stop)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, request_stop)
 
     def due(self, step: int) -> bool:
         if self.stop_requested or (self.pause_at_step is not None and step >= self.pause_at_step):
