@@ -76,6 +76,25 @@ def _select_complete(frame: pd.DataFrame, include_incomplete: bool, source: str)
     return frame[frame["complete"]].reset_index(drop=True)
 
 
+def find_videos(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The last evaluation video (`--capture-video`) of each (method, env) cell at or below `paths`: the one at the
+    highest step, of the lowest seed among equals. {(method, env_id): {"path", "seed", "step"}}."""
+    from analysis.stats import method_name
+
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    for run_dir in find_run_dirs(paths):
+        videos = sorted((run_dir / "videos").glob("eval-step*.mp4"))
+        if not videos:
+            continue
+        spec = json.loads((run_dir / "spec.json").read_text())
+        step = int(videos[-1].stem.removeprefix("eval-step"))
+        cell = (method_name(spec["algo"], spec["variant"]), spec["env_id"])
+        found = {"path": videos[-1], "seed": int(spec["seed"]), "step": step}
+        if cell not in best or (step, -found["seed"]) > (best[cell]["step"], -best[cell]["seed"]):
+            best[cell] = found
+    return dict(sorted(best.items()))
+
+
 def load_runs(paths: str | os.PathLike | Iterable[str | os.PathLike], include_incomplete: bool = False) -> pd.DataFrame:
     """All rlgrid runs at or below `paths` as one tidy frame."""
     dirs = find_run_dirs(paths)

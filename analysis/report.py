@@ -11,6 +11,7 @@ import argparse
 import base64
 import html
 import itertools
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import figures
-from analysis.load import load_runs, load_wandb
+from analysis.load import find_videos, load_runs, load_wandb
 from analysis.scores import CELL_KEYS, PROTOCOLS, env_bounds, eval_curves, normalize_by_bounds, per_run_scores
 from analysis.stats import aggregate_table, method_name, performance_profiles, probability_of_improvement, sample_efficiency
 from analysis.verdicts import SOURCES, bootstrap_ci, compare_to_references, eval_max_ci
@@ -53,6 +54,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     header: list[str] = field(default_factory=list)
     summary: list[str] = field(default_factory=list)  # the comparison in sentences: who wins, by how much, verdicts
+    videos: dict[tuple[str, str], dict] = field(default_factory=dict)  # (method, env) -> last video (load.find_videos)
     title: str = "rlgrid report"
 
 
@@ -404,6 +406,7 @@ FIGURE_TITLES = {
 CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border-bottom:1px solid #ddd;padding:4px 10px;
 text-align:left}th{background:#f4f4f4}img{max-width:100%;border:1px solid #eee;margin:0.5em 0}.meta{color:#555}
+video{max-width:480px;border:1px solid #eee}figure{display:inline-block;margin:0.5em 1em 0.5em 0}
 td.reproduced{color:#176c2c;font-weight:600}td.below{color:#a31515;font-weight:600}td.above{color:#1b4fa0;font-weight:600}"""
 
 
@@ -435,9 +438,25 @@ def render_html(report: Report) -> str:
         data = base64.b64encode(png.read_bytes()).decode()
         title = FIGURE_TITLES.get(name, name)
         parts.append(f'<h2>{html.escape(title)}</h2><img alt="{html.escape(title)}" src="data:image/png;base64,{data}">')
+    if report.videos:
+        parts.append(f"<h2>{html.escape(VIDEOS_TITLE)}</h2>")
+        for (method, env_id), video in report.videos.items():
+            data = base64.b64encode(video["path"].read_bytes()).decode()
+            caption = html.escape(_video_caption(method, env_id, video))
+            parts.append(
+                f'<figure><video controls muted preload="metadata" src="data:video/mp4;base64,{data}"></video>'
+                f"<figcaption>{caption}</figcaption></figure>"
+            )
     if report.notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in report.notes) + "</ul>")
     return "".join(parts) + "</body></html>\n"
+
+
+VIDEOS_TITLE = "Agents at their last evaluation (first episode; runs made with --capture-video)"
+
+
+def _video_caption(method: str, env_id: str, video: dict) -> str:
+    return f"{method} on {env_id}, seed {video['seed']}, step {video['step']:,}"
 
 
 def write_report(report: Report) -> list[Path]:
@@ -456,6 +475,14 @@ def write_report(report: Report) -> list[Path]:
     for name, paths in report.figures.items():
         png = next(p for p in paths if p.suffix == ".png")
         markdown += [f"## {FIGURE_TITLES.get(name, name)}", "", f"![{name}]({png.relative_to(out)})", ""]
+    if report.videos:
+        (out / "videos").mkdir(exist_ok=True)
+        markdown += [f"## {VIDEOS_TITLE}", ""]
+        for (method, env_id), video in report.videos.items():
+            copy = out / "videos" / f"{method}-{env_id.replace('/', '-')}.mp4"
+            shutil.copyfile(video["path"], copy)
+            markdown += [f"- [{_video_caption(method, env_id, video)}]({copy.relative_to(out)})"]
+        markdown += [""]
     if report.notes:
         markdown += ["## Notes", ""] + [f"- {n}" for n in report.notes]
     (out / "report.md").write_text("\n".join(markdown) + "\n")
@@ -596,6 +623,8 @@ def main(argv: list[str]) -> int:
         f"protocol: {protocol}; normalisation: {options.normalize}; bootstrap: {options.reps} resamples, seed {options.seed}",
         f"generated {time.strftime('%Y-%m-%d %H:%M:%S')}",
     ]
+    if args.runs:
+        report.videos = find_videos(args.runs)
     write_report(report)
     print(f"\n{TITLES['scores']} ({options.protocol})\n{text_table(report.shown['scores'])}")
     if report.summary:

@@ -295,3 +295,34 @@ def test_a_tiny_quickstart_runs_end_to_end_and_its_report_compares(tmp_path, cap
 
     dom = render_in_chromium(page, tmp_path)
     assert f'data-decoded="{len(comparison)}/{len(comparison)}"' in dom
+
+
+VIDEO_PROBE = (  # counts the videos the browser decoded (a first frame of non-zero size)
+    '<script>const v=[...document.querySelectorAll("video")];let ok=0;v.forEach(x=>{x.addEventListener("loadeddata",'
+    '()=>{if(x.videoWidth>0)ok++;document.body.dataset.videos=ok+"/"+v.length});x.load()});'
+    'document.body.dataset.videos="0/"+v.length;</script></body>'
+)
+
+
+def test_the_report_embeds_the_last_video_of_each_cell_and_chromium_plays_it(tmp_path, capsys):
+    tiny = {"total_timesteps": 1024, "num_envs": 2, "num_steps": 128, "eval_every": 512, "eval_episodes": 2}
+    for algo, seed in (("ppo", 1), ("ppo", 2), ("a2c", 1)):
+        config = tiny if algo == "ppo" else {**tiny, "num_steps": 8}
+        execute_run(
+            RunSpec.create(algo, "CartPole-v1", seed, config, suite="filmed"),
+            RunOptions(runs_dir=tmp_path / "runs", progress=False, capture_video=True),
+        )
+    out = tmp_path / "out"
+    assert main(["report", str(tmp_path / "runs"), "--out", str(out), "--reps", "100", "--last-n", "1"]) == 0
+    page = (out / "report.html").read_text()
+    assert page.count('<video controls muted preload="metadata" src="data:video/mp4;base64,') == 2  # a2c and ppo cells
+    assert "ppo on CartPole-v1, seed 1, step 1,024" in page and "a2c on CartPole-v1, seed 1, step 1,024" in page
+    markdown = (out / "report.md").read_text()
+    assert "(videos/ppo-CartPole-v1.mp4)" in markdown and (out / "videos" / "ppo-CartPole-v1.mp4").stat().st_size > 0
+    probe = tmp_path / "videos.html"
+    probe.write_text(page.replace("</body>", VIDEO_PROBE))
+    command = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+    dom = subprocess.run(
+        [*command, "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120
+    ).stdout
+    assert 'data-videos="2/2"' in dom, re.findall(r'data-videos="[^"]*"', dom)
