@@ -139,3 +139,24 @@ def test_rlgrid_eval_records_a_video_outside_the_run_and_leaves_the_run_untouche
     frames, shape = _decoded(video)
     assert frames >= 5 and shape == (400, 600, 3)
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize(
+    "env_id",
+    [
+        pytest.param("PongNoFrameskip-v4", marks=pytest.mark.atari),
+        pytest.param("MinAtar/Breakout-v1", marks=pytest.mark.minatar),
+    ],
+)
+def test_atari_and_minatar_evaluations_film_their_screens(tmp_path, env_id):
+    """The ALE's colour screen (also from the C++ vector path, whose evaluation copies then play on the Python path,
+    step for step the same), and MinAtar's 10 x 10 grid enlarged to 160 x 160."""
+    envs, _ = make_vec_env(env_id, 1, seed=0)
+    policy = lambda obs: np.zeros(len(obs), np.int64)  # noqa: E731
+    video = tmp_path / "game.mp4"
+    plain = evaluate(envs, policy, 1, seed=3, max_steps=120)
+    filmed = evaluate(envs, policy, 1, seed=3, max_steps=120, video=video)
+    assert filmed.tolist() == plain.tolist()
+    frames, shape = _decoded(video)
+    pong = env_id.startswith("Pong")
+    assert shape == ((210, 160, 3) if pong else (160, 160, 3)) and frames >= (30 if pong else 2)

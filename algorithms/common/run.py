@@ -193,7 +193,7 @@ class RunState:
         the episodes an uninterrupted one would. `record`: the first episode goes to `video_dir` too, if set."""
         index = len(self.eval_history)
         video = self.video_dir / f"eval-step{step:012d}.mp4" if record and self.video_dir is not None else None
-        seed = 10**6 + self.cfg.seed * 10**4 + index * 97
+        seed = evaluation_seed(self.cfg.seed, index)
         returns = evaluate(self.envs, policy, self.cfg.eval_episodes, seed=seed, video=video)
         if video is not None:
             self.logger.log_video(step, video)
@@ -214,7 +214,7 @@ class RunState:
             # The last evaluation was at this step but not recorded: play its first episode again for the video.
             index = len(self.eval_history) - 1
             video = self.video_dir / f"eval-step{step:012d}.mp4"
-            evaluate(self.envs, policy, 1, seed=10**6 + self.cfg.seed * 10**4 + index * 97, video=video)
+            evaluate(self.envs, policy, 1, seed=evaluation_seed(self.cfg.seed, index), video=video)
             self.logger.log_video(step, video)
         if self.checkpoint is not None:
             # The final state, whatever the interval: `rlgrid eval` evaluates it, and a run whose DONE never got
