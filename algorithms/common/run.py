@@ -192,7 +192,7 @@ class RunState:
         its std). The episodes' seeds are fixed per (run seed, evaluation index), so a resumed run evaluates on exactly
         the episodes an uninterrupted one would. `record`: the first episode goes to `video_dir` too, if set."""
         index = len(self.eval_history)
-        video = self.video_dir / f"eval-step{step:012d}.mp4" if record and self.video_dir is not None else None
+        video = self._video_path(step) if record else None
         seed = evaluation_seed(self.cfg.seed, index)
         returns = evaluate(self.envs, policy, self.cfg.eval_episodes, seed=seed, video=video)
         if video is not None:
@@ -210,10 +210,9 @@ class RunState:
             return self._evaluate_checkpoint(step, policy)
         if not self.eval_history or self.eval_history[-1][0] != step:
             self.evaluate(step, policy, record=True)
-        elif self.video_dir is not None and not (self.video_dir / f"eval-step{step:012d}.mp4").exists():
+        elif (video := self._video_path(step)) is not None and not video.exists():
             # The last evaluation was at this step but not recorded: play its first episode again for the video.
             index = len(self.eval_history) - 1
-            video = self.video_dir / f"eval-step{step:012d}.mp4"
             evaluate(self.envs, policy, 1, seed=evaluation_seed(self.cfg.seed, index), video=video)
             self.logger.log_video(step, video)
         if self.checkpoint is not None:
@@ -228,6 +227,10 @@ class RunState:
             eval_returns=self.eval_history,
             last_episodic_returns=list(self.recent_returns),
         )
+
+    def _video_path(self, step: int) -> Path | None:
+        """Where the evaluation at `step` records its video (None: the run records none)."""
+        return None if self.video_dir is None else self.video_dir / f"eval-step{step:012d}.mp4"
 
     def _evaluate_checkpoint(self, step: int, policy: Callable[[np.ndarray], np.ndarray]) -> TrainResult:
         """`finish` under a `CheckpointEvaluation`: its episodes, from its seed or else from the seed of the run's own
