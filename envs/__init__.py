@@ -12,6 +12,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from envs.tabular import is_discrete_tuple
 from envs.vector import EnvSpec, RunningMeanStd, VecEnv
 from envs.video import VIDEO_FPS, RenderingUnavailable, rendering_hint, write_video
 from envs.video import frame_skip as video_frame_skip
@@ -73,6 +74,8 @@ def _spec(env_id: str) -> gym.envs.registration.EnvSpec:
 def env_family(env_id: str) -> str:
     """The family of a registered env id (suites set overrides per family), from its entry point."""
     entry = str(_spec(env_id).entry_point)
+    if entry.startswith("envs.tabular"):  # the book's small worlds sit with gymnasium's toy text
+        return "toy_text"
     for family in ("classic_control", "mujoco", "box2d", "toy_text"):
         if f"gymnasium.envs.{family}" in entry:
             return family
@@ -83,13 +86,17 @@ def env_family(env_id: str) -> str:
 
 def env_kinds(env_id: str) -> tuple[str, str]:
     """(action kind, observation kind) of an env, from one build of it: "discrete" or "continuous", and "image"
-    (3-D observations: Atari frames, MinAtar grids) or "vector". What an algorithm's ACTION_SPACES and
-    OBSERVATIONS are checked against before a run starts."""
+    (3-D observations: Atari frames, MinAtar grids), "discrete" (a finite set of states: toy-text's Discrete, or a Tuple
+    of them as Blackjack's) or "vector". What an algorithm's ACTION_SPACES and OBSERVATIONS are checked against before
+    a run starts."""
     _register_optional(env_id)
     env = gym.make(env_id, disable_env_checker=True)
     try:
         actions = "continuous" if isinstance(env.action_space, gym.spaces.Box) else "discrete"
-        return actions, "image" if len(env.observation_space.shape or ()) == 3 else "vector"
+        space = env.observation_space
+        if isinstance(space, gym.spaces.Discrete) or is_discrete_tuple(space):
+            return actions, "discrete"
+        return actions, "image" if len(space.shape or ()) == 3 else "vector"
     finally:
         env.close()
 
@@ -102,8 +109,18 @@ def check_env_support(env_id: str, algo: str, action_spaces: tuple[str, ...], ob
     if kind not in action_spaces:
         raise ValueError(f"{algo} needs {' or '.join(action_spaces)} actions; {env_id} has {kind} actions")
     if observation not in observations:
+        if observation == "image":
+            raise ValueError(
+                f"{algo} has no CNN for the image observations of {env_id} (dqn, double_dqn, ppo, ppo_kl, a2c and acktr have one)"
+            )
+        if observation == "discrete":
+            raise ValueError(
+                f"{algo} has no network for the finite state set of {env_id} (a state number, not features): use a tabular "
+                "method (sarsa, q_learning, expected_sarsa, mc_control, td0, mc_prediction, value_iteration, ...)"
+            )
         raise ValueError(
-            f"{algo} has no CNN for the image observations of {env_id} (dqn, double_dqn, ppo, ppo_kl, a2c and acktr have one)"
+            f"{algo} is a tabular method: it needs a finite state set (FrozenLake-v1, CliffWalking-v1, Taxi-v4, "
+            f"Blackjack-v1, rlgrid/...), and {env_id} has {observation} observations"
         )
 
 

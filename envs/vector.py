@@ -28,6 +28,7 @@ import gymnasium as gym
 import numpy as np
 
 from envs.state import get_env_state, set_env_state
+from envs.tabular import DiscreteTupleIndex, is_discrete_tuple
 
 
 class RunningMeanStd:
@@ -163,6 +164,8 @@ class VecEnv:
             copies[0].close()
             kwargs.update(render_kwargs(str(copies[0].spec.entry_point if copies[0].spec else "")))
             copies[0] = gym.make(self.spec.env_id, disable_env_checker=True, **kwargs)
+        if is_discrete_tuple(copies[0].observation_space):  # Blackjack: one state index (envs.tabular)
+            copies = [DiscreteTupleIndex(env) for env in copies]
         return copies
 
     def frame(self) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 An algorithm file `algorithms/<name>.py` (one that defines `Config` and `train`) registers `<name>`, and one name per
 entry of its `VARIANTS` (a paper's alternatives kept in the same file as Config options, e.g. `ppo_kl` is ppo.py with
-`objective="kl"`). A variant is the file's algorithm with other Config defaults: its own `Config` subclass, so that
+`objective="kl"`); a file with `FAMILY = True` (one book chapter's methods, e.g. temporal_difference.py) registers its
+variants only. A variant is the file's algorithm with other Config defaults: its own `Config` subclass, so that
 `Config()`, the run hash (which counts only non-default values) and `--help` all show the variant's defaults.
 """
 
@@ -78,7 +79,8 @@ def _registry() -> dict[str, Algorithm]:
         module = importlib.import_module(f"algorithms.{info.name}")
         if not (hasattr(module, "Config") and hasattr(module, "train")):
             continue
-        registry[info.name] = Algorithm(info.name, module, module.Config)
+        if not getattr(module, "FAMILY", False):
+            registry[info.name] = Algorithm(info.name, module, module.Config)
         for name, defaults in getattr(module, "VARIANTS", {}).items():
             if name in registry:
                 raise TypeError(f"algorithm name {name!r} is registered twice")

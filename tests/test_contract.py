@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib
 import inspect
 import math
 import pkgutil
@@ -28,6 +29,17 @@ CASES = [(algo, kind) for algo in ALGOS for kind in sorted(SMOKE_ENVS) if kind i
 IMAGE_ENV = "MinAtar/Breakout-v1"
 """the image smoke task: MinAtar's 10 x 10 grids run the CNN branch in seconds (Atari frames are in test_resume)"""
 IMAGE_ALGOS = [algo for algo in ALGOS if "image" in load_algorithm(algo).OBSERVATIONS]
+TABULAR_ALGOS = [algo for algo in ALGOS if load_algorithm(algo).OBSERVATIONS == ("discrete",)]
+
+
+def MODEL_BASED(algo: str) -> bool:  # noqa: N802
+    return getattr(load_algorithm(algo).module, "MODEL_BASED", False)
+
+
+def smoke_env(algo: str, kind: str) -> str:
+    """The smoke task of an algorithm for an action kind: classic control, or its own finite-state env (tabular)."""
+    module = load_algorithm(algo)
+    return SMOKE_ENVS[kind] if "vector" in module.OBSERVATIONS else module.SMOKE["env_id"]
 
 
 def smoke_config(algo: str, env_id: str, seed: int = 1):
@@ -56,9 +68,14 @@ def field_docstrings(config_cls: type) -> dict[str, str]:
 def test_every_algorithm_module_and_variant_is_discovered():
     modules = {m.name for m in pkgutil.iter_modules(algorithms.__path__) if not m.ispkg and not m.name.startswith("_")}
     assert modules, "no algorithm modules found"
-    variants = {name for algo in modules for name in getattr(load_algorithm(algo).module, "VARIANTS", {})}
-    assert set(ALGOS) == modules | variants, f"modules without Config/train: {modules - set(ALGOS)}"
+    loaded = {name: importlib.import_module(f"algorithms.{name}") for name in modules}
+    variants = {name for module in loaded.values() for name in getattr(module, "VARIANTS", {})}
+    families = {name for name, module in loaded.items() if getattr(module, "FAMILY", False)}
+    assert set(ALGOS) == (modules - families) | variants, f"modules without Config/train: {modules - set(ALGOS)}"
+    assert families == {"dynamic_programming", "monte_carlo", "temporal_difference"}, "a family registers its variants only"
     assert {"ppo_kl", "npg", "ddpg", "double_dqn"} <= variants, "the registered names suites and run directories use"
+    tabular = {"policy_evaluation", "policy_iteration", "value_iteration", "mc_control", "mc_prediction", "td0", "sarsa"}
+    assert tabular | {"expected_sarsa", "q_learning"} <= variants
 
 
 @pytest.mark.parametrize("algo", ALGOS)
@@ -66,7 +83,8 @@ def test_config_contract(algo):
     module = load_algorithm(algo)
     assert isinstance(module.SMOKE, dict) and module.SMOKE, f"{algo} has no smoke settings"
     assert set(module.ACTION_SPACES) <= set(SMOKE_ENVS) and module.ACTION_SPACES, f"{algo}: ACTION_SPACES"
-    assert "vector" in module.OBSERVATIONS and set(module.OBSERVATIONS) <= {"vector", "image"}, f"{algo}: OBSERVATIONS"
+    # Networks take vector features (and images, with a CNN); tabular methods take a state number and nothing else.
+    assert module.OBSERVATIONS in (("vector",), ("vector", "image"), ("discrete",)), f"{algo}: OBSERVATIONS"
     config = module.Config()
     assert dataclasses.is_dataclass(config) and module.Config.__dataclass_params__.frozen
     fields = config_fields(module.Config)
@@ -81,13 +99,15 @@ def test_config_contract(algo):
 
 @pytest.mark.parametrize(("algo", "kind"), CASES)
 def test_smoke_run(algo, kind):
-    module, cfg = smoke_config(algo, SMOKE_ENVS[kind])
+    module, cfg = smoke_config(algo, smoke_env(algo, kind))
     logger = RecordingLogger()
     result = module.train(cfg, logger)
     assert isinstance(result, TrainResult)
     assert result.global_step >= cfg.total_timesteps * 0.9
     keys = {k for _, m in logger.records for k in m}
-    assert REQUIRED_KEYS <= keys, f"missing metric keys {REQUIRED_KEYS - keys}"
+    # Model-based planning (dynamic programming) plays no training episodes.
+    required = REQUIRED_KEYS - {"charts/episodic_return", "charts/episodic_length"} if MODEL_BASED(algo) else REQUIRED_KEYS
+    assert required <= keys, f"missing metric keys {required - keys}"
     assert any(k.startswith("losses/") for k in keys)
     for step, metrics in logger.records:
         assert 0 < step <= result.global_step
@@ -104,7 +124,7 @@ def _deterministic_records(logger: RecordingLogger) -> list:
 def test_same_seed_same_numbers_other_seed_differs(algo, kind):
     if kind == "image":
         pytest.importorskip("minatar")
-    env_id = IMAGE_ENV if kind == "image" else SMOKE_ENVS[kind]
+    env_id = IMAGE_ENV if kind == "image" else smoke_env(algo, kind)
     runs = []
     for seed in (3, 3, 4):
         module, cfg = smoke_config(algo, env_id, seed)
@@ -112,18 +132,37 @@ def test_same_seed_same_numbers_other_seed_differs(algo, kind):
         module.train(cfg, logger)
         runs.append(_deterministic_records(logger))
     assert runs[0] == runs[1]
-    assert runs[0] != runs[2]
+    if MODEL_BASED(algo):  # planning from the model draws nothing: only its evaluation episodes depend on the seed
+        planning = [[(step, {k: v for k, v in m.items() if not k.startswith("eval/")}) for step, m in run] for run in runs]
+        assert planning[0] == planning[2]
+    else:
+        assert runs[0] != runs[2]
+
+
+@pytest.mark.parametrize("algo", TABULAR_ALGOS)
+def test_a_tabular_method_refuses_compile_and_feature_observations(algo):
+    module = load_algorithm(algo)
+    with pytest.raises(ValueError, match="no network to compile"):
+        module.Config(compile=True)
+    with pytest.raises(ValueError, match="tabular method: it needs a finite state set"):
+        module.train(module.Config(**{**module.SMOKE, "env_id": "CartPole-v1"}))
+
+
+@pytest.mark.parametrize("algo", [a for a in ALGOS if "discrete" in supported(a) and a not in TABULAR_ALGOS])
+def test_a_network_method_refuses_a_finite_state_set_before_it_starts(algo):
+    with pytest.raises(ValueError, match="use a tabular method"):
+        load_algorithm(algo).check_env("FrozenLake-v1")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("algo", [a for a in ALGOS if a not in TABULAR_ALGOS])
 def test_compile_flag_runs(algo):
     """compile=True wraps the hot paths in torch.compile (CPU inductor here): TorchDynamo compiles frames (its counters,
     reset first, say so; an ignored flag leaves them at zero), and the run still works."""
     import torch
     from torch._dynamo.utils import counters
 
-    module, cfg = smoke_config(algo, SMOKE_ENVS[supported(algo)[-1]])
+    module, cfg = smoke_config(algo, smoke_env(algo, supported(algo)[-1]))
     logger = RecordingLogger()
     torch._dynamo.reset()
     counters.clear()

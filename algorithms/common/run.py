@@ -33,7 +33,7 @@ import torch
 from algorithms.common.checkpoint import Checkpointer, restore_rng_state, rng_state
 from algorithms.common.config import RunConfig
 from algorithms.common.logging import Logger, NullLogger, TrainResult
-from envs import evaluate
+from envs import EVAL_STEP_LIMIT, evaluate
 from envs.vector import VecEnv
 
 
@@ -91,8 +91,10 @@ class CheckpointEvaluation(Checkpointer):
 
 class RunState:
     """A run's protocol state and its checkpoints. `state` maps checkpoint names to what the algorithm wants saved:
-    objects with `state_dict()`/`load_state_dict()` (modules, optimizers, the vector env), numpy Generators (their bit
-    generator's state) or tensors (copied in place). `extras` (a replay memory) go to files of their own."""
+        objects with `state_dict()`/`load_state_dict()` (modules, optimizers, the vector env), numpy Generators (their bit
+        generator's state), or tensors and numpy arrays (copied in place). `extras` (a replay memory) go to files of their
+        own. `eval_metrics()`, if given, returns more numbers that every evaluation logs with its return; `eval_max_steps`
+    caps evaluation episodes (`envs.evaluate`)."""
 
     def __init__(
         self,
@@ -102,8 +104,12 @@ class RunState:
         checkpoint: Checkpointer | None,
         state: dict[str, Any],
         extras: dict[str, Any] | None = None,
+        eval_metrics: Callable[[], dict[str, float]] | None = None,
+        eval_max_steps: int = EVAL_STEP_LIMIT,
     ) -> None:
         self.cfg, self.envs, self.checkpoint = cfg, envs, checkpoint
+        self.eval_metrics = eval_metrics  # more numbers logged with every evaluation (a tabular value error)
+        self.eval_max_steps = eval_max_steps  # an evaluation episode still running then counts with its return so far
         self.logger = DivergenceCheck(logger or NullLogger())
         # --capture-video: a runner's logger names a folder, and the first and the final evaluation record their first
         # episode there (envs.evaluate; the logger's `log_video` mirrors the file, e.g. to W&B).
@@ -194,15 +200,14 @@ class RunState:
         index = len(self.eval_history)
         video = self._video_path(step) if record else None
         seed = evaluation_seed(self.cfg.seed, index)
-        returns = evaluate(self.envs, policy, self.cfg.eval_episodes, seed=seed, video=video)
+        returns = evaluate(self.envs, policy, self.cfg.eval_episodes, seed=seed, max_steps=self.eval_max_steps, video=video)
         if video is not None:
             self.logger.log_video(step, video)
         if not np.isfinite(returns).all():
             raise FloatingPointError(f"non-finite evaluation return at step {step}: {returns.tolist()}")
         self.eval_history.append((step, float(returns.mean())))
-        self.logger.log(
-            step, {"eval/episodic_return": float(returns.mean()), "eval/episodic_return_std": float(returns.std())}
-        )
+        metrics = {"eval/episodic_return": float(returns.mean()), "eval/episodic_return_std": float(returns.std())}
+        self.logger.log(step, {**metrics, **(self.eval_metrics() if self.eval_metrics is not None else {})})
 
     def finish(self, step: int, policy: Callable[[np.ndarray], np.ndarray]) -> TrainResult:
         """The end of every `train()`: a final evaluation at `step` (unless the last one ran there) and the result."""
@@ -213,7 +218,9 @@ class RunState:
         elif (video := self._video_path(step)) is not None and not video.exists():
             # The last evaluation was at this step but not recorded: play its first episode again for the video.
             index = len(self.eval_history) - 1
-            evaluate(self.envs, policy, 1, seed=evaluation_seed(self.cfg.seed, index), video=video)
+            evaluate(
+                self.envs, policy, 1, seed=evaluation_seed(self.cfg.seed, index), max_steps=self.eval_max_steps, video=video
+            )
             self.logger.log_video(step, video)
         if self.checkpoint is not None:
             # The final state, whatever the interval: `rlgrid eval` evaluates it, and a run whose DONE never got
@@ -240,7 +247,7 @@ class RunState:
         assert isinstance(request, CheckpointEvaluation) and step == self.start_step
         index = len(self.eval_history) - (1 if self.eval_history and self.eval_history[-1][0] == step else 0)
         seed = request.seed if request.seed is not None else evaluation_seed(self.cfg.seed, index)
-        returns = evaluate(self.envs, policy, request.episodes, seed=seed, video=request.video)
+        returns = evaluate(self.envs, policy, request.episodes, seed=seed, max_steps=self.eval_max_steps, video=request.video)
         request.returns, request.seed_used = returns, seed
         return TrainResult(
             global_step=step,
@@ -280,6 +287,8 @@ def _state_of(item: Any) -> Any:
         return item.bit_generator.state
     if isinstance(item, torch.Tensor):
         return item.detach().clone()
+    if isinstance(item, np.ndarray):
+        return item.copy()
     return item.state_dict()
 
 
@@ -289,5 +298,9 @@ def _load(item: Any, saved: Any) -> None:
     elif isinstance(item, torch.Tensor):
         with torch.no_grad():
             item.copy_(saved)
+    elif isinstance(item, np.ndarray):
+        if saved.shape != item.shape:
+            raise ValueError(f"saved array has shape {saved.shape}, this run's has {item.shape}")
+        item[...] = saved
     else:
         item.load_state_dict(saved)
