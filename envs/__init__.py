@@ -111,7 +111,8 @@ def check_env_support(env_id: str, algo: str, action_spaces: tuple[str, ...], ob
     if observation not in observations:
         if observation == "image":
             raise ValueError(
-                f"{algo} has no CNN for the image observations of {env_id} (dqn, double_dqn, ppo, ppo_kl, a2c and acktr have one)"
+                f"{algo} has no CNN for the image observations of {env_id} "
+                "(dqn, double_dqn, ppo, ppo_kl, a2c and acktr have one)"
             )
         if observation == "discrete":
             raise ValueError(
