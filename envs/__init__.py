@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -209,8 +210,13 @@ def evaluate(
     no time limit of its own) counts with its return so far. Returns the episodic returns, shape (episodes,);
     a return may be NaN or infinite (the caller decides: `RunState` records the run as diverged).
     With `video`, copy 0 renders its episode into that MP4 file (`envs.video`), without changing any number.
+    A policy that draws from Python's `random` (the equiprobable policy the tabular prediction methods are evaluated
+    with) draws from a stream seeded with `seed`; the caller's stream is left as it was, so training never depends on
+    how often, or how long, it is evaluated.
     """
     envs = train_envs.frozen_copy(episodes, render_first=video is not None)
+    caller_stream = random.getstate()
+    random.seed(seed)
     try:
         obs = envs.reset(seed=seed)
         returns, so_far = np.zeros(episodes), np.zeros(episodes)
@@ -232,4 +238,5 @@ def evaluate(
             write_video(video, frames, fps=(envs.render_fps() or VIDEO_FPS) / skip)
         return returns
     finally:
+        random.setstate(caller_stream)
         envs.close()

@@ -10,6 +10,7 @@
 
     [algo.ppo]                        # Config overrides for one algorithm ...
     learning_rate = 3e-4
+    env_ids = ["CartPole-v1"]         # ... and, optionally, the envs it runs on (a subset of env_ids; default: all)
     [algo.ppo.classic_control]        # ... and for one env family (classic_control, mujoco, atari, minatar, ...)
     num_envs = 8
 
@@ -20,6 +21,11 @@
 
 An algorithm with variants runs only its variants (add one with no overrides to keep the defaults);
 one without runs as variant "default". Later layers win: common keys < [algo.X] < [algo.X.family] < variant.
+
+The grid is algorithms x env_ids, except where `[algo.X] env_ids` narrows an algorithm to some of the top-level envs
+(each must be one of them; every top-level env must be run by some algorithm): one suite can then hold several
+comparisons, e.g. the control methods on one task and the prediction methods on another (suites/tabular.toml). The
+report compares methods env by env, so a method missing from an env is simply absent there.
 """
 
 from __future__ import annotations
@@ -92,6 +98,34 @@ def suggest(name: str, options: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def check_algo_envs(algo: str, value: Any, env_ids: list[Any], valid_envs: list[str], problems: list[str]) -> list[str]:
+    """`[algo.X] env_ids`: a non-empty list of distinct env ids, each one of the top-level env_ids. Returns the valid ones
+    in the top-level order (the grid's order); adds a line to `problems` for each that is not."""
+    where = f"algo.{algo}.env_ids"
+    if not isinstance(value, list) or not value:
+        problems.append(f"{where}: need a non-empty list of environment ids, some of the top-level env_ids")
+        return []
+    chosen = set()
+    for i, env_id in enumerate(value):
+        if not isinstance(env_id, str):
+            problems.append(f"{where}[{i}]: need an environment id (a string), got {env_id!r}")
+        elif env_id in chosen:
+            problems.append(f"{where}[{i}]: {env_id!r} is listed twice")
+        elif env_id not in env_ids:
+            try:
+                validate_env_id(env_id)
+                reason = "is not one of the top-level env_ids"
+            except ValueError as exc:
+                reason = f"is not one of the top-level env_ids, and {exc}"
+            listed = ", ".join(map(str, env_ids))
+            problems.append(
+                f"{where}[{i}]: {env_id!r} {reason}{suggest(env_id, [str(e) for e in env_ids])}; they are: {listed}"
+            )
+        else:
+            chosen.add(env_id)
+    return [env_id for env_id in valid_envs if env_id in chosen]
+
+
 def load_suite(name_or_path: str) -> Suite:
     """Parse, validate completely and expand a suite; raises SuiteError listing every problem at once."""
     path = resolve_suite_path(name_or_path)
@@ -155,12 +189,15 @@ def load_suite(name_or_path: str) -> Suite:
 
     common = {key: data[key] for key in COMMON_FIELDS if key in data}
     per_algo: dict[str, tuple[dict[str, Any], dict[str, dict[str, Any]]]] = {}
+    envs_of: dict[str, list[str]] = {}  # [algo.X] env_ids: the envs an algorithm is narrowed to
     algo_tables = data.get("algo", {})
     for algo_name, table in algo_tables.items() if isinstance(algo_tables, dict) else []:
         if algo_name not in algos:
             problems.append(f"algo.{algo_name}: not one of the suite's algorithms {algos}")
             continue
-        flat = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        flat = {k: v for k, v in table.items() if not isinstance(v, dict) and k != "env_ids"}
+        if "env_ids" in table:
+            envs_of[algo_name] = check_algo_envs(algo_name, table["env_ids"], env_ids, valid_envs, problems)
         families = {}
         for family, sub in ((k, v) for k, v in table.items() if isinstance(v, dict)):
             if family not in ENV_FAMILIES:
@@ -187,7 +224,7 @@ def load_suite(name_or_path: str) -> Suite:
     for algo in algos:
         common_clean = check_fields(algo, common, "(top level)")
         algo_flat, algo_families = per_algo.get(algo, ({}, {}))
-        for env_id in valid_envs:
+        for env_id in envs_of.get(algo, valid_envs):
             family = env_family(env_id)
             for variant_name, variant_overrides in variants.get(algo, [("default", {})]):
                 overrides = {**common_clean, **algo_flat, **algo_families.get(family, {}), **variant_overrides}
@@ -198,6 +235,12 @@ def load_suite(name_or_path: str) -> Suite:
                     problems.append(f"{algo} x {env_id} x {variant_name}: {exc}")
                     continue
                 specs.extend(RunSpec.create(algo, env_id, s, overrides, suite=suite_name, variant=variant_name) for s in seeds)
+    if envs_of:
+        for env_id in valid_envs:
+            if not any(env_id in envs_of.get(algo, valid_envs) for algo in algos):
+                problems.append(
+                    f"env_ids[{env_ids.index(env_id)}]: no algorithm runs {env_id!r} (every [algo.X] env_ids leaves it out)"
+                )
     if problems:
         raise SuiteError(path, sorted(set(problems), key=problems.index))
     # Seed-major order (a stable sort keeps algorithm, env and variant order within a seed): a grid stopped

@@ -36,7 +36,10 @@ def tiny_run(runs_dir: Path, algo: str, env_id: str | None = None, **overrides) 
     off-policy (an iteration per vector step, a replay memory per save) only there: the first `due()` is at step
     num_envs."""
     algorithm = load_algorithm(algo)
-    env_id = env_id or next(SMOKE_ENVS[kind] for kind in ("discrete", "continuous") if kind in algorithm.ACTION_SPACES)
+    smoke_env = algorithm.SMOKE.get("env_id")  # the tabular methods' finite-state env
+    env_id = (
+        env_id or smoke_env or next(SMOKE_ENVS[kind] for kind in ("discrete", "continuous") if kind in algorithm.ACTION_SPACES)
+    )
     spec = RunSpec.create(algo, env_id, 3, {**algorithm.SMOKE, **overrides})
     config = spec.config()
     every = config.total_timesteps - config.num_envs if hasattr(config, "buffer_size") else 1

@@ -70,6 +70,37 @@ CASES = {
         "--total-timesteps 2400 --learning-starts 400 --buffer-size 1500 --batch-size 64 "
         "--eval-every 800 --eval-episodes 2 --checkpoint-every-steps 700",
     ),
+    # Tabular: the tables (visit counts where the step size decays), the env's state (toy text's `s`, Blackjack's cards
+    # behind the tuple-to-index wrapper, the book's worlds) and Python's RNG, which draws the epsilon-greedy actions.
+    # Dynamic programming: V, the policy and policy iteration's progress; a step is a sweep.
+    "policy_evaluation": (
+        "rlgrid/GridWorld4x4-v0",
+        "--total-timesteps 300 --eval-every 100 --eval-episodes 3 --checkpoint-every-steps 40",
+    ),
+    "policy_iteration": (
+        "FrozenLake-v1",
+        "--gamma 0.95 --total-timesteps 900 --eval-every 300 --eval-episodes 3 --checkpoint-every-steps 100",
+    ),
+    "value_iteration": (
+        "FrozenLake8x8-v1",
+        "--gamma 0.99 --total-timesteps 600 --eval-every 200 --eval-episodes 3 --checkpoint-every-steps 100",
+    ),
+    "mc_control": (
+        "Blackjack-v1",
+        "--total-timesteps 6000 --eval-every 2000 --eval-episodes 20 --checkpoint-every-steps 1000",
+    ),
+    "mc_prediction": (
+        "rlgrid/RandomWalk-v0",
+        "--total-timesteps 3000 --eval-every 500 --eval-episodes 3 --checkpoint-every-steps 500",
+    ),
+    "td0": ("rlgrid/RandomWalk-v0", "--total-timesteps 3000 --eval-every 500 --eval-episodes 3 --checkpoint-every-steps 500"),
+    "sarsa": ("CliffWalking-v1", "--total-timesteps 6000 --eval-every 2000 --eval-episodes 3 --checkpoint-every-steps 1000"),
+    "expected_sarsa": ("Taxi-v4", "--total-timesteps 6000 --eval-every 2000 --eval-episodes 3 --checkpoint-every-steps 1000"),
+    "q_learning": (
+        "FrozenLake8x8-v1",
+        "--total-timesteps 8000 --final-epsilon 0.01 --step-size-decay 0.8 --step-size 1 --eval-every 2000 "
+        "--eval-episodes 3 --checkpoint-every-steps 1000",
+    ),
 }
 """one kill-and-resume case per registered algorithm (test_every_algorithm_has_a_kill_and_resume_case)"""
 ENV_CASES = [
