@@ -14,6 +14,9 @@ style of its toy-text ones (an integer state `s`, the model `P[s][a] = [(probabi
   C = 3; actions left (0) and right (1); reaching 6 gives +1, every other reward is 0. The book's walk, which moves
   left or right with equal probability, is this env under the equiprobable policy (true values 1/6 .. 5/6).
 
+`rlgrid/FrozenLakeNotSlippery-v1` and `rlgrid/FrozenLake8x8NotSlippery-v1` are gymnasium's FrozenLake with
+`is_slippery=False` (its own ids are slippery, and an env id cannot pass keyword arguments).
+
 Actions of the grids: 0 up, 1 right, 2 down, 3 left. `transition_model` turns any env with such a `P` (these and
 gymnasium's FrozenLake, CliffWalking and Taxi) into arrays; an env without one is refused with a clear message.
 """
@@ -113,13 +116,17 @@ def random_walk() -> TabularEnv:
     return TabularEnv(P, np.eye(7)[3])
 
 
-for _env_id, _entry, _limit in (
-    (GRIDWORLD_4X4, "envs.tabular:gridworld_4x4", 200),
-    (GRIDWORLD_5X5, "envs.tabular:gridworld_5x5", 100),
-    (RANDOM_WALK, "envs.tabular:random_walk", 1000),
+FROZEN_LAKE = "gymnasium.envs.toy_text.frozen_lake:FrozenLakeEnv"
+for _env_id, _entry, _limit, _kwargs in (
+    (GRIDWORLD_4X4, "envs.tabular:gridworld_4x4", 200, {}),
+    (GRIDWORLD_5X5, "envs.tabular:gridworld_5x5", 100, {}),
+    (RANDOM_WALK, "envs.tabular:random_walk", 1000, {}),
+    # gymnasium registers FrozenLake slippery only (not slippery takes is_slippery=False, which an env id cannot say)
+    ("rlgrid/FrozenLakeNotSlippery-v1", FROZEN_LAKE, 100, {"map_name": "4x4", "is_slippery": False}),
+    ("rlgrid/FrozenLake8x8NotSlippery-v1", FROZEN_LAKE, 200, {"map_name": "8x8", "is_slippery": False}),
 ):
     if _env_id not in gym.registry:
-        gym.register(_env_id, entry_point=_entry, max_episode_steps=_limit)
+        gym.register(_env_id, entry_point=_entry, max_episode_steps=_limit, kwargs=_kwargs)
 
 
 # --- the transition model of an env --------------------------------------------------------------------------------
