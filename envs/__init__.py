@@ -13,8 +13,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from envs.tabular import is_discrete_tuple
-from envs.vector import EnvSpec, RunningMeanStd, VecEnv
+import envs.tabular  # noqa: F401 (registers the book's small worlds)
+from envs.vector import EnvSpec, RunningMeanStd, VecEnv, is_discrete_tuple
 from envs.video import VIDEO_FPS, RenderingUnavailable, rendering_hint, write_video
 from envs.video import frame_skip as video_frame_skip
 
@@ -110,6 +110,11 @@ def check_env_support(env_id: str, algo: str, action_spaces: tuple[str, ...], ob
     if kind not in action_spaces:
         raise ValueError(f"{algo} needs {' or '.join(action_spaces)} actions; {env_id} has {kind} actions")
     if observation not in observations:
+        if observations == ("discrete",):
+            raise ValueError(
+                f"{algo} is a tabular method: it needs a finite state set (FrozenLake-v1, CliffWalking-v1, Taxi-v4, "
+                f"Blackjack-v1, rlgrid/...), and {env_id} has {observation} observations"
+            )
         if observation == "image":
             raise ValueError(
                 f"{algo} has no CNN for the image observations of {env_id} "
@@ -120,10 +125,7 @@ def check_env_support(env_id: str, algo: str, action_spaces: tuple[str, ...], ob
                 f"{algo} has no network for the finite state set of {env_id} (a state number, not features): use a tabular "
                 "method (sarsa, q_learning, expected_sarsa, mc_control, td0, mc_prediction, value_iteration, ...)"
             )
-        raise ValueError(
-            f"{algo} is a tabular method: it needs a finite state set (FrozenLake-v1, CliffWalking-v1, Taxi-v4, "
-            f"Blackjack-v1, rlgrid/...), and {env_id} has {observation} observations"
-        )
+        raise ValueError(f"{algo} has no network for the {observation} observations of {env_id}")
 
 
 def validate_env_id(env_id: str) -> None:

@@ -23,7 +23,6 @@ gymnasium's FrozenLake, CliffWalking and Taxi) into arrays; an env without one i
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -154,9 +153,6 @@ class TransitionModel:
 
 
 def _unwrapped(env_id: str, env_kwargs: dict[str, Any] | None) -> gym.Env:
-    from envs import _register_optional
-
-    _register_optional(env_id)
     return gym.make(env_id, disable_env_checker=True, **(env_kwargs or {})).unwrapped
 
 
@@ -195,28 +191,7 @@ def has_transition_model(env_id: str, env_kwargs: dict[str, Any] | None = None) 
         env.close()
 
 
-# --- finite observations -------------------------------------------------------------------------------------------
-class DiscreteTupleIndex(gym.ObservationWrapper):
-    """A Tuple of Discrete observations (Blackjack's (player sum, dealer card, usable ace)) as one Discrete index, the
-    first entry most significant, so tabular methods see a state number like any other finite env."""
-
-    def __init__(self, env: gym.Env) -> None:
-        super().__init__(env)
-        self.sizes = [int(space.n) for space in env.observation_space.spaces]
-        self.starts = [int(space.start) for space in env.observation_space.spaces]
-        self.observation_space = gym.spaces.Discrete(math.prod(self.sizes))
-
-    def observation(self, observation: tuple[int, ...]) -> int:
-        index = 0
-        for value, size, start in zip(observation, self.sizes, self.starts):
-            index = index * size + int(value) - start
-        return index
-
-
-def is_discrete_tuple(space: gym.Space) -> bool:
-    return isinstance(space, gym.spaces.Tuple) and all(isinstance(s, gym.spaces.Discrete) for s in space.spaces)
-
-
+# --- exploring starts ---------------------------------------------------------------------------------------------
 def supports_exploring_starts(env: gym.Env) -> bool:
     """Whether an episode can be started in any state: the env keeps its state in toy-text's integer `s` and has a model
     (gymnasium's FrozenLake, CliffWalking, Taxi, and the book's worlds here)."""

@@ -21,6 +21,7 @@ are made and stepped (`_make_copies`, `_step_copies`, ...); this module knows no
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,27 @@ import gymnasium as gym
 import numpy as np
 
 from envs.state import get_env_state, set_env_state
-from envs.tabular import DiscreteTupleIndex, is_discrete_tuple
+
+
+class DiscreteTupleIndex(gym.ObservationWrapper):
+    """A Tuple of Discrete observations (Blackjack's (player sum, dealer card, usable ace)) as one Discrete index, the
+    first entry most significant, so tabular methods see a state number like any other finite env."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.sizes = [int(space.n) for space in env.observation_space.spaces]
+        self.starts = [int(space.start) for space in env.observation_space.spaces]
+        self.observation_space = gym.spaces.Discrete(math.prod(self.sizes))
+
+    def observation(self, observation: tuple[int, ...]) -> int:
+        index = 0
+        for value, size, start in zip(observation, self.sizes, self.starts):
+            index = index * size + int(value) - start
+        return index
+
+
+def is_discrete_tuple(space: gym.Space) -> bool:
+    return isinstance(space, gym.spaces.Tuple) and all(isinstance(s, gym.spaces.Discrete) for s in space.spaces)
 
 
 class RunningMeanStd:
@@ -164,7 +185,7 @@ class VecEnv:
             copies[0].close()
             kwargs.update(render_kwargs(str(copies[0].spec.entry_point if copies[0].spec else "")))
             copies[0] = gym.make(self.spec.env_id, disable_env_checker=True, **kwargs)
-        if is_discrete_tuple(copies[0].observation_space):  # Blackjack: one state index (envs.tabular)
+        if is_discrete_tuple(copies[0].observation_space):  # Blackjack: one state index
             copies = [DiscreteTupleIndex(env) for env in copies]
         return copies
 

@@ -190,3 +190,13 @@ def test_the_equiprobable_policy_values_match_the_book_random_walk():
     values = policy_value(model, uniform_policy(model), 1.0)
     assert np.allclose(values, [0, 1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 0])
     assert model.live.tolist() == [False, True, True, True, True, True, False]
+
+
+def test_blackjacks_tuple_observation_is_one_state_index_in_the_vector_env():
+    from envs import make_vec_env
+
+    envs, obs = make_vec_env("Blackjack-v1", 1, seed=3)
+    raw = envs.envs[0].unwrapped._get_obs()  # (player sum 4-31, dealer card 1-10, usable ace 0/1)
+    assert envs.single_observation_space.n == 32 * 11 * 2
+    assert obs[0] == (raw[0] * 11 + raw[1]) * 2 + raw[2]
+    envs.close()
