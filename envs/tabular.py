@@ -41,16 +41,36 @@ Transition = tuple[float, int, float, bool]
 
 
 class TabularEnv(gym.Env):
-    """A finite MDP given by its model `P`, stepped like gymnasium's toy-text envs (integer observations)."""
+    """A finite MDP given by its model `P`, stepped like gymnasium's toy-text envs (integer observations). Its states
+    are the cells of a `shape` grid, row by row; `rgb_array` rendering draws them (dark: terminal, red: the agent)."""
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
+    CELL = 32  # pixels per cell
 
-    def __init__(self, P: dict[int, dict[int, list[Transition]]], initial: np.ndarray) -> None:  # noqa: N803 (toy-text's name)
+    def __init__(
+        self,
+        P: dict[int, dict[int, list[Transition]]],  # noqa: N803 (toy-text's name)
+        initial: np.ndarray,
+        shape: tuple[int, int],
+        terminal: frozenset[int] = frozenset(),
+        render_mode: str | None = None,
+    ) -> None:
         self.P = P
         self.initial_state_distrib = initial
+        self.shape, self.terminal, self.render_mode = shape, terminal, render_mode
         self.observation_space = gym.spaces.Discrete(len(P))
         self.action_space = gym.spaces.Discrete(len(P[0]))
         self.s = 0
+
+    def render(self) -> np.ndarray:
+        """The grid as RGB uint8 (rows * 32, columns * 32, 3)."""
+        rows, cols = self.shape
+        colours = np.full((rows * cols, 3), 235, np.uint8)
+        colours[list(self.terminal)] = 90
+        colours[self.s] = (200, 40, 40)
+        image = colours.reshape(rows, cols, 3).repeat(self.CELL, 0).repeat(self.CELL, 1)
+        image[:: self.CELL], image[:, :: self.CELL] = 0, 0  # grid lines
+        return image
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
         super().reset(seed=seed)
@@ -82,7 +102,7 @@ def _grid_model(size: int, outcome: Any) -> dict[int, dict[int, list[Transition]
     return P
 
 
-def gridworld_4x4() -> TabularEnv:
+def gridworld_4x4(render_mode: str | None = None) -> TabularEnv:
     terminal = {0, 15}
 
     def outcome(row: int, col: int, r: int, c: int, off: bool) -> tuple[int, float, bool] | None:
@@ -91,10 +111,10 @@ def gridworld_4x4() -> TabularEnv:
         return r * 4 + c, -1.0, r * 4 + c in terminal
 
     initial = np.array([0.0 if s in terminal else 1.0 for s in range(16)])
-    return TabularEnv(_grid_model(4, outcome), initial / initial.sum())
+    return TabularEnv(_grid_model(4, outcome), initial / initial.sum(), (4, 4), frozenset(terminal), render_mode)
 
 
-def gridworld_5x5() -> TabularEnv:
+def gridworld_5x5(render_mode: str | None = None) -> TabularEnv:
     def outcome(row: int, col: int, r: int, c: int, off: bool) -> tuple[int, float, bool]:
         if (row, col) == (0, 1):
             return 4 * 5 + 1, 10.0, False  # A -> A'
@@ -102,17 +122,17 @@ def gridworld_5x5() -> TabularEnv:
             return 2 * 5 + 3, 5.0, False  # B -> B'
         return r * 5 + c, -1.0 if off else 0.0, False
 
-    return TabularEnv(_grid_model(5, outcome), np.full(25, 1 / 25))
+    return TabularEnv(_grid_model(5, outcome), np.full(25, 1 / 25), (5, 5), render_mode=render_mode)
 
 
-def random_walk() -> TabularEnv:
+def random_walk(render_mode: str | None = None) -> TabularEnv:
     P: dict[int, dict[int, list[Transition]]] = {}  # noqa: N806
     for s in range(7):
         if s in (0, 6):
             P[s] = {a: [(1.0, s, 0.0, True)] for a in (0, 1)}
         else:
             P[s] = {a: [(1.0, s + step, 1.0 if s + step == 6 else 0.0, s + step in (0, 6))] for a, step in ((0, -1), (1, 1))}
-    return TabularEnv(P, np.eye(7)[3])
+    return TabularEnv(P, np.eye(7)[3], (1, 7), frozenset({0, 6}), render_mode)
 
 
 FROZEN_LAKE = "gymnasium.envs.toy_text.frozen_lake:FrozenLakeEnv"

@@ -200,3 +200,18 @@ def test_blackjacks_tuple_observation_is_one_state_index_in_the_vector_env():
     assert envs.single_observation_space.n == 32 * 11 * 2
     assert obs[0] == (raw[0] * 11 + raw[1]) * 2 + raw[2]
     envs.close()
+
+
+def test_the_books_worlds_render_their_grid_for_videos():
+    import gymnasium as gym
+
+    from envs import check_rendering
+
+    env = gym.make(GRIDWORLD_4X4, render_mode="rgb_array")
+    state, _ = env.reset(seed=0)
+    frame = env.render()
+    assert frame.shape == (128, 128, 3) and frame.dtype == np.uint8
+    row, col = divmod(state, 4)
+    assert frame[row * 32 + 16, col * 32 + 16].tolist() == [200, 40, 40]  # the agent
+    assert frame[16, 16].tolist() == [90, 90, 90]  # terminal corner
+    check_rendering(RANDOM_WALK)  # raises RenderingUnavailable if a frame cannot be made and encoded
