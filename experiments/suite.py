@@ -114,13 +114,11 @@ def check_algo_envs(algo: str, value: Any, env_ids: list[Any], valid_envs: list[
         elif env_id not in env_ids:
             try:
                 validate_env_id(env_id)
-                reason = "is not one of the top-level env_ids"
-            except ValueError as exc:
-                reason = f"is not one of the top-level env_ids, and {exc}"
+                what = f"{env_id!r} is not one of the top-level env_ids"
+            except ValueError:
+                what = f"unknown environment id {env_id!r}, and not one of the top-level env_ids"
             listed = ", ".join(map(str, env_ids))
-            problems.append(
-                f"{where}[{i}]: {env_id!r} {reason}{suggest(env_id, [str(e) for e in env_ids])}; they are: {listed}"
-            )
+            problems.append(f"{where}[{i}]: {what}{suggest(env_id, [str(e) for e in env_ids])}: {listed}")
         else:
             chosen.add(env_id)
     return [env_id for env_id in valid_envs if env_id in chosen]
