@@ -32,7 +32,10 @@ ANY_METHOD_COLOR = (0.35, 0.35, 0.35)  # reference lines that hold for every met
 METRIC_LABELS = {
     "eval/episodic_return": "evaluation return (deterministic policy)",
     "charts/episodic_return": "training episode return",
+    "eval/value_rmse": "RMS error of the value estimate\n(lower is better)",
 }
+X_AXES = ("steps", "episodes")
+X_LABELS = {"steps": "environment steps", "episodes": "training episodes"}
 
 
 def method_colors(methods: list[str] | pd.Series) -> Colors:
@@ -101,6 +104,23 @@ def reference_lines(verdicts: pd.DataFrame, protocols: list[str] | tuple[str, ..
     return pd.DataFrame(out, columns=columns).drop_duplicates(["env_id", "label"], ignore_index=True)
 
 
+def episodes_axis(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The rows of `metric` with `step` replaced by the number of training episodes the run had finished by then
+    (its `charts/episodic_return` rows at or before that step): the x-axis of the book's tabular figures, where methods
+    whose episodes differ in length would not line up on environment steps. For `charts/episodic_return` itself this
+    numbers a run's episodes 1, 2, 3, ... (one env copy)."""
+    rows = frame[frame["metric"] == metric].sort_values(["run_id", "step"], kind="stable")
+    if metric == "charts/episodic_return":
+        return rows.assign(step=rows.groupby("run_id").cumcount() + 1)
+    ends = frame[frame["metric"] == "charts/episodic_return"]
+    ends_of = {run_id: np.sort(run["step"].to_numpy()) for run_id, run in ends.groupby("run_id")}
+    counts = [
+        np.searchsorted(ends_of.get(run_id, np.zeros(0, np.int64)), run["step"].to_numpy(), side="right")
+        for run_id, run in rows.groupby("run_id", sort=False)
+    ]
+    return rows.assign(step=np.concatenate(counts) if counts else rows["step"])
+
+
 def plot_learning_curves(
     frame: pd.DataFrame,
     metric: str = "eval/episodic_return",
@@ -110,13 +130,17 @@ def plot_learning_curves(
     smooth: int = 1,
     references: pd.DataFrame | None = None,
     colors: Colors | None = None,
+    x_axis: str = "steps",
 ) -> plt.Figure:
     """One panel per env: mean over seeds and a 95% bootstrap band, on a common step grid (interpolated).
 
     `smooth` > 1 replaces each run's values by the mean of its last `smooth` values (training episodes) before
     interpolating; the y label says so. `references` (`reference_lines`) are drawn as labelled dashed lines in the
-    colour of their method (grey where they hold for every method)."""
-    rows = frame[frame["metric"] == metric].copy()
+    colour of their method (grey where they hold for every method). `x_axis` "episodes" draws against the number of
+    training episodes finished (`episodes_axis`) instead of environment steps."""
+    if x_axis not in X_AXES:
+        raise ValueError(f"x_axis must be one of {', '.join(X_AXES)}, got {x_axis!r}")
+    rows = episodes_axis(frame, metric) if x_axis == "episodes" else frame[frame["metric"] == metric].copy()
     rows["method"] = [method_name(a, v) for a, v in zip(rows["algo"], rows["variant"])]
     colors = colors or method_colors(rows["method"])
     envs = sorted(rows["env_id"].unique())
@@ -153,7 +177,7 @@ def plot_learning_curves(
             for _, ref in references[references["env_id"] == env_id].iterrows():
                 color = colors.get(ref["method"], ANY_METHOD_COLOR) if ref["method"] else ANY_METHOD_COLOR
                 ax.axhline(ref["value"], color=color, linestyle="--", linewidth=1.1, alpha=0.9, label=ref["label"])
-        ax.set(title=env_id, xlabel="environment steps", ylabel=ylabel)
+        ax.set(title=env_id, xlabel=X_LABELS[x_axis], ylabel=ylabel)
         steps_axis(ax.xaxis)
         plain_axis(ax.yaxis)
         widen_if_flat(ax, "y")
@@ -268,10 +292,11 @@ def variant_comparison(
     reps: int = 2000,
     seed: int = 0,
     colors: Colors | None = None,
+    name: str = "variant_comparison",
 ) -> list[Path]:
     """Hyperparameter variants side by side: a row of panels per algorithm that has several variants, a panel
-    per env; each variant's per-seed final scores (dots) and their mean with a 95% bootstrap CI (bar).
-    Returns no files when no algorithm has more than one variant."""
+    per env; each variant's per-seed final scores (dots) and their mean with a 95% bootstrap CI (bar), the x label
+    `column`. Saved as `name`; returns no files when no algorithm has more than one variant."""
     algos = sorted(a for a, group in scores.groupby("algo") if group["variant"].nunique() > 1)
     if not algos:
         return []
@@ -299,4 +324,4 @@ def variant_comparison(
             plain_axis(ax.xaxis)
             widen_if_flat(ax, "x")
     fig.tight_layout()
-    return save(fig, out_dir, "variant_comparison")
+    return save(fig, out_dir, name)

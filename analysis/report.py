@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 
 from analysis import figures
+from analysis.figures import X_AXES
 from analysis.load import find_videos, load_runs, load_wandb
-from analysis.scores import CELL_KEYS, PROTOCOLS, env_bounds, eval_curves, normalize_by_bounds, per_run_scores
+from analysis.scores import CELL_KEYS, PROTOCOLS, RUN_KEYS, env_bounds, eval_curves, normalize_by_bounds, per_run_scores
 from analysis.stats import aggregate_table, method_name, performance_profiles, probability_of_improvement, sample_efficiency
 from analysis.verdicts import SOURCES, bootstrap_ci, compare_to_references, eval_max_ci
 
@@ -31,6 +32,8 @@ METRIC_OF = {
     "eval-max": "eval/episodic_return",
     "train-last100": "charts/episodic_return",
 }
+VALUE_ERROR = "eval/value_rmse"  # tabular methods: RMS error of the value estimate against the exact values
+MAX_DEFAULT_PAIRS = 6  # probability of improvement for every pair of up to this many methods sharing their envs
 
 
 @dataclass(frozen=True)
@@ -39,10 +42,12 @@ class ReportOptions:
     last_n: int = 10  # evaluations averaged by eval-last
     references: tuple[str, ...] = ("auto",)  # shipped source names, CSV paths; "auto": every shipped source
     normalize: str = "none"  # none, human, d4rl, TABLE:LOW_ALGO:HIGH_ALGO
-    pairs: tuple[tuple[str, str], ...] = ()  # probability of improvement; empty: every pair of methods (up to 6)
+    pairs: tuple[tuple[str, str], ...] = ()  # probability of improvement; empty: every pair of methods run on the same
+    # envs, where up to MAX_DEFAULT_PAIRS methods share them
     reps: int = 2000  # bootstrap resamples
     seed: int = 0
     smooth: int = 20  # training-return curves: each run's rolling mean over this many episodes
+    x_axis: str = "steps"  # learning curves against environment steps, or training episodes (the tabular books' axis)
 
 
 @dataclass
@@ -152,6 +157,76 @@ def _show_verdicts(table: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def value_error_table(frame: pd.DataFrame, reps: int, seed: int) -> pd.DataFrame:
+    """One row per cell that logs `eval/value_rmse`: the RMS error of the value estimate at each run's last evaluation,
+    as the seed mean with a 95% bootstrap CI and the std over seeds, after how many steps and training episodes."""
+    rows = frame[frame["metric"] == VALUE_ERROR].sort_values([*RUN_KEYS, "step"], kind="stable")
+    last = rows.groupby(RUN_KEYS, as_index=False).tail(1)
+    episodes = frame[frame["metric"] == "charts/episodic_return"].groupby("run_id").size()
+    out = []
+    for cell, group in last.groupby(CELL_KEYS):
+        values = group["value"].to_numpy(float)
+        low, high = bootstrap_ci(values, reps, seed)
+        counts = group["run_id"].map(episodes).fillna(0).astype(int)
+        out.append(
+            {
+                "method": method_name(cell[1], cell[2]),
+                "env_id": cell[3],
+                "suite": cell[0],
+                "seeds": len(values),
+                "steps": int(group["step"].max()),
+                "episodes_min": int(counts.min()),
+                "episodes_max": int(counts.max()),
+                "value_rmse": values.mean(),
+                "ci_low": low,
+                "ci_high": high,
+                "std": values.std(ddof=1) if len(values) > 1 else np.nan,
+            }
+        )
+    return pd.DataFrame(out).sort_values(["env_id", "value_rmse"], ignore_index=True)
+
+
+def _show_value_errors(table: pd.DataFrame) -> pd.DataFrame:
+    episodes = [f"{a:,}" if a == b else f"{a:,}-{b:,}" for a, b in zip(table["episodes_min"], table["episodes_max"])]
+    return pd.DataFrame(
+        {
+            "method": table["method"],
+            "env": table["env_id"],
+            "seeds": table["seeds"],
+            "episodes": episodes,
+            "final value RMSE": table["value_rmse"].map(lambda x: fmt(x, 4)),
+            "95% CI": [f"[{fmt(a, 4)}, {fmt(b, 4)}]" for a, b in zip(table["ci_low"], table["ci_high"])],
+            "std": table["std"].map(lambda x: fmt(x, 4)),
+        }
+    )
+
+
+def method_envs(scores: pd.DataFrame) -> dict[str, frozenset[str]]:
+    """{method: the envs it was run on}."""
+    return {
+        method_name(algo, variant): frozenset(group["env_id"])
+        for (algo, variant), group in scores.groupby(["algo", "variant"], sort=True)
+    }
+
+
+def default_pairs(envs_of: dict[str, frozenset[str]]) -> tuple[list[tuple[str, str]], list[str]]:
+    """Every pair of methods run on the same envs (P(X > Y) compares them env by env), within each group of 2 to
+    MAX_DEFAULT_PAIRS such methods; and a note for each larger group, whose pairs are left to --pair."""
+    groups: dict[frozenset[str], list[str]] = {}
+    for method, envs in sorted(envs_of.items()):
+        groups.setdefault(envs, []).append(method)
+    pairs, notes = [], []
+    for envs, methods in sorted(groups.items(), key=lambda item: sorted(item[0])):
+        if 2 <= len(methods) <= MAX_DEFAULT_PAIRS:
+            pairs += list(itertools.combinations(methods, 2))
+        elif len(methods) > MAX_DEFAULT_PAIRS:
+            notes.append(
+                f"Probability of improvement not drawn for the {len(methods)} methods run on {', '.join(sorted(envs))}: "
+                f"every pair is drawn for at most {MAX_DEFAULT_PAIRS} methods; name the pairs you want with --pair X,Y."
+            )
+    return pairs, notes
+
+
 def tau_grid(values: pd.Series | np.ndarray, points: int = 50) -> np.ndarray:
     """Thresholds of a performance profile: the scores' range and 5% either side (the profile starts at 1 and ends
     at 0); scores without spread (every seed scored 500) get 5% of their value either side."""
@@ -161,32 +236,55 @@ def tau_grid(values: pd.Series | np.ndarray, points: int = 50) -> np.ndarray:
     return np.linspace(low - pad, high + pad, points)
 
 
+def _ranking(cell: pd.DataFrame, column: str, higher_is_better: bool, digits: int) -> tuple[str, str]:
+    """The methods of one env ranked by `column` (best first) with their CIs, and whether the best one's 95% CI clears
+    the others'."""
+    ranked = cell.sort_values(column, ascending=not higher_is_better, kind="stable")
+    best, others = ranked.iloc[0], ranked.iloc[1:]
+    listing = ", ".join(
+        f"{method} {fmt(value, digits)} [{fmt(low, digits)}, {fmt(high, digits)}]"
+        for method, value, low, high in zip(ranked["method"], ranked[column], ranked["ci_low"], ranked["ci_high"])
+    )
+    tied = others[others[column] == best[column]]
+    if higher_is_better:
+        overlapping, word, side = others[others["ci_high"] >= best["ci_low"]], "scores highest", "above"
+    else:
+        overlapping, word, side = others[others["ci_low"] <= best["ci_high"]], "has the lowest error", "below"
+    if len(tied):
+        reading = f"{' and '.join([best['method'], *tied['method']])} tie"
+    elif overlapping.empty:
+        reading = f"{best['method']} {word}, and its 95% CI lies {side} every other method's"
+    else:
+        names = ", ".join(overlapping["method"])
+        seeds = int(cell["seeds"].min())
+        reading = f"{best['method']} {word}, but its 95% CI overlaps that of {names}: not separated with {seeds} seeds"
+    return listing, reading
+
+
 def comparison_summary(
-    scores: pd.DataFrame, improvement: pd.DataFrame | None, verdicts: pd.DataFrame, protocol: str
+    scores: pd.DataFrame,
+    improvement: pd.DataFrame | None,
+    verdicts: pd.DataFrame,
+    protocol: str,
+    value_errors: pd.DataFrame | None = None,
 ) -> list[str]:
     """The comparison in sentences, the loser named as plainly as the winner: per env the methods ranked by score with
-    whether the best one's 95% CI clears the others', each probability of improvement read against 0.5, and per
-    method its reference verdicts (any `below` spelled out)."""
+    whether the best one's 95% CI clears the others', the same for the final value error where runs log one (lowest
+    first), each probability of improvement read against 0.5, and per method its reference verdicts (any `below`
+    spelled out)."""
     lines = []
     for env_id, cell in scores.groupby("env_id"):
         if cell["method"].nunique() < 2:
             continue
-        ranked = cell.sort_values("score", ascending=False, kind="stable")
-        best, others = ranked.iloc[0], ranked.iloc[1:]
-        listing = ", ".join(f"{r.method} {fmt(r.score)} [{fmt(r.ci_low)}, {fmt(r.ci_high)}]" for r in ranked.itertuples())
-        tied = others[others["score"] == best["score"]]
-        overlapping = others[others["ci_high"] >= best["ci_low"]]
-        if len(tied):
-            reading = f"{' and '.join([best['method'], *tied['method']])} tie"
-        elif overlapping.empty:
-            reading = f"{best['method']} scores highest, and its 95% CI lies above every other method's"
-        else:
-            names = ", ".join(overlapping["method"])
-            reading = (
-                f"{best['method']} scores highest, but its 95% CI overlaps that of {names}: "
-                f"not separated with {int(cell['seeds'].min())} seeds"
-            )
+        listing, reading = _ranking(cell, "score", True, 1)
         lines.append(f"{env_id} ({protocol}, mean [95% CI]): {listing}. {reading}.")
+    for env_id, cell in value_errors.groupby("env_id") if value_errors is not None else []:
+        if cell["method"].nunique() < 2:
+            continue
+        listing, reading = _ranking(cell, "value_rmse", False, 4)
+        lines.append(
+            f"{env_id} (RMS error of the value estimate at the last evaluation, mean [95% CI]): {listing}. {reading}."
+        )
     if improvement is not None:
         for _, row in improvement.iterrows():
             x, y, p, low, high = row["X"], row["Y"], row["P(X > Y)"], row["low"], row["high"]
@@ -236,6 +334,10 @@ def build_report(frame: pd.DataFrame, out_dir: str | Path, options: ReportOption
     log(f"scores: {len(scores)} runs, {len(methods)} methods x {len(env_ids)} envs, protocol {options.protocol}")
     report.tables["scores"] = score_table(frame, scores, options.protocol, normalized, options.reps, options.seed)
     report.shown["scores"] = _show_scores(report.tables["scores"])
+    has_value_error = frame["metric"].eq(VALUE_ERROR).any()
+    if has_value_error:
+        report.tables["value_error"] = value_error_table(frame[frame["env_id"].isin(env_ids)], options.reps, options.seed)
+        report.shown["value_error"] = _show_value_errors(report.tables["value_error"])
 
     log(f"aggregates: stratified bootstrap, {options.reps} resamples")
     if pooled:
@@ -256,7 +358,18 @@ def build_report(frame: pd.DataFrame, out_dir: str | Path, options: ReportOption
     report.tables["aggregates"] = aggregates
     report.shown["aggregates"] = _show_aggregates(aggregates, 3 if normalized else 1)
 
-    pairs = list(options.pairs) or (list(itertools.combinations(methods, 2)) if 2 <= len(methods) <= 6 else [])
+    envs_of = method_envs(scores)
+    for x, y in options.pairs:
+        if envs_of[x] != envs_of[y]:
+            raise ValueError(
+                f"--pair {x},{y}: {x} ran on {', '.join(sorted(envs_of[x]))} and {y} on {', '.join(sorted(envs_of[y]))}; "
+                "P(X > Y) compares two methods env by env, so they need the same envs"
+            )
+    if options.pairs:
+        pairs = list(options.pairs)
+    else:
+        pairs, skipped = default_pairs(envs_of)
+        report.notes.extend(skipped)
     if pairs:
         try:
             improvement = probability_of_improvement(scores, pairs, column, options.reps, options.seed)
@@ -284,7 +397,11 @@ def build_report(frame: pd.DataFrame, out_dir: str | Path, options: ReportOption
             report.shown["reference_verdicts"] = _show_verdicts(verdicts)
 
     report.summary = comparison_summary(
-        report.tables["scores"], report.tables.get("probability_of_improvement"), verdicts, options.protocol
+        report.tables["scores"],
+        report.tables.get("probability_of_improvement"),
+        verdicts,
+        options.protocol,
+        report.tables.get("value_error"),
     )
 
     log("figures")
@@ -300,6 +417,7 @@ def build_report(frame: pd.DataFrame, out_dir: str | Path, options: ReportOption
         smooth=options.smooth if metric == "charts/episodic_return" else 1,
         references=figures.reference_lines(verdicts, protocols_of(metric)),
         colors=colors,
+        x_axis=options.x_axis,
     )
     training = "charts/episodic_return"
     if metric != training and frame["metric"].eq(training).any():  # CleanRL's view, where its references belong
@@ -313,7 +431,25 @@ def build_report(frame: pd.DataFrame, out_dir: str | Path, options: ReportOption
             smooth=options.smooth,
             references=figures.reference_lines(verdicts, protocols_of(training)),
             colors=colors,
+            x_axis=options.x_axis,
         )
+    if has_value_error:
+        report.figures["value_error_curves"] = figures.learning_curves(
+            frame[frame["env_id"].isin(env_ids)],
+            figure_dir,
+            VALUE_ERROR,
+            name="value_error_curves",
+            reps=options.reps // 2,
+            seed=options.seed,
+            colors=colors,
+            x_axis=options.x_axis,
+        )
+        if options.x_axis == "steps":
+            report.notes.append(
+                "The learning curves are drawn against environment steps; Sutton & Barto's tabular figures count "
+                "episodes, and methods whose episodes differ in length do not line up on steps: --x-axis episodes "
+                "draws every learning curve against the number of training episodes finished."
+            )
     report.figures["aggregate_intervals"] = figures.aggregate_intervals(aggregates, figure_dir, colors)
     if "probability_of_improvement" in report.tables:
         report.figures["probability_of_improvement"] = figures.improvement_plot(
@@ -345,6 +481,15 @@ def build_report(frame: pd.DataFrame, out_dir: str | Path, options: ReportOption
     variants = figures.variant_comparison(scores, figure_dir, column, options.reps, options.seed, colors)
     if variants:
         report.figures["variant_comparison"] = variants
+    if has_value_error:
+        values = frame[(frame["metric"] == VALUE_ERROR) & frame["env_id"].isin(env_ids)]
+        last = values.sort_values([*RUN_KEYS, "step"], kind="stable").groupby(RUN_KEYS, as_index=False).tail(1)
+        label = "final value RMS error (lower is better)"
+        variants = figures.variant_comparison(
+            last.rename(columns={"value": label}), figure_dir, label, options.reps, options.seed, colors, "variant_value_error"
+        )
+        if variants:
+            report.figures["variant_value_error"] = variants
     return report
 
 
@@ -383,6 +528,8 @@ def text_table(table: pd.DataFrame, max_width: int = 48) -> str:
 TITLES = {
     "scores": "Scores per cell",
     "reference_verdicts": "Reference comparison",
+    "value_error": "Final value error per cell (RMS error of the value estimate at each run's last evaluation, "
+    "against the exact values; lower is better; mean over seeds, 95% bootstrap CI)",
     "aggregates": "Aggregates (rliable, 95% stratified bootstrap CIs)",
     "probability_of_improvement": "Probability of improvement",
     "best_trials": "Best trials (tuning)",
@@ -392,11 +539,15 @@ FIGURE_TITLES = {
     "learning_curves": "Learning curves (mean over seeds, 95% bootstrap band; dashed: published reference scores)",
     "training_curves": "Training returns (smoothed per run as the axis says; mean over seeds, 95% bootstrap band; "
     "dashed: published reference scores)",
+    "value_error_curves": "Value error (RMS error of the value estimate against the exact values, over the states an "
+    "episode can be in: v_pi of the evaluated policy for prediction, v_* for control, where max_a Q of Sarsa and Expected "
+    "SARSA approaches the epsilon-greedy policy's values instead; lower is better; mean over seeds, 95% bootstrap band)",
     "aggregate_intervals": "Aggregate intervals",
     "performance_profiles": "Performance profiles (fraction of runs above each score, 95% bootstrap band)",
     "sample_efficiency": "Sample efficiency (IQM over runs and envs)",
     "probability_of_improvement": "Probability of improvement",
     "variant_comparison": "Hyperparameter variants",
+    "variant_value_error": "Hyperparameter variants: final value error (each run's last evaluation; lower is better)",
     "optimization_history": "Optimisation history",
     "intermediate_values": "Intermediate values (what the pruner saw)",
     "param_importances": "Parameter importances (fANOVA)",
@@ -542,6 +693,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="EPISODES",
         help="training-return curves: each run's rolling mean over this many episodes (default 20; 1: raw)",
     )
+    parser.add_argument(
+        "--x-axis",
+        choices=X_AXES,
+        default="steps",
+        help="x-axis of the learning curves: environment steps (default) or training episodes finished (the axis of "
+        "Sutton & Barto's tabular figures)",
+    )
     parser.add_argument("--wandb-project", default=None, help="also load the runs of this W&B project (needs network)")
     parser.add_argument("--wandb-entity", default=None)
     parser.add_argument("--wandb-group", default=None)
@@ -581,7 +739,7 @@ def options_from_args(args: argparse.Namespace) -> ReportOptions:
     if problems:
         raise ValueError("\n  ".join(["bad report options:", *problems]))
     return ReportOptions(
-        args.protocol, args.last_n, references, args.normalize, tuple(pairs), args.reps, args.seed, args.smooth
+        args.protocol, args.last_n, references, args.normalize, tuple(pairs), args.reps, args.seed, args.smooth, args.x_axis
     )
 
 
@@ -627,6 +785,8 @@ def main(argv: list[str]) -> int:
         report.videos = find_videos(args.runs)
     write_report(report)
     print(f"\n{TITLES['scores']} ({options.protocol})\n{text_table(report.shown['scores'])}")
+    if "value_error" in report.shown:
+        print(f"\nFinal value error (RMS, lower is better)\n{text_table(report.shown['value_error'])}")
     if report.summary:
         print("\nSummary\n" + "\n".join(f"- {line}" for line in report.summary))
     if "reference_verdicts" in report.shown:
