@@ -193,7 +193,7 @@ def test_smoke_run_on_images_with_the_cnn_torso(algo):
 
 
 @pytest.mark.minatar
-@pytest.mark.parametrize("algo", [a for a in ALGOS if a not in IMAGE_ALGOS and "discrete" in supported(a)])
+@pytest.mark.parametrize("algo", [a for a in ALGOS if a not in IMAGE_ALGOS + TABULAR_ALGOS and "discrete" in supported(a)])
 def test_an_algorithm_without_a_cnn_refuses_image_observations_before_it_starts(algo):
     """(The continuous-action-only ones are refused MinAtar by the action check already.)"""
     with pytest.raises(ValueError, match="no CNN"):
