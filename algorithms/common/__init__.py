@@ -4,7 +4,7 @@
   checkpoints, loggers, the command line of an algorithm file (cli.py), on-policy rollout storage and replay memories;
 - networks and maths used by two or more algorithms: networks.py (actor-critic MLPs, Q ensembles, target updates),
   torsos.py (CNNs for images), distributions.py (Gaussian and categorical policies), policy_gradient.py (GAE, the
-  A2C loss).
+  A2C loss), tabular.py (Bellman backups through an env's model, exact values, tables, epsilon-greedy acting).
 
 Nothing here imports an algorithm file or the runner.
 """
