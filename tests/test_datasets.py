@@ -1,0 +1,154 @@
+"""Offline datasets: a Minari dataset and a D4RL HDF5 file holding the same episodes load as the same transitions, with
+terminals and timeouts kept apart; datasets that are not on the machine are refused clearly."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from envs.datasets import DatasetNotFound, load_d4rl_hdf5, load_dataset, load_minari
+
+minari = pytest.importorskip("minari")
+h5py = pytest.importorskip("h5py")
+pytestmark = pytest.mark.mujoco
+
+DATASET_ID = "rlgrid/hopper/random-test-v0"
+REF_MIN, REF_MAX = -20.0, 3234.3
+
+
+def hopper_episodes(count: int = 6, limit: int = 40, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Random-action Hopper episodes cut at `limit` steps: some fall (terminated), some are cut (truncated)."""
+    env = gym.make("Hopper-v5", max_episode_steps=limit)
+    env.action_space.seed(seed)
+    episodes = []
+    for i in range(count):
+        obs, _ = env.reset(seed=seed + i)
+        observations, actions, rewards, terminations, truncations = [obs], [], [], [], []
+        while True:
+            action = env.action_space.sample() * (0.2 if i % 2 else 1.0)  # gentle pushes survive to the time limit
+            obs, reward, terminated, truncated, _ = env.step(action)
+            observations.append(obs)
+            actions.append(action)
+            rewards.append(reward)
+            terminations.append(terminated)
+            truncations.append(truncated)
+            if terminated or truncated:
+                break
+        episodes.append(
+            {
+                "observations": np.array(observations, np.float32),
+                "actions": np.array(actions, np.float32),
+                "rewards": np.array(rewards),
+                "terminations": np.array(terminations),
+                "truncations": np.array(truncations),
+            }
+        )
+    env.close()
+    return episodes
+
+
+def write_minari(episodes: list[dict[str, np.ndarray]]) -> None:
+    from minari.data_collector import EpisodeBuffer
+
+    buffers = [EpisodeBuffer(id=i, seed=i, **episode) for i, episode in enumerate(episodes)]
+    minari.create_dataset_from_buffers(
+        DATASET_ID,
+        buffers,
+        env=gym.make("Hopper-v5", max_episode_steps=40),
+        algorithm_name="random",
+        author="rlgrid tests",
+        author_email="tests@example.invalid",
+        code_permalink="https://example.invalid/rlgrid",
+        description="random-action Hopper episodes cut at 40 steps",
+        eval_env="Hopper-v5",
+        ref_min_score=REF_MIN,
+        ref_max_score=REF_MAX,
+    )
+
+
+def write_d4rl(path, episodes: list[dict[str, np.ndarray]], with_next: bool = True) -> None:
+    """D4RL's flat layout: one row per step; `timeouts` marks a step where the time limit cut the episode."""
+    with h5py.File(path, "w") as file:
+        file["observations"] = np.concatenate([e["observations"][:-1] for e in episodes])
+        if with_next:
+            file["next_observations"] = np.concatenate([e["observations"][1:] for e in episodes])
+        file["actions"] = np.concatenate([e["actions"] for e in episodes])
+        file["rewards"] = np.concatenate([e["rewards"] for e in episodes]).astype(np.float32)
+        file["terminals"] = np.concatenate([e["terminations"] for e in episodes])
+        file["timeouts"] = np.concatenate([e["truncations"] for e in episodes])
+        file.attrs["env_id"] = "Hopper-v5"
+        file.attrs["ref_min_score"], file.attrs["ref_max_score"] = REF_MIN, REF_MAX
+
+
+@pytest.fixture()
+def episodes(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    episodes = hopper_episodes()
+    ends = [("terminated" if e["terminations"][-1] else "truncated") for e in episodes]
+    assert {"terminated", "truncated"} <= set(ends), ends  # the fixture exercises both endings
+    return episodes
+
+
+FIELDS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts", "episode_starts")
+
+
+def test_a_minari_dataset_and_a_d4rl_file_of_the_same_episodes_load_identically(tmp_path, episodes):
+    write_minari(episodes)
+    write_d4rl(tmp_path / "hopper-random.hdf5", episodes)
+
+    from_minari = load_dataset(DATASET_ID)
+    from_d4rl = load_dataset(str(tmp_path / "hopper-random.hdf5"))
+
+    steps = sum(len(e["rewards"]) for e in episodes)
+    assert len(from_minari) == len(from_d4rl) == steps
+    for field in FIELDS:
+        assert np.array_equal(getattr(from_minari, field), getattr(from_d4rl, field)), field
+    assert from_minari.env_id == from_d4rl.env_id == "Hopper-v5"
+    assert (
+        (from_minari.ref_min_score, from_minari.ref_max_score)
+        == (REF_MIN, REF_MAX)
+        == (
+            from_d4rl.ref_min_score,
+            from_d4rl.ref_max_score,
+        )
+    )
+    # Terminals and timeouts apart: each episode ends in exactly one of them, at its last step.
+    assert from_minari.terminals.sum() == sum(bool(e["terminations"][-1]) for e in episodes)
+    assert from_minari.timeouts.sum() == sum(bool(e["truncations"][-1]) for e in episodes)
+    assert not (from_minari.terminals & from_minari.timeouts).any()
+    assert from_minari.num_episodes == len(episodes)
+    expected = [np.float32(e["rewards"]).astype(np.float64).sum() for e in episodes]
+    assert np.allclose(from_minari.episode_returns(), expected)
+    # Within an episode, a transition's next observation is the following transition's observation.
+    inside = ~(from_minari.terminals | from_minari.timeouts)
+    assert np.array_equal(from_minari.next_observations[inside], np.roll(from_minari.observations, -1, axis=0)[inside])
+
+
+def test_a_d4rl_file_without_next_observations_drops_the_steps_cut_by_a_timeout(tmp_path, episodes):
+    write_d4rl(tmp_path / "full.hdf5", episodes)
+    write_d4rl(tmp_path / "flat.hdf5", episodes, with_next=False)
+    full, flat = load_d4rl_hdf5(tmp_path / "full.hdf5"), load_d4rl_hdf5(tmp_path / "flat.hdf5")
+
+    keep = ~full.timeouts  # their next observation is not in the file (the next row starts another episode)
+    for field in FIELDS:
+        if field != "next_observations":
+            assert np.array_equal(getattr(flat, field), getattr(full, field)[keep]), field
+    # A terminal step's next observation is never bootstrapped from; the file does not have it, so it is a placeholder.
+    live = ~flat.terminals
+    assert np.array_equal(flat.next_observations[live], full.next_observations[keep][live])
+    assert not flat.timeouts.any() and flat.terminals.sum() == full.terminals.sum()
+
+
+def test_a_dataset_that_is_not_here_is_refused_saying_where_it_was_looked_for(tmp_path, episodes):
+    write_minari(episodes)
+    with pytest.raises(DatasetNotFound, match="no Minari dataset 'mujoco/hopper/medium-v0' under .*minari") as error:
+        load_minari("mujoco/hopper/medium-v0")
+    assert DATASET_ID in str(error.value) and "nothing is downloaded" in str(error.value)
+    with pytest.raises(DatasetNotFound, match="no D4RL HDF5 file at"):
+        load_dataset(str(tmp_path / "hopper-medium-v2.hdf5"))
+    (tmp_path / "other.hdf5").write_bytes(b"")
+    with h5py.File(tmp_path / "other.hdf5", "w") as file:
+        file["observations"] = np.zeros((3, 2))
+    with pytest.raises(ValueError, match="not a D4RL dataset file: it lacks actions, rewards, terminals"):
+        load_dataset(str(tmp_path / "other.hdf5"))
