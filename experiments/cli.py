@@ -368,6 +368,12 @@ def cmd_tune_report(argv: list[str]) -> int:
     return _needs_tuning(tune_report)(argv)
 
 
+def cmd_dataset(argv: list[str]) -> int:
+    from experiments.dataset_cli import cmd_dataset as dataset
+
+    return dataset(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     commands = {
@@ -377,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         "report": cmd_report,
         "tune": cmd_tune,
         "tune-report": cmd_tune_report,
+        "dataset": cmd_dataset,
     }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print(
@@ -386,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
             "\n  report  tables, figures, reference verdicts and report.html from runs (rlgrid report --help)"
             "\n  tune    Optuna search over a study file, any number of workers (rlgrid tune --help)"
             "\n  tune-report  best trials, search figures, best config as a suite (rlgrid tune-report --help)"
+            "\n  dataset  make offline datasets in the Minari format, list them, describe one (rlgrid dataset --help)"
         )
         if argv and argv[0] not in ("-h", "--help"):
             print(f"\nerror: unknown command {argv[0]!r}", file=sys.stderr)

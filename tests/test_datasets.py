@@ -152,3 +152,55 @@ def test_a_dataset_that_is_not_here_is_refused_saying_where_it_was_looked_for(tm
         file["observations"] = np.zeros((3, 2))
     with pytest.raises(ValueError, match="not a D4RL dataset file: it lacks actions, rewards, terminals"):
         load_dataset(str(tmp_path / "other.hdf5"))
+
+
+# --- rlgrid dataset --------------------------------------------------------------------------------------------
+def test_dataset_make_random_writes_what_loads_back_with_its_provenance(tmp_path, monkeypatch, capsys):
+    import json
+
+    from experiments.cli import main
+    from experiments.dataset_cli import random_episodes
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    assert main(["dataset", "make", "random", "--env-id", "Hopper-v5", "--transitions", "1500", "--seed", "4"]) == 0
+    name = "rlgrid/hopper-v5/random-v0"
+    assert name in capsys.readouterr().out
+
+    data = load_dataset(name)
+    episodes = random_episodes("Hopper-v5", 1500, seed=4)  # the same draws again
+    assert len(data) == 1500 and data.num_episodes == len(episodes)
+    assert np.array_equal(data.observations, np.concatenate([e["observations"][:-1] for e in episodes]).astype(np.float32))
+    assert np.array_equal(data.actions, np.concatenate([e["actions"] for e in episodes]).astype(np.float32))
+    assert data.timeouts[-1] and not data.timeouts[:-1].any()  # only the last episode is cut, by the transition count
+    assert data.terminals.sum() == len(episodes) - 1  # random Hopper falls well before its 1,000-step limit
+    mean_return = float(np.mean([e["rewards"].sum() for e in episodes]))
+    assert data.ref_min_score == pytest.approx(mean_return) and data.ref_max_score == 3234.3  # D4RL's Hopper expert
+    provenance = json.loads((tmp_path / "minari" / name / "provenance.json").read_text())
+    assert provenance["recipe"] == "random" and provenance["seed"] == 4 and provenance["transitions"] == 1500
+    assert provenance["versions"]["gymnasium"] and provenance["ref_max_score_source"].startswith("D4RL")
+
+    assert main(["dataset", "list"]) == 0 and name in capsys.readouterr().out
+    assert main(["dataset", "info", name]) == 0
+    info = capsys.readouterr().out
+    assert "1,500 transitions" in info and '"recipe": "random"' in info
+
+
+def test_dataset_make_refuses_bad_input_before_any_step(tmp_path, monkeypatch, capsys):
+    from experiments.cli import main
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    assert main(["dataset", "make", "random", "--env-id", "Hoper-v5", "--transitions", "10"]) == 2
+    assert "unknown environment id 'Hoper-v5'" in capsys.readouterr().err
+    assert main(["dataset", "make", "random", "--env-id", "Hopper-v5", "--transitions", "0"]) == 2
+    assert "--transitions must be >= 1" in capsys.readouterr().err
+    assert main(["dataset", "make", "random", "--env-id", "Pendulum-v1", "--transitions", "10", "--name", "a/b-v0"]) == 2
+    assert "Malformed dataset ID: a/b-v0" in capsys.readouterr().err  # Minari's rule: a namespace of 2+ characters
+    make = ["dataset", "make", "random", "--env-id", "Pendulum-v1", "--transitions", "10", "--name", "test/pendulum-v0"]
+    assert main(make) == 0
+    capsys.readouterr()
+    assert main(make) == 2
+    assert "a dataset 'test/pendulum-v0' exists" in capsys.readouterr().err
+    assert main(["dataset", "info", "test/other-v0"]) == 2
+    assert "no Minari dataset 'test/other-v0'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["dataset", "make", "expert", "--env-id", "Hopper-v5"])  # argparse: not a recipe rlgrid makes yet
