@@ -204,3 +204,33 @@ def test_dataset_make_refuses_bad_input_before_any_step(tmp_path, monkeypatch, c
     assert "no Minari dataset 'test/other-v0'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["dataset", "make", "expert", "--env-id", "Hopper-v5"])  # argparse: not a recipe rlgrid makes yet
+
+
+def test_a_minari_datasets_second_load_reads_its_flat_cache_and_a_changed_dataset_rebuilds_it(tmp_path, episodes):
+    import os
+
+    from envs.datasets import CACHE, minari_root
+
+    write_minari(episodes)
+    first = load_minari(DATASET_ID)
+    cache = minari_root() / DATASET_ID / CACHE
+    assert cache.is_file()
+    second = load_minari(DATASET_ID)
+    for field in FIELDS:
+        assert np.array_equal(getattr(first, field), getattr(second, field)), field
+    assert (second.env_id, second.ref_min_score, second.ref_max_score, second.source) == (
+        first.env_id,
+        first.ref_min_score,
+        first.ref_max_score,
+        first.source,
+    )
+    # The cache answers only for the data file it was made from: touch the data and it is rebuilt, not trusted.
+    cache.write_bytes(b"not an npz")  # a damaged cache is rebuilt too
+    assert np.array_equal(load_minari(DATASET_ID).rewards, first.rewards)
+    data = minari_root() / DATASET_ID / "data" / "main_data.hdf5"
+    os.utime(data, ns=(data.stat().st_atime_ns, data.stat().st_mtime_ns + 10**9))
+    with np.load(cache) as stale:
+        old_tag = str(stale["tag"])
+    load_minari(DATASET_ID)
+    with np.load(cache) as fresh:
+        assert str(fresh["tag"]) != old_tag
