@@ -34,7 +34,7 @@ from algorithms.common import Checkpointer, Logger, TrainResult, seed_everything
 from algorithms.common.cli import run_algorithm_cli
 from algorithms.common.config import RunConfig
 from algorithms.common.run import RunState
-from algorithms.common.tabular import optimal_value, policy_value, q_from_v, uniform_policy, value_rmse
+from algorithms.common.tabular import exact_values, q_from_v, uniform_policy, value_rmse
 from envs import check_env_support, make_vec_env
 from envs.tabular import GRIDWORLD_4X4, GRIDWORLD_5X5, TransitionModel, transition_model
 
@@ -123,10 +123,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
         V = np.zeros(S)  # noqa: N806
         pi = uniform_policy(model)
         progress = np.zeros(2)  # [pi is greedy (policy iteration), converged]
-        if cfg.method == "policy_evaluation":
-            truth = policy_value(model, pi, cfg.gamma)
-        else:
-            truth = optimal_value(model, cfg.gamma)
+        truth = exact_values(model, cfg.gamma, prediction=cfg.method == "policy_evaluation")
 
         def evaluation_policy(obs: np.ndarray) -> np.ndarray:
             states = obs.astype(np.int64)

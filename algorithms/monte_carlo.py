@@ -39,15 +39,14 @@ from algorithms.common.run import RunState
 from algorithms.common.tabular import (
     Table,
     epsilon_greedy_action,
+    exact_values,
     greedy_action,
     linear_schedule,
-    optimal_value,
-    policy_value,
-    uniform_policy,
-    value_rmse,
+    table_policy,
+    value_error_metrics,
 )
 from envs import check_env_support, make_vec_env
-from envs.tabular import RANDOM_WALK, has_transition_model, start_in, supports_exploring_starts, transition_model
+from envs.tabular import RANDOM_WALK, find_transition_model, start_in, supports_exploring_starts
 
 SMOKE = {"env_id": "FrozenLake-v1", "total_timesteps": 2000, "eval_every": 1000, "eval_episodes": 2}
 """Tiny settings for the contract tests (a finite-state env)."""
@@ -161,24 +160,14 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
         num_states, num_actions = int(envs.single_observation_space.n), envs.action_dim
         values = Table(num_states, num_actions if cfg.control else 1, cfg.initial_value)
         visits = Table(num_states, num_actions if cfg.control else 1)
-        model = transition_model(cfg.env_id) if has_transition_model(cfg.env_id) else None
+        model = find_transition_model(cfg.env_id)
         if cfg.exploring_starts and (model is None or not supports_exploring_starts(envs.envs[0])):
             raise ValueError(f"exploring_starts needs an env that can start in any state; {cfg.env_id} cannot")
         start_states = np.flatnonzero(model.live).tolist() if model is not None else []
 
         # 2. The exact values the estimates are measured against, where the env has a model.
-        eval_metrics = None
-        if model is not None:
-            truth = optimal_value(model, cfg.gamma) if cfg.control else policy_value(model, uniform_policy(model), cfg.gamma)
-
-            def eval_metrics() -> dict[str, float]:
-                estimate = values.array().max(1) if cfg.control else values.array()[:, 0]
-                return {"eval/value_rmse": value_rmse(estimate, truth, model.live)}
-
-        def evaluation_policy(obs: np.ndarray) -> np.ndarray:
-            if not cfg.control:  # the evaluated policy itself
-                return np.array([random.randrange(num_actions) for _ in obs])
-            return np.array([greedy_action(values.rows[int(s)]) for s in obs])
+        eval_metrics = value_error_metrics(model, values, exact_values(model, cfg.gamma, not cfg.control)) if model else None
+        evaluation_policy = table_policy(values, num_actions, equiprobable=not cfg.control)
 
         # 3. State: fresh, or restored from the newest checkpoint.
         saved_state = {"values": values, "visits": visits, "envs": envs}

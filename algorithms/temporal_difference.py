@@ -40,15 +40,13 @@ from algorithms.common.run import RunState
 from algorithms.common.tabular import (
     Table,
     epsilon_greedy_action,
-    greedy_action,
+    exact_values,
     linear_schedule,
-    optimal_value,
-    policy_value,
-    uniform_policy,
-    value_rmse,
+    table_policy,
+    value_error_metrics,
 )
 from envs import check_env_support, make_vec_env
-from envs.tabular import RANDOM_WALK, has_transition_model, transition_model
+from envs.tabular import RANDOM_WALK, find_transition_model
 
 SMOKE = {"env_id": "FrozenLake-v1", "total_timesteps": 2000, "eval_every": 1000, "eval_episodes": 2}
 """Tiny settings for the contract tests (a finite-state env)."""
@@ -144,19 +142,9 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
         visits = Table(num_states, 1 if prediction else num_actions)
 
         # 2. The exact values the estimates are measured against, where the env has a model.
-        eval_metrics = None
-        if has_transition_model(cfg.env_id):
-            model = transition_model(cfg.env_id)
-            truth = policy_value(model, uniform_policy(model), cfg.gamma) if prediction else optimal_value(model, cfg.gamma)
-
-            def eval_metrics() -> dict[str, float]:
-                estimate = values.array()[:, 0] if prediction else values.array().max(1)
-                return {"eval/value_rmse": value_rmse(estimate, truth, model.live)}
-
-        def evaluation_policy(obs: np.ndarray) -> np.ndarray:
-            if prediction:  # the evaluated policy itself
-                return np.array([random.randrange(num_actions) for _ in obs])
-            return np.array([greedy_action(values.rows[int(s)]) for s in obs])
+        model = find_transition_model(cfg.env_id)
+        eval_metrics = value_error_metrics(model, values, exact_values(model, cfg.gamma, prediction)) if model else None
+        evaluation_policy = table_policy(values, num_actions, equiprobable=prediction)
 
         # 3. State: fresh, or restored from the newest checkpoint (tables, env, RNGs).
         saved_state = {"values": values, "visits": visits, "envs": envs}

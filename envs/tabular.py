@@ -178,15 +178,24 @@ def _unwrapped(env_id: str, env_kwargs: dict[str, Any] | None) -> gym.Env:
 
 def transition_model(env_id: str, env_kwargs: dict[str, Any] | None = None) -> TransitionModel:
     """The model of an env that exposes toy-text's `P`; ValueError (before any compute) for one that does not."""
-    env = _unwrapped(env_id, env_kwargs)
-    P = getattr(env, "P", None)  # noqa: N806
-    if not isinstance(P, dict) or not isinstance(env.observation_space, gym.spaces.Discrete):
+    model = find_transition_model(env_id, env_kwargs)
+    if model is None:
         raise ValueError(
             f"{env_id} has no transition model (a toy-text `P` over Discrete states): the model-based methods "
             "(policy_evaluation, policy_iteration, value_iteration) need one, as FrozenLake-v1, CliffWalking-v1, Taxi-v4 "
             f"and {GRIDWORLD_4X4}, {GRIDWORLD_5X5}, {RANDOM_WALK} have; learn from experience with mc_control, sarsa, "
             "expected_sarsa or q_learning instead"
         )
+    return model
+
+
+def find_transition_model(env_id: str, env_kwargs: dict[str, Any] | None = None) -> TransitionModel | None:
+    """The model of an env that exposes toy-text's `P`, or None (Blackjack), from one build of the env."""
+    env = _unwrapped(env_id, env_kwargs)
+    P = getattr(env, "P", None)  # noqa: N806
+    if not isinstance(P, dict) or not isinstance(env.observation_space, gym.spaces.Discrete):
+        env.close()
+        return None
     S, A = int(env.observation_space.n), int(env.action_space.n)  # noqa: N806
     K = max(len(P[s][a]) for s in range(S) for a in range(A))  # noqa: N806
     next_state, done = np.zeros((S, A, K), np.int64), np.zeros((S, A, K), bool)
@@ -201,14 +210,6 @@ def transition_model(env_id: str, env_kwargs: dict[str, Any] | None = None) -> T
     live[next_state[reached]] = True
     env.close()
     return TransitionModel(next_state, prob, reward, done, initial, live)
-
-
-def has_transition_model(env_id: str, env_kwargs: dict[str, Any] | None = None) -> bool:
-    env = _unwrapped(env_id, env_kwargs)
-    try:
-        return isinstance(getattr(env, "P", None), dict) and isinstance(env.observation_space, gym.spaces.Discrete)
-    finally:
-        env.close()
 
 
 # --- exploring starts ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ prob[s, a, k] and reward[s, a, k]; done[s, a, k] ends the episode, so the next s
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import numpy as np
 
@@ -53,6 +54,11 @@ def optimal_value(model: TransitionModel, gamma: float, tolerance: float = 1e-12
     raise ValueError(f"value iteration did not converge in {max_sweeps} sweeps (gamma = {gamma})")
 
 
+def exact_values(model: TransitionModel, gamma: float, prediction: bool) -> np.ndarray:
+    """What a method's values are measured against: v_pi of the equiprobable policy (prediction), or v_* (control)."""
+    return policy_value(model, uniform_policy(model), gamma) if prediction else optimal_value(model, gamma)
+
+
 def uniform_policy(model: TransitionModel) -> np.ndarray:
     """The equiprobable random policy, (S, A): the policy the prediction methods evaluate (the book's examples)."""
     return np.full((model.num_states, model.num_actions), 1.0 / model.num_actions)
@@ -83,6 +89,24 @@ def linear_schedule(start: float, end: float | None, fraction: float, step: int,
         return start
     progress = min(step / max(fraction * total, 1.0), 1.0)
     return start + progress * (end - start)
+
+
+def table_policy(table: Table, num_actions: int, equiprobable: bool) -> Callable[[np.ndarray], np.ndarray]:
+    """A table learner's evaluation policy, numpy state numbers in, actions out: greedy over the table's rows, or the
+    equiprobable policy a prediction method evaluates (drawn from Python's `random`, which `envs.evaluate` seeds)."""
+
+    def policy(obs: np.ndarray) -> np.ndarray:
+        if equiprobable:
+            return np.array([random.randrange(num_actions) for _ in obs])
+        return np.array([greedy_action(table.rows[int(s)]) for s in obs])
+
+    return policy
+
+
+def value_error_metrics(model: TransitionModel, table: Table, truth: np.ndarray) -> Callable[[], dict[str, float]]:
+    """`RunState`'s eval_metrics for a table of V (S, 1) or Q (S, A): the RMS error of its state values (V, or max_a Q)
+    against `truth` over the live states."""
+    return lambda: {"eval/value_rmse": value_rmse(table.array().max(1), truth, model.live)}
 
 
 class Table:
