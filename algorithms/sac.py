@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from algorithms.common import Checkpointer, Logger, TrainResult, seed_everything
 from algorithms.common.cli import run_algorithm_cli
 from algorithms.common.config import RunConfig
-from algorithms.common.networks import QEnsemble, soft_update
+from algorithms.common.networks import QEnsemble, SquashedGaussianActor, soft_update
 from algorithms.common.replay import ReplayBuffer
 from algorithms.common.run import RunState, numpy_policy
 from envs import make_vec_env
@@ -53,7 +53,6 @@ SMOKE = {
 """Tiny settings for the contract tests."""
 ACTION_SPACES = ("continuous",)
 OBSERVATIONS = ("vector",)
-LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
 
 @dataclass(frozen=True)
@@ -110,36 +109,6 @@ class Config(RunConfig):
 
 
 # --- networks ----------------------------------------------------------------------------------------
-class Actor(nn.Module):
-    """pi(.|s): a Gaussian over pre-squash actions u with state-dependent mean and log-std (squashed by tanh
-    into [-1, 1], then scaled to the action box)."""
-
-    def __init__(self, obs_dim: int, action_dim: int, hidden: int, low: np.ndarray, high: np.ndarray) -> None:
-        super().__init__()
-        self.trunk = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
-        self.heads = nn.Linear(hidden, 2 * action_dim)  # mean and log-std heads side by side: one matmul
-        self.register_buffer("action_scale", torch.as_tensor((high - low) / 2.0, dtype=torch.float32))
-        self.register_buffer("action_bias", torch.as_tensor((high + low) / 2.0, dtype=torch.float32))
-
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean (B, A), log_std (B, A)), log_std squashed into [LOG_STD_MIN, LOG_STD_MAX] as CleanRL."""
-        mean, log_std = self.heads(self.trunk(obs)).chunk(2, dim=-1)
-        log_std = torch.tanh(log_std)
-        return mean, LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (log_std + 1)
-
-    def sample(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reparameterised a = tanh(mean + std * noise) * scale + bias and log pi(a|s); both (B, A), (B,)."""
-        mean, log_std = self(obs)
-        pre_squash = mean + log_std.exp() * noise
-        return (
-            torch.tanh(pre_squash) * self.action_scale + self.action_bias,
-            squashed_gaussian_log_prob(pre_squash, mean, log_std, self.action_scale),
-        )
-
-    def mean_action(self, obs: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self(obs)[0]) * self.action_scale + self.action_bias
-
-
 class ValueNetwork(nn.Module):
     """V(s) of Haarnoja et al. 2018a: a 3-layer ReLU MLP."""
 
@@ -154,19 +123,6 @@ class ValueNetwork(nn.Module):
 
 
 # --- pure maths --------------------------------------------------------------------------------------
-def squashed_gaussian_log_prob(
-    pre_squash: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor, scale: torch.Tensor
-) -> torch.Tensor:
-    """log pi(a|s) for a = tanh(u) * scale + bias, u ~ N(mean, std^2), summed over action dims: (B, A) -> (B,).
-
-    Change of variables (2018a, eq. 21): log pi(a) = log N(u) - sum_i log(scale_i (1 - tanh(u_i)^2)).
-    log(1 - tanh(u)^2) is computed as 2 (log 2 - u - softplus(-2u)), exact and stable for large |u|
-    (CleanRL adds 1e-6 inside the log instead)."""
-    gaussian = (-0.5 * ((pre_squash - mean) / log_std.exp()).pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-    log_det = (2.0 * (math.log(2.0) - pre_squash - F.softplus(-2.0 * pre_squash)) + torch.log(scale)).sum(-1)
-    return gaussian - log_det
-
-
 def soft_q_target(
     rewards: torch.Tensor,
     terminated: torch.Tensor,
@@ -191,7 +147,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
         obs_dim = int(np.prod(envs.single_observation_space.shape))
         action_shape, action_dim, N = envs.action_shape, envs.action_dim, cfg.num_envs
         low_np, high_np = envs.single_action_space.low, envs.single_action_space.high
-        actor = Actor(obs_dim, action_dim, cfg.hidden_size, low_np, high_np).to(device)
+        actor = SquashedGaussianActor(obs_dim, action_dim, cfg.hidden_size, low_np, high_np).to(device)
         qf = QEnsemble(obs_dim + action_dim, cfg.hidden_size).to(device)
         qf_target = QEnsemble(obs_dim + action_dim, cfg.hidden_size).to(device)
         qf_target.load_state_dict(qf.state_dict())

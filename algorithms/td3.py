@@ -35,15 +35,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from algorithms.common import Checkpointer, Logger, TrainResult, seed_everything
 from algorithms.common.cli import run_algorithm_cli
 from algorithms.common.config import RunConfig
-from algorithms.common.networks import QEnsemble, soft_update
+from algorithms.common.networks import DeterministicActor, QEnsemble, soft_update
 from algorithms.common.replay import ReplayBuffer
 from algorithms.common.run import RunState, numpy_policy
+from algorithms.common.targets import clipped_double_q_target, smoothed_target_actions
 from envs import make_vec_env
 
 SMOKE = {
@@ -102,50 +102,6 @@ class Config(RunConfig):
             raise ValueError("noise scales and learning_starts must be >= 0")
 
 
-# --- networks ----------------------------------------------------------------------------------------
-class Actor(nn.Module):
-    """mu(s): a 3-layer ReLU MLP with a tanh output scaled to the action box."""
-
-    def __init__(self, obs_dim: int, action_dim: int, hidden: int, low: np.ndarray, high: np.ndarray) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(obs_dim, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, action_dim),
-            nn.Tanh(),
-        )
-        self.register_buffer("action_scale", torch.as_tensor((high - low) / 2.0, dtype=torch.float32))
-        self.register_buffer("action_bias", torch.as_tensor((high + low) / 2.0, dtype=torch.float32))
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.net(obs) * self.action_scale + self.action_bias
-
-
-# --- pure maths --------------------------------------------------------------------------------------
-def smoothed_target_actions(
-    target_actions: torch.Tensor,
-    noise: torch.Tensor,
-    noise_clip: float,
-    action_scale: torch.Tensor,
-    low: torch.Tensor,
-    high: torch.Tensor,
-) -> torch.Tensor:
-    """Target policy smoothing (eq. 14): a' = clip(mu'(s') + clip(eps, -c, c), low, high); `noise` is eps, already
-    multiplied by the policy noise std, in action half-range units (times action_scale here)."""
-    clipped = noise.clamp(-noise_clip, noise_clip) * action_scale
-    return torch.max(torch.min(target_actions + clipped, high), low)
-
-
-def clipped_double_q_target(
-    rewards: torch.Tensor, terminated: torch.Tensor, next_q: torch.Tensor, gamma: float
-) -> torch.Tensor:
-    """y = r + gamma (1 - terminated) min_k Q'_k(s', a') (eq. 10); next_q is (K, B): with K = 1 (DDPG) the one critic's
-    value, y = r + gamma (1 - terminated) Q'(s', a'). Truncation bootstraps."""
-    return rewards + gamma * (1.0 - terminated) * next_q.min(dim=0).values
-
-
 # --- training ----------------------------------------------------------------------------------------
 def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | None = None) -> TrainResult:
     seed_everything(cfg.seed, cfg.torch_deterministic)
@@ -161,9 +117,9 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
         action_shape, action_dim, N = envs.action_shape, envs.action_dim, cfg.num_envs
         low_np, high_np = envs.single_action_space.low, envs.single_action_space.high
         critics = 2 if cfg.twin_critics else 1
-        actor = Actor(obs_dim, action_dim, cfg.hidden_size, low_np, high_np).to(device)
+        actor = DeterministicActor(obs_dim, action_dim, cfg.hidden_size, low_np, high_np).to(device)
         qf = QEnsemble(obs_dim + action_dim, cfg.hidden_size, critics).to(device)
-        actor_target = Actor(obs_dim, action_dim, cfg.hidden_size, low_np, high_np).to(device)
+        actor_target = DeterministicActor(obs_dim, action_dim, cfg.hidden_size, low_np, high_np).to(device)
         qf_target = QEnsemble(obs_dim + action_dim, cfg.hidden_size, critics).to(device)
         actor_target.load_state_dict(actor.state_dict())
         qf_target.load_state_dict(qf.state_dict())

@@ -7,6 +7,7 @@ import math
 import torch
 
 from algorithms import sac
+from algorithms.common.distributions import squashed_gaussian_log_prob
 
 
 def test_squashed_log_prob_matches_a_numerical_change_of_variables():
@@ -14,7 +15,7 @@ def test_squashed_log_prob_matches_a_numerical_change_of_variables():
     mean, log_std = torch.randn(3, 2), torch.randn(3, 2) * 0.5
     scale, bias = torch.tensor([2.0, 0.5]), torch.tensor([0.0, 1.0])
     pre_squash = mean + log_std.exp() * torch.randn(3, 2) * 2.0
-    ours = sac.squashed_gaussian_log_prob(pre_squash, mean, log_std, scale)
+    ours = squashed_gaussian_log_prob(pre_squash, mean, log_std, scale)
     for i in range(3):
         # log pi(a) = log N(u; mean, std) - log |det da/du|, with the Jacobian of a(u) = tanh(u) * scale + bias by autograd
         jacobian = torch.autograd.functional.jacobian(lambda u: torch.tanh(u) * scale + bias, pre_squash[i].double())
@@ -25,7 +26,7 @@ def test_squashed_log_prob_matches_a_numerical_change_of_variables():
 
 def test_squashed_log_prob_is_finite_far_in_the_tails():
     u = torch.tensor([[30.0, -30.0]])
-    value = sac.squashed_gaussian_log_prob(u, torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(2))
+    value = squashed_gaussian_log_prob(u, torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(2))
     assert torch.isfinite(value).all()  # log(1 - tanh(30)^2) underflows when computed naively
 
 

@@ -1,5 +1,6 @@
 """Log-probabilities, entropies, KL divergences and sampling of the policies several algorithms share: diagonal
-Gaussians with a state-independent log-std (Box actions) and categoricals over logits (Discrete actions).
+Gaussians with a state-independent log-std (Box actions), tanh-squashed Gaussians (SAC's and CQL's policy) and
+categoricals over logits (Discrete actions).
 Written out instead of built through torch.distributions: the same numbers with less overhead per call."""
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 
 def gaussian_log_prob(actions: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
@@ -39,3 +41,16 @@ def categorical_sample(logits: torch.Tensor, uniform: torch.Tensor) -> torch.Ten
     exceeds the draw, (N,). Drawing the uniforms beforehand lets a rollout draw all its randomness in one call."""
     cdf = torch.softmax(logits, -1).cumsum(-1)
     return torch.searchsorted(cdf, uniform[:, :1]).clamp_(max=logits.shape[-1] - 1).squeeze(-1)
+
+
+def squashed_gaussian_log_prob(
+    pre_squash: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
+    """log pi(a|s) for a = tanh(u) * scale + bias, u ~ N(mean, std^2), summed over action dims: (B, A) -> (B,).
+
+    Change of variables (2018a, eq. 21): log pi(a) = log N(u) - sum_i log(scale_i (1 - tanh(u_i)^2)).
+    log(1 - tanh(u)^2) is computed as 2 (log 2 - u - softplus(-2u)), exact and stable for large |u|
+    (CleanRL adds 1e-6 inside the log instead)."""
+    gaussian = (-0.5 * ((pre_squash - mean) / log_std.exp()).pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+    log_det = (2.0 * (math.log(2.0) - pre_squash - F.softplus(-2.0 * pre_squash)) + torch.log(scale)).sum(-1)
+    return gaussian - log_det

@@ -6,6 +6,9 @@
   initialisation. Image observations get a CNN torso (`algorithms.common.torsos`) shared by actor and critic.
 - `QEnsemble`: K independent Q(s, a) MLPs with stacked weights, one batched matmul per layer: TD3's twin critics
   (one critic for its DDPG ablation) and SAC's.
+- `DeterministicActor`: mu(s), a 256-256 ReLU MLP with a tanh output scaled to the action box: TD3's and DDPG's
+  actor, and the policy of BC and TD3+BC.
+- `SquashedGaussianActor`: SAC's tanh-squashed Gaussian policy, also CQL's and (without its squash) not IQL's.
 - `soft_update`: Polyak averaging of target networks (DQN with tau = 1 is a copy).
 """
 
@@ -16,7 +19,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from algorithms.common.distributions import categorical_sample, gaussian_entropy, gaussian_log_prob
+from algorithms.common.distributions import (
+    categorical_sample,
+    gaussian_entropy,
+    gaussian_log_prob,
+    squashed_gaussian_log_prob,
+)
 from algorithms.common.torsos import ImageTorso, image_kind
 
 
@@ -129,6 +137,60 @@ class QEnsemble(nn.Module):
         x = F.relu(torch.addmm(biases[0], torch.cat([obs, actions], -1), weights[0]))  # (B, H)
         x = F.relu(torch.addmm(biases[1], x, weights[1]))  # (B, H)
         return x @ weights[2].squeeze(-1) + biases[2].squeeze()  # (B,)
+
+
+class DeterministicActor(nn.Module):
+    """mu(s): a 3-layer ReLU MLP with a tanh output scaled to the action box."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden: int, low: np.ndarray, high: np.ndarray) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(obs_dim, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, action_dim),
+            nn.Tanh(),
+        )
+        self.register_buffer("action_scale", torch.as_tensor((high - low) / 2.0, dtype=torch.float32))
+        self.register_buffer("action_bias", torch.as_tensor((high + low) / 2.0, dtype=torch.float32))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs) * self.action_scale + self.action_bias
+
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+"""the log-std range of `SquashedGaussianActor` (CleanRL's SAC)"""
+
+
+class SquashedGaussianActor(nn.Module):
+    """pi(.|s): a Gaussian over pre-squash actions u with state-dependent mean and log-std (squashed by tanh
+    into [-1, 1], then scaled to the action box)."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden: int, low: np.ndarray, high: np.ndarray) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.heads = nn.Linear(hidden, 2 * action_dim)  # mean and log-std heads side by side: one matmul
+        self.register_buffer("action_scale", torch.as_tensor((high - low) / 2.0, dtype=torch.float32))
+        self.register_buffer("action_bias", torch.as_tensor((high + low) / 2.0, dtype=torch.float32))
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean (B, A), log_std (B, A)), log_std squashed into [LOG_STD_MIN, LOG_STD_MAX] as CleanRL."""
+        mean, log_std = self.heads(self.trunk(obs)).chunk(2, dim=-1)
+        log_std = torch.tanh(log_std)
+        return mean, LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (log_std + 1)
+
+    def sample(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reparameterised a = tanh(mean + std * noise) * scale + bias and log pi(a|s); both (B, A), (B,)."""
+        mean, log_std = self(obs)
+        pre_squash = mean + log_std.exp() * noise
+        return (
+            torch.tanh(pre_squash) * self.action_scale + self.action_bias,
+            squashed_gaussian_log_prob(pre_squash, mean, log_std, self.action_scale),
+        )
+
+    def mean_action(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self(obs)[0]) * self.action_scale + self.action_bias
 
 
 def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
