@@ -31,13 +31,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from algorithms.common import Checkpointer, Logger, TrainResult, seed_everything
 from algorithms.common.cli import run_algorithm_cli
 from algorithms.common.config import RunConfig
-from algorithms.common.networks import QEnsemble, SquashedGaussianActor, soft_update
+from algorithms.common.networks import QEnsemble, SquashedGaussianActor, StateValue, soft_update
 from algorithms.common.replay import ReplayBuffer
 from algorithms.common.run import RunState, numpy_policy
 from envs import make_vec_env
@@ -108,20 +107,6 @@ class Config(RunConfig):
             raise ValueError("learning_starts must be >= 0")
 
 
-# --- networks ----------------------------------------------------------------------------------------
-class ValueNetwork(nn.Module):
-    """V(s) of Haarnoja et al. 2018a: a 3-layer ReLU MLP."""
-
-    def __init__(self, obs_dim: int, hidden: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
-        )
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.net(obs).squeeze(-1)
-
-
 # --- pure maths --------------------------------------------------------------------------------------
 def soft_q_target(
     rewards: torch.Tensor,
@@ -151,8 +136,8 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
         qf = QEnsemble(obs_dim + action_dim, cfg.hidden_size).to(device)
         qf_target = QEnsemble(obs_dim + action_dim, cfg.hidden_size).to(device)
         qf_target.load_state_dict(qf.state_dict())
-        vf = ValueNetwork(obs_dim, cfg.hidden_size).to(device) if cfg.value_network else None
-        vf_target = ValueNetwork(obs_dim, cfg.hidden_size).to(device) if cfg.value_network else None
+        vf = StateValue(obs_dim, cfg.hidden_size).to(device) if cfg.value_network else None
+        vf_target = StateValue(obs_dim, cfg.hidden_size).to(device) if cfg.value_network else None
         if vf is not None:
             vf_target.load_state_dict(vf.state_dict())
         fused = device.type in ("cpu", "cuda")

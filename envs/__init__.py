@@ -14,6 +14,7 @@ import gymnasium as gym
 import numpy as np
 
 import envs.tabular  # noqa: F401 (registers the book's small worlds)
+from envs.datasets import dataset_info, is_dataset_id
 from envs.vector import EnvSpec, RunningMeanStd, VecEnv, is_discrete_tuple
 from envs.video import VIDEO_FPS, RenderingUnavailable, rendering_hint, write_video
 from envs.video import frame_skip as video_frame_skip
@@ -24,6 +25,7 @@ __all__ = [
     "VecEnv",
     "check_env_support",
     "check_rendering",
+    "dataset_env_id",
     "env_family",
     "env_kinds",
     "evaluate",
@@ -72,8 +74,23 @@ def _spec(env_id: str) -> gym.envs.registration.EnvSpec:
     return gym.spec(env_id)
 
 
+def dataset_env_id(dataset: str) -> str:
+    """The env an offline dataset was collected in, where its runs are evaluated; ValueError if it is not on this
+    machine or does not say (a D4RL file outside D4RL's names: give it an `env_id` attribute)."""
+    env_id = dataset_info(dataset).env_id
+    if env_id is None:
+        raise ValueError(
+            f"dataset {dataset!r} does not say which env it was collected in: a D4RL HDF5 file needs its D4RL name "
+            "(hopper-medium-v2.hdf5) or an `env_id` attribute"
+        )
+    return env_id
+
+
 def env_family(env_id: str) -> str:
-    """The family of a registered env id (suites set overrides per family), from its entry point."""
+    """The family of a registered env id (suites set overrides per family), from its entry point; a dataset's is its
+    env's."""
+    if is_dataset_id(env_id):
+        env_id = dataset_env_id(env_id)
     entry = str(_spec(env_id).entry_point)
     if entry.startswith("envs.tabular"):  # the book's small worlds sit with gymnasium's toy text
         return "toy_text"
@@ -89,7 +106,9 @@ def env_kinds(env_id: str) -> tuple[str, str]:
     """(action kind, observation kind) of an env, from one build of it: "discrete" or "continuous", and "image"
     (3-D observations: Atari frames, MinAtar grids), "discrete" (a finite set of states: toy-text's Discrete, or a Tuple
     of them as Blackjack's) or "vector". What an algorithm's ACTION_SPACES and OBSERVATIONS are checked against before
-    a run starts."""
+    a run starts. A dataset (the task of an offline run) has the action kind of its env and observation kind "dataset"."""
+    if is_dataset_id(env_id):
+        return env_kinds(dataset_env_id(env_id))[0], "dataset"
     _register_optional(env_id)
     env = gym.make(env_id, disable_env_checker=True)
     try:
@@ -107,6 +126,16 @@ def check_env_support(env_id: str, algo: str, action_spaces: tuple[str, ...], ob
     `observations` (its ACTION_SPACES and OBSERVATIONS) cannot run on `env_id`: DQN on continuous actions, an
     MLP-only algorithm on Atari frames (its float replay memory alone would exhaust the machine's memory)."""
     kind, observation = env_kinds(env_id)
+    if observation == "dataset" and "dataset" not in observations:
+        raise ValueError(
+            f"{env_id} is an offline dataset and {algo} learns online in an env: give it an env id, or use an offline "
+            "algorithm (bc, td3_bc, iql, cql)"
+        )
+    if "dataset" in observations and observation != "dataset":
+        raise ValueError(
+            f"{algo} is an offline algorithm: its task is a dataset (a Minari id such as rlgrid/hopper-v5/medium-v0, "
+            f"or the path of a D4RL .hdf5 file; `rlgrid dataset list` shows those here), not the env {env_id}"
+        )
     if kind not in action_spaces:
         raise ValueError(f"{algo} needs {' or '.join(action_spaces)} actions; {env_id} has {kind} actions")
     if observation not in observations:
@@ -129,7 +158,10 @@ def check_env_support(env_id: str, algo: str, action_spaces: tuple[str, ...], ob
 
 
 def validate_env_id(env_id: str) -> None:
-    """Raise ValueError (with the closest registered ids) unless `env_id` can be built here."""
+    """Raise ValueError (with the closest registered ids) unless `env_id` can be built here; a dataset must be on this
+    machine and its env buildable."""
+    if is_dataset_id(env_id):
+        env_id = dataset_env_id(env_id)  # DatasetNotFound (a ValueError) says where it was looked for
     try:
         _spec(env_id)
     except (gym.error.Error, ImportError) as exc:
@@ -143,7 +175,10 @@ def validate_env_id(env_id: str) -> None:
 
 
 def check_rendering(env_id: str) -> None:
-    """RenderingUnavailable, before any compute, unless one frame of `env_id` can be rendered and encoded here."""
+    """RenderingUnavailable, before any compute, unless one frame of `env_id` (a dataset: its env) can be rendered and
+    encoded here."""
+    if is_dataset_id(env_id):
+        env_id = dataset_env_id(env_id)
     family = env_family(env_id)
     try:
         import imageio_ffmpeg  # noqa: F401

@@ -12,6 +12,11 @@ Both become `Transitions`: one row per step, with `terminals` (the episode ended
 and `timeouts` (it was cut by a time limit: bootstrap from the next observation) kept apart, as for online replay.
 Nothing is downloaded: a dataset that is not on this machine is refused with a message saying where it was looked
 for and which ones are there.
+
+A dataset is the task of an offline run, where an online run has an env: `is_dataset_id` tells the two apart
+(a Minari id has two slashes, `namespace/name/dataset-vN`; a D4RL file is a path ending .hdf5 or .h5, while a
+gymnasium id has at most one slash), and `dataset_info` reads, without loading the data, the env the dataset was
+collected in (where offline runs are evaluated) and its reference returns.
 """
 
 from __future__ import annotations
@@ -66,6 +71,50 @@ class Transitions:
         return np.bincount(index, weights=self.rewards.astype(np.float64), minlength=self.num_episodes)
 
 
+D4RL_ENVS = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5", "ant": "Ant-v5"}
+"""the gymnasium env of a D4RL file named `<task>-<dataset>-v2.hdf5` that does not say (D4RL's files hold no env id;
+their mujoco-py -v2 envs have the observations and actions of the -v5 ones, Ant's 111 dimensions excepted)"""
+
+
+def is_dataset_id(task: str) -> bool:
+    """Whether a run's task names a dataset (a Minari id or a D4RL HDF5 path) rather than a gymnasium env id."""
+    return task.endswith(HDF5_SUFFIXES) or task.count("/") >= 2
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset says about itself without its data: the env it was collected in (None if it does not say) and
+    the returns that normalise scores to 0 and 100 (None where it has none)."""
+
+    env_id: str | None
+    ref_min_score: float | None
+    ref_max_score: float | None
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The env and reference returns of a Minari dataset (its metadata.json) or a D4RL HDF5 file (its attributes, else
+    the env of its D4RL name, `D4RL_ENVS`). DatasetNotFound if it is not on this machine."""
+    if name.endswith(HDF5_SUFFIXES):
+        path = Path(name)
+        if not path.is_file():
+            raise DatasetNotFound(f"no D4RL HDF5 file at {path} (nothing is downloaded: give the path of a local copy)")
+        import h5py
+
+        with h5py.File(path, "r") as file:
+            attrs = dict(file.attrs)
+        env_id = attrs.get("env_id") or attrs.get("env_name") or D4RL_ENVS.get(path.name.split("-")[0].lower())
+        return DatasetInfo(
+            None if env_id is None else str(env_id),
+            _optional_float(attrs.get("ref_min_score")),
+            _optional_float(attrs.get("ref_max_score")),
+        )
+    _check_minari_id(name)
+    metadata = json.loads((minari_root() / name / "data" / "metadata.json").read_text())
+    env_spec = metadata.get("env_spec")
+    env_id = json.loads(env_spec)["id"] if isinstance(env_spec, str) and env_spec else None
+    return DatasetInfo(env_id, _optional_float(metadata.get("ref_min_score")), _optional_float(metadata.get("ref_max_score")))
+
+
 def minari_root() -> Path:
     """Where Minari keeps local datasets: $MINARI_DATASETS_PATH, else ~/.minari/datasets (Minari's own rule)."""
     return Path(os.environ.get("MINARI_DATASETS_PATH") or Path.home() / ".minari" / "datasets")
@@ -93,14 +142,7 @@ def load_minari(dataset_id: str) -> Transitions:
     1M steps) take about 37 s. The first load therefore writes the flat arrays beside the data (`CACHE`, an
     uncompressed .npz, tagged with the data file's size and modification time) and later loads read that in about a
     second; a stale or unreadable cache is rebuilt, and a read-only dataset folder is simply read the slow way."""
-    known = local_minari_ids()
-    if dataset_id not in known:
-        there = f"; the datasets there: {', '.join(known)}" if known else " (none there)"
-        raise DatasetNotFound(
-            f"no Minari dataset {dataset_id!r} under {minari_root()} (set MINARI_DATASETS_PATH to the folder that holds "
-            f"it; nothing is downloaded){there}. Copy a dataset's folder there, or write one with "
-            "minari.create_dataset_from_buffers"
-        )
+    _check_minari_id(dataset_id)
     data_file = minari_root() / dataset_id / "data" / "main_data.hdf5"
     cache = minari_root() / dataset_id / CACHE
     tag = _file_tag(data_file)
@@ -113,6 +155,17 @@ def load_minari(dataset_id: str) -> Transitions:
     except OSError:
         pass  # a read-only dataset folder: no cache, the next load reads the episodes again
     return transitions
+
+
+def _check_minari_id(dataset_id: str) -> None:
+    known = local_minari_ids()
+    if dataset_id not in known:
+        there = f"; the datasets there: {', '.join(known)}" if known else " (none there)"
+        raise DatasetNotFound(
+            f"no Minari dataset {dataset_id!r} under {minari_root()} (set MINARI_DATASETS_PATH to the folder that holds "
+            f"it; nothing is downloaded){there}. Make one with `rlgrid dataset make`, copy a dataset's folder there, or "
+            "write one with minari.create_dataset_from_buffers"
+        )
 
 
 def _read_minari(dataset_id: str) -> Transitions:
@@ -178,7 +231,7 @@ def load_d4rl_hdf5(path: Path) -> Transitions:
         keep[-1] = bool(terminals[-1])  # the file's last step: no next row
         # A dropped first step of an episode would lose its start mark: move it to the episode's next kept step.
         episode_starts = _carry_starts(episode_starts, keep)
-    env_id = attrs.get("env_id") or attrs.get("env_name")
+    env_id = attrs.get("env_id") or attrs.get("env_name") or D4RL_ENVS.get(path.name.split("-")[0].lower())
     return Transitions(
         observations=observations[keep],
         actions=actions[keep].reshape(int(keep.sum()), -1),

@@ -4,6 +4,8 @@ silent skips: with RLGRID_REQUIRE_ALL=1 (set by .ci/run) the session fails on an
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import gymnasium as gym
 import numpy as np
@@ -19,6 +21,12 @@ os.environ.pop("WANDB_API_KEY", None)
 # token authentication for the tests' local clusters. test_ray.py also asserts the node addresses.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_AUTH_MODE"] = "disabled"
+# Offline datasets live under the Minari root: the session's is a scratch folder (a test never reads or writes the
+# user's ~/.minari), inherited by the subprocesses tests start. It holds the smoke dataset of the offline algorithms.
+SCRATCH_MINARI_ROOT = tempfile.mkdtemp(prefix="rlgrid-test-minari-")
+os.environ["MINARI_DATASETS_PATH"] = SCRATCH_MINARI_ROOT
+SMOKE_DATASET = "rlgrid/pendulum-v1/smoke-v0"
+"""what the offline algorithms' SMOKE settings train on: 2,000 random Pendulum-v1 transitions (10 episodes)"""
 
 
 class CountEnv(gym.Env):
@@ -43,6 +51,22 @@ class CountEnv(gym.Env):
 
 
 gym.register(id="rlgrid-test/Count-v0", entry_point=CountEnv, max_episode_steps=3)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _smoke_dataset():
+    """Write the smoke dataset once per session with `rlgrid dataset make random` (skipped without the offline
+    extra: the offline algorithms' tests then fail on the missing dataset, as their runs would)."""
+    try:
+        import minari  # noqa: F401
+    except ImportError:
+        yield
+        return
+    from experiments.dataset_recipes import make_random
+
+    make_random("Pendulum-v1", transitions=2_000, seed=0, name=SMOKE_DATASET)
+    yield
+    shutil.rmtree(SCRATCH_MINARI_ROOT, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -36,8 +36,13 @@ def MODEL_BASED(algo: str) -> bool:  # noqa: N802
     return getattr(load_algorithm(algo).module, "MODEL_BASED", False)
 
 
+def OFFLINE(algo: str) -> bool:  # noqa: N802
+    return load_algorithm(algo).OBSERVATIONS == ("dataset",)
+
+
 def smoke_env(algo: str, kind: str) -> str:
-    """The smoke task of an algorithm for an action kind: classic control, or its own finite-state env (tabular)."""
+    """The smoke task of an algorithm for an action kind: classic control, or its own finite-state env (tabular) or
+    dataset (offline: tests/conftest.py makes it)."""
     module = load_algorithm(algo)
     return SMOKE_ENVS[kind] if "vector" in module.OBSERVATIONS else module.SMOKE["env_id"]
 
@@ -83,12 +88,15 @@ def test_config_contract(algo):
     module = load_algorithm(algo)
     assert isinstance(module.SMOKE, dict) and module.SMOKE, f"{algo} has no smoke settings"
     assert set(module.ACTION_SPACES) <= set(SMOKE_ENVS) and module.ACTION_SPACES, f"{algo}: ACTION_SPACES"
-    # Networks take vector features (and images, with a CNN); tabular methods take a state number and nothing else.
-    assert module.OBSERVATIONS in (("vector",), ("vector", "image"), ("discrete",)), f"{algo}: OBSERVATIONS"
+    # Networks take vector features (and images, with a CNN); tabular methods take a state number and nothing else;
+    # offline methods take a dataset (of vector observations) as their task.
+    assert module.OBSERVATIONS in (("vector",), ("vector", "image"), ("discrete",), ("dataset",)), f"{algo}: OBSERVATIONS"
     config = module.Config()
     assert dataclasses.is_dataclass(config) and module.Config.__dataclass_params__.frozen
     fields = config_fields(module.Config)
     for common in ("env_id", "seed", "total_timesteps", "num_envs", "eval_every", "eval_episodes", "device", "compile"):
+        if common == "num_envs" and OFFLINE(algo):  # an offline run steps no env copies
+            continue
         assert common in fields, f"{algo}.Config lacks {common}"
     docs = field_docstrings(module.Config)
     undocumented = [name for name in fields if not docs.get(name)]
@@ -105,8 +113,9 @@ def test_smoke_run(algo, kind):
     assert isinstance(result, TrainResult)
     assert result.global_step >= cfg.total_timesteps * 0.9
     keys = {k for _, m in logger.records for k in m}
-    # Model-based planning (dynamic programming) plays no training episodes.
-    required = REQUIRED_KEYS - {"charts/episodic_return", "charts/episodic_length"} if MODEL_BASED(algo) else REQUIRED_KEYS
+    # Model-based planning (dynamic programming) and offline learning play no training episodes.
+    episodic = {"charts/episodic_return", "charts/episodic_length"}
+    required = REQUIRED_KEYS - episodic if MODEL_BASED(algo) or OFFLINE(algo) else REQUIRED_KEYS
     assert required <= keys, f"missing metric keys {required - keys}"
     assert any(k.startswith("losses/") for k in keys)
     for step, metrics in logger.records:

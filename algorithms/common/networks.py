@@ -9,6 +9,7 @@
 - `DeterministicActor`: mu(s), a 256-256 ReLU MLP with a tanh output scaled to the action box: TD3's and DDPG's
   actor, and the policy of BC and TD3+BC.
 - `SquashedGaussianActor`: SAC's tanh-squashed Gaussian policy, also CQL's and (without its squash) not IQL's.
+- `StateValue`: V(s), a 256-256 ReLU MLP: SAC's first variant and IQL.
 - `soft_update`: Polyak averaging of target networks (DQN with tau = 1 is a copy).
 """
 
@@ -191,6 +192,19 @@ class SquashedGaussianActor(nn.Module):
 
     def mean_action(self, obs: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self(obs)[0]) * self.action_scale + self.action_bias
+
+
+class StateValue(nn.Module):
+    """V(s): a 3-layer ReLU MLP (SAC's 2018a variant, IQL's value function)."""
+
+    def __init__(self, obs_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
+        )
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs).squeeze(-1)
 
 
 def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
