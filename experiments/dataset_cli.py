@@ -1,157 +1,81 @@
 """`rlgrid dataset`: make offline datasets in the Minari format, list them, describe one.
 
-    rlgrid dataset make random --env-id Hopper-v5 [--transitions 1000000] [--seed 0] [--name rlgrid/hopper/random-v0]
+    rlgrid dataset make random --env-id Hopper-v5 [--transitions 1000000] [--seed 0] [--name ID]
+    rlgrid dataset make medium --run RUN_DIR [--transitions 1000000] [--seed 0] [--action-noise 0.1] [--name ID]
+    rlgrid dataset make expert --run RUN_DIR [...as medium]
+    rlgrid dataset make medium-replay --run RUN_DIR [--name ID]
+    rlgrid dataset make medium-expert --from MEDIUM_ID EXPERT_ID [--name ID]
     rlgrid dataset list
-    rlgrid dataset info rlgrid/hopper/random-v0
+    rlgrid dataset info rlgrid/hopper-v5/random-v0
 
 Datasets go under the Minari root ($MINARI_DATASETS_PATH, else ~/.minari/datasets), where `minari` and every tool
-built on it finds them, and where `envs.datasets.load_dataset` reads them. They are data: never commit them.
+built on it finds them, and where `envs.datasets.load_dataset` reads them, named rlgrid/<env>/<recipe>-v0 unless
+--name says otherwise. They are data: never commit them.
 
-Recipes (D4RL's names): `random` plays uniformly random actions from the env's own time limit, episode after episode,
-until the transition count is reached (the last episode is cut there, a truncation). Its reference returns, which
-normalise offline scores to 0-100 (`ref_min_score`, `ref_max_score`), are the dataset's own mean episode return and
-D4RL's expert return for the task where D4RL has one (Hopper, HalfCheetah, Walker2d, Ant; measured on its -v2 envs),
-or `--ref-max-score`. Every dataset carries its provenance (`provenance.json` beside Minari's files: recipe, env id,
-seed, counts, versions, the command). The recipes from our agents' checkpoints (medium, expert, medium-replay,
-medium-expert) are not written yet.
+Recipes (D4RL's names; experiments/dataset_recipes.py has the details):
+  random         uniformly random actions, episode after episode from the env's own time limit, until the
+                 transition count is reached (the last episode is cut there, a truncation)
+  medium         the deterministic policy of a sac/td3/ddpg run's newest checkpoint (rebuilt as `rlgrid eval` does,
+                 and evaluated first) plus Gaussian action noise (--action-noise, std in units of the action half-range,
+                 default 0.1; D4RL sampled SAC's stochastic policy instead), played as random is
+  expert         the same for a run trained to the end (medium: D4RL's is a policy at about a third of the expert's
+                 return); nothing checks which the run is
+  medium-replay  every transition the run's agent saw up to its newest checkpoint: the replay memory saved with it
+                 (a memory that wrapped round and dropped transitions is refused: train with buffer_size >=
+                 total_timesteps)
+  medium-expert  a medium and an expert dataset of one env, concatenated
+
+Reference returns, which normalise offline scores to 0-100: ref_max_score is D4RL's expert return for the task where
+D4RL has one (Hopper, HalfCheetah, Walker2d, Ant; measured on its -v2 envs); ref_min_score is the env's random return:
+random's own mean episode return, and for the agent recipes that of the env's random dataset (its default name) if it
+is here, else the mean of 100 random episodes measured now. --ref-min-score / --ref-max-score override them. Every
+dataset carries its provenance (provenance.json beside Minari's files: recipe, env, run, checkpoint step and its
+evaluation return, seed, noise, counts, versions, the command).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
-import time
-import warnings
-from importlib import metadata
 
-import gymnasium as gym
-import numpy as np
-
-from envs import validate_env_id
 from envs.datasets import DatasetNotFound, load_minari, local_minari_ids, minari_root
+from experiments.dataset_recipes import (  # noqa: F401 (random_episodes, default_name: this module's names before the split)
+    ACTION_NOISE,
+    EVAL_EPISODES,
+    PROVENANCE,
+    RECIPES,
+    default_name,
+    make_combined,
+    make_from_policy,
+    make_from_replay,
+    make_random,
+    random_episodes,
+)
 
-RECIPES = ("random",)
-PROVENANCE = "provenance.json"
-
-
-def default_name(env_id: str, recipe: str) -> str:
-    """`rlgrid/<env name>/<recipe>-v0`, Minari's namespace/name-version form (`Hopper-v5` -> `rlgrid/hopper-v5/...`)."""
-    return f"rlgrid/{env_id.replace('/', '-').lower()}/{recipe}-v0"
-
-
-def d4rl_expert_return(env_id: str) -> float | None:
-    """D4RL's REF_MAX_SCORE for the task, where it has one (shipped in analysis/reference)."""
-    from analysis.scores import env_bounds
-
-    try:
-        return float(env_bounds([env_id], "d4rl")[env_id][1])
-    except KeyError:
-        return None
-
-
-def random_episodes(env_id: str, transitions: int, seed: int) -> list[dict[str, np.ndarray]]:
-    """Episodes of uniformly random actions, `transitions` steps in all (the last one cut there, truncated); episode i is
-    reset with seed + i and the action space is seeded with `seed`."""
-    env = gym.make(env_id)
-    env.action_space.seed(seed)
-    episodes, total = [], 0
-    while total < transitions:
-        obs, _ = env.reset(seed=seed + len(episodes))
-        observations, actions, rewards, terminations, truncations = [obs], [], [], [], []
-        while True:
-            action = env.action_space.sample()
-            obs, reward, terminated, truncated, _ = env.step(action)
-            total += 1
-            truncated = truncated or (total >= transitions and not terminated)
-            observations.append(obs)
-            actions.append(action)
-            rewards.append(reward)
-            terminations.append(terminated)
-            truncations.append(truncated)
-            if terminated or truncated:
-                break
-        episodes.append(
-            {
-                "observations": np.asarray(observations),
-                "actions": np.asarray(actions),
-                "rewards": np.asarray(rewards, np.float64),
-                "terminations": np.asarray(terminations),
-                "truncations": np.asarray(truncations),
-            }
-        )
-    env.close()
-    return episodes
-
-
-def make_dataset(
-    recipe: str, env_id: str, transitions: int, seed: int, name: str | None = None, ref_max_score: float | None = None
-) -> tuple[str, dict]:
-    """Write a dataset under the Minari root; returns its id and provenance. ValueError for bad input, before any step."""
-    if recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {recipe!r}: rlgrid makes {', '.join(RECIPES)} (the agent recipes come later)")
-    validate_env_id(env_id)
-    if transitions < 1:
-        raise ValueError(f"--transitions must be >= 1, got {transitions}")
-    name = name or default_name(env_id, recipe)
-    from minari.dataset.minari_dataset import parse_dataset_id
-
-    parse_dataset_id(name)  # ValueError for an id Minari cannot store, before any step
-    if name in local_minari_ids():
-        raise ValueError(f"a dataset {name!r} exists under {minari_root()}: give another --name, or delete it first")
-    expert = ref_max_score if ref_max_score is not None else d4rl_expert_return(env_id)
-    import minari
-    from minari.data_collector import EpisodeBuffer
-
-    start = time.perf_counter()
-    episodes = random_episodes(env_id, transitions, seed)
-    returns = [float(e["rewards"].sum()) for e in episodes]
-    random_return = float(np.mean(returns))
-    buffers = [EpisodeBuffer(id=i, seed=seed + i, **episode) for i, episode in enumerate(episodes)]
-    with warnings.catch_warnings():  # Minari's advice to name an author e-mail and a code URL: we have neither
-        warnings.simplefilter("ignore", UserWarning)
-        minari.create_dataset_from_buffers(
-            name,
-            buffers,
-            env=gym.make(env_id),
-            eval_env=env_id,
-            algorithm_name=f"rlgrid dataset make {recipe}",
-            author="rlgrid",
-            code_permalink="rlgrid: experiments/dataset_cli.py",
-            ref_min_score=random_return,
-            ref_max_score=expert,
-            description=f"{recipe}: uniformly random actions on {env_id}, {transitions:,} transitions, seed {seed}",
-        )
-    provenance = {
-        "dataset_id": name,
-        "recipe": recipe,
-        "env_id": env_id,
-        "seed": seed,
-        "transitions": transitions,
-        "episodes": len(episodes),
-        "mean_episode_return": random_return,
-        "ref_min_score": random_return,
-        "ref_min_score_source": "this dataset's mean episode return (the random policy's)",
-        "ref_max_score": expert,
-        "ref_max_score_source": "--ref-max-score"
-        if ref_max_score is not None
-        else ("D4RL REF_MAX_SCORE (its -v2 envs)" if expert is not None else None),
-        "versions": {package: _version(package) for package in ("gymnasium", "mujoco", "minari", "numpy")},
-        "python": platform.python_version(),
-        "command": " ".join(["rlgrid", "dataset", *sys.argv[2:]]) if sys.argv[1:2] == ["dataset"] else None,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "seconds": round(time.perf_counter() - start, 2),
-    }
-    (minari_root() / name / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
-    return name, provenance
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
+DETAILS = {
+    "random": "Uniformly random actions on --env-id, episode after episode from the env's own time limit (episode i reset "
+    "with SEED + i), until --transitions is reached; the last episode is cut there (a truncation). ref_min_score is the "
+    "dataset's own mean episode return. Envs with continuous (Box) actions only, as D4RL's.",
+    "medium": "The deterministic policy of the newest checkpoint of a sac, td3 or ddpg run (--run RUN_DIR: rlgrid train "
+    "sac|td3|ddpg --env-id ... --runs-dir ...), rebuilt as rlgrid eval rebuilds it and evaluated first (--eval-episodes, "
+    "the run's own evaluation seeds; the mean goes into provenance.json), then played as random plays with Gaussian "
+    "action noise (--action-noise, std in units of the action half-range, clipped to the box). D4RL sampled SAC's "
+    "stochastic policy instead; 0.1 is the exploration noise TD3 trains with. D4RL's medium policy is one trained to "
+    "about a third of the expert's return: name a run trained that far (fewer total_timesteps).",
+    "expert": "As medium, for a run trained to the end (nothing checks which the run is: the name is yours).",
+    "medium-replay": "Every transition the run's agent saw while training up to its newest checkpoint: the replay memory "
+    "saved with that checkpoint, split into episodes where they terminated or were truncated (the unfinished last one "
+    "cut). A memory that wrapped round has dropped the oldest transitions and is refused: train with buffer_size >= "
+    "total_timesteps.",
+    "medium-expert": "Two datasets of one env (a medium and an expert one), their episodes one after the other "
+    "(minari.combine_datasets); datasets of different envs are refused.",
+}
+REFERENCES_HELP = (
+    "ref_min_score defaults to the env's random return: random's own mean episode return; for the other recipes that of "
+    "the env's random dataset under its default name, if it is here, else the mean of 100 random episodes measured now. "
+    "ref_max_score defaults to D4RL's expert return where D4RL has one."
+)
 
 
 def describe(name: str) -> str:
@@ -178,17 +102,70 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="rlgrid dataset", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    make = commands.add_parser("make", help="write a dataset under the Minari root")
-    make.add_argument("recipe", choices=RECIPES, help="D4RL recipe")
-    make.add_argument("--env-id", required=True, help="gymnasium env id")
-    make.add_argument("--transitions", type=int, default=1_000_000, help="transitions in the dataset (default 1,000,000)")
-    make.add_argument("--seed", type=int, default=0, help="seed of the env resets and the actions (default 0)")
-    make.add_argument("--name", help="dataset id (default rlgrid/<env>/<recipe>-v0)")
-    make.add_argument("--ref-max-score", type=float, help="expert return for normalisation (default: D4RL's, if any)")
+    make = commands.add_parser(
+        "make",
+        help="write a dataset under the Minari root",
+        description="Write a dataset under the Minari root by one of D4RL's recipes (rlgrid dataset make RECIPE --help).",
+    )
+    recipes = make.add_subparsers(dest="recipe", required=True, metavar="RECIPE")
+    for recipe, about in RECIPES.items():
+        command = recipes.add_parser(recipe, help=about, description=f"{DETAILS[recipe]} {REFERENCES_HELP}")
+        if recipe == "random":
+            command.add_argument("--env-id", required=True, help="gymnasium env id")
+        elif recipe == "medium-expert":
+            command.add_argument(
+                "--from", dest="sources", nargs=2, required=True, metavar=("MEDIUM_ID", "EXPERT_ID"), help="dataset ids"
+            )
+        else:
+            command.add_argument("--run", required=True, metavar="RUN_DIR", help="a sac, td3 or ddpg run directory")
+        if recipe in ("random", "medium", "expert"):
+            command.add_argument(
+                "--transitions", type=int, default=1_000_000, help="transitions in the dataset (default 1,000,000)"
+            )
+            command.add_argument("--seed", type=int, default=0, help="episode i is reset with SEED + i; seeds the actions")
+        if recipe in ("medium", "expert"):
+            command.add_argument(
+                "--action-noise",
+                type=float,
+                default=ACTION_NOISE,
+                help=f"std of the Gaussian noise added to the policy's actions, in units of the action half-range, clipped "
+                f"to the box (default {ACTION_NOISE}: TD3's exploration noise; 0: the deterministic policy)",
+            )
+            command.add_argument(
+                "--eval-episodes",
+                type=int,
+                default=EVAL_EPISODES,
+                help=f"episodes of the checkpoint's evaluation, recorded in the provenance (default {EVAL_EPISODES})",
+            )
+            command.add_argument("--device", default="cpu", help="torch device of the policy (default cpu)")
+        command.add_argument("--name", help="dataset id (default rlgrid/<env>/<recipe>-v0)")
+        command.add_argument("--ref-min-score", type=float, help="random return for normalisation (default: see above)")
+        command.add_argument("--ref-max-score", type=float, help="expert return for normalisation (default: D4RL's, if any)")
     commands.add_parser("list", help="the datasets under the Minari root")
     info = commands.add_parser("info", help="one dataset's size, returns, reference scores and provenance")
     info.add_argument("name", help="dataset id")
     return parser.parse_args(argv)
+
+
+def make(args: argparse.Namespace) -> tuple[str, dict]:
+    """Run the recipe `args` name; returns the dataset id and its provenance."""
+    refs = {"name": args.name, "ref_min_score": args.ref_min_score, "ref_max_score": args.ref_max_score}
+    if args.recipe == "random":
+        return make_random(args.env_id, args.transitions, args.seed, **refs)
+    if args.recipe in ("medium", "expert"):
+        return make_from_policy(
+            args.recipe,
+            args.run,
+            args.transitions,
+            args.seed,
+            args.action_noise,
+            args.eval_episodes,
+            device=args.device,
+            **refs,
+        )
+    if args.recipe == "medium-replay":
+        return make_from_replay(args.run, **refs)
+    return make_combined(list(args.sources), **refs)
 
 
 def cmd_dataset(argv: list[str]) -> int:
@@ -200,9 +177,7 @@ def cmd_dataset(argv: list[str]) -> int:
     args = parse_args(argv)
     try:
         if args.command == "make":
-            name, provenance = make_dataset(
-                args.recipe, args.env_id, args.transitions, args.seed, args.name, args.ref_max_score
-            )
+            name, provenance = make(args)
             print(
                 f"wrote {name} under {minari_root()}: {provenance['transitions']:,} transitions, "
                 f"{provenance['episodes']:,} episodes in {provenance['seconds']} s"

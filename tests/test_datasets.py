@@ -3,11 +3,13 @@ terminals and timeouts kept apart; datasets that are not on the machine are refu
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gymnasium as gym
 import numpy as np
 import pytest
 
-from envs.datasets import DatasetNotFound, load_d4rl_hdf5, load_dataset, load_minari
+from envs.datasets import DatasetNotFound, load_d4rl_hdf5, load_dataset, load_minari, local_minari_ids
 
 minari = pytest.importorskip("minari")
 h5py = pytest.importorskip("h5py")
@@ -203,7 +205,11 @@ def test_dataset_make_refuses_bad_input_before_any_step(tmp_path, monkeypatch, c
     assert main(["dataset", "info", "test/other-v0"]) == 2
     assert "no Minari dataset 'test/other-v0'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["dataset", "make", "expert", "--env-id", "Hopper-v5"])  # argparse: not a recipe rlgrid makes yet
+        main(["dataset", "make", "expert", "--env-id", "Hopper-v5"])  # argparse: expert is made from a run (--run)
+    with pytest.raises(SystemExit):
+        main(["dataset", "make", "medium-random", "--env-id", "Hopper-v5"])  # argparse: not a recipe rlgrid makes
+    assert main(["dataset", "make", "random", "--env-id", "CartPole-v1", "--transitions", "10"]) == 2
+    assert "CartPole-v1 has discrete actions" in capsys.readouterr().err
 
 
 def test_a_minari_datasets_second_load_reads_its_flat_cache_and_a_changed_dataset_rebuilds_it(tmp_path, episodes):
@@ -234,3 +240,209 @@ def test_a_minari_datasets_second_load_reads_its_flat_cache_and_a_changed_datase
     load_minari(DATASET_ID)
     with np.load(cache) as fresh:
         assert str(fresh["tag"]) != old_tag
+
+
+# --- the agent recipes: medium, expert, medium-replay, medium-expert -------------------------------------------
+def train_run(root, algo: str, env_id: str, **overrides) -> Path:
+    """A tiny finished run whose one checkpoint is at its final step (with its replay memory, for sac/td3/ddpg)."""
+    from experiments.execute import RunOptions, execute_run
+    from experiments.runs import RunSpec
+
+    spec = RunSpec.create(algo, env_id, 0, overrides)
+    outcome = execute_run(spec, RunOptions(runs_dir=root, checkpoint_every_seconds=1e9, progress=False))
+    assert outcome["status"] == "done"
+    return Path(outcome["run_dir"])
+
+
+TD3 = {"learning_starts": 200, "buffer_size": 1000, "batch_size": 32, "eval_every": 300, "eval_episodes": 2}
+
+
+@pytest.fixture(scope="module")
+def td3_run(tmp_path_factory) -> Path:
+    # 550 steps of 200-step Pendulum episodes: two whole episodes and one that training stopped in.
+    return train_run(tmp_path_factory.mktemp("runs"), "td3", "Pendulum-v1", total_timesteps=550, **TD3)
+
+
+def provenance_of(tmp_path, name: str) -> dict:
+    import json
+
+    return json.loads((tmp_path / "minari" / name / "provenance.json").read_text())
+
+
+def checkpoint_policy(run_dir: Path):
+    """The policy of the run's newest checkpoint, rebuilt as rlgrid eval rebuilds it."""
+    from experiments.evaluate_run import open_run
+
+    algorithm, config, handle, _ = open_run(run_dir, episodes=1, device="cpu")
+    algorithm.train(config, None, handle)
+    return handle.policy
+
+
+def test_dataset_make_medium_expert_and_medium_expert_play_the_checkpoints_policy(tmp_path, monkeypatch, td3_run, capsys):
+    import json
+
+    from experiments.cli import main
+    from experiments.dataset_recipes import random_return
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    make = ["dataset", "make", "medium", "--run", str(td3_run), "--transitions", "450", "--seed", "1"]
+    assert main([*make, "--ref-max-score", "-150"]) == 0
+    medium = load_dataset("rlgrid/pendulum-v1/medium-v0")
+    assert len(medium) == 450 and medium.num_episodes == 3  # 200 + 200 + 50, the last one cut
+    assert not medium.terminals.any() and np.flatnonzero(medium.timeouts).tolist() == [199, 399, 449]
+    env = gym.make("Pendulum-v1")
+    assert np.allclose(medium.observations[200], env.reset(seed=2)[0])  # episode i is reset with seed + i
+    # No random dataset of Pendulum here: the random return is measured, on 100 episodes.
+    assert medium.ref_min_score == pytest.approx(random_return("Pendulum-v1")) and medium.ref_max_score == -150
+    provenance = provenance_of(tmp_path, "rlgrid/pendulum-v1/medium-v0")
+    assert provenance["checkpoint_step"] == 550 and provenance["algorithm"] == "td3" and provenance["run_dir"] == str(td3_run)
+    assert provenance["checkpoint_eval_episodes"] == 10 and np.isfinite(provenance["checkpoint_eval_return"])
+    assert provenance["action_noise"] == 0.1 and provenance["seed"] == 1 and provenance["versions"]["torch"]
+    assert "100 uniformly random episodes" in provenance["ref_min_score_source"]
+
+    # The noise: the policy's action plus N(0, 0.1 half-ranges), one draw a step from a stream seeded with --seed,
+    # clipped to Pendulum's [-2, 2] (half-range 2).
+    policy = checkpoint_policy(td3_run)
+    noise = np.random.default_rng(1).normal(0.0, 0.1, (450, 1)) * 2.0
+    assert np.allclose(medium.actions, np.clip(policy(medium.observations) + noise, -2.0, 2.0), atol=1e-5)
+    assert 0 < (np.abs(medium.actions) == 2.0).mean() < 1  # some actions clipped, not all
+
+    # expert with no noise, evaluated on the run's own evaluation episodes: its final evaluation return, the policy's
+    # actions exactly; a random dataset of the env is here now, and gives ref_min_score.
+    assert main(["dataset", "make", "random", "--env-id", "Pendulum-v1", "--transitions", "400"]) == 0
+    random_mean = provenance_of(tmp_path, "rlgrid/pendulum-v1/random-v0")["mean_episode_return"]
+    expert_make = ["dataset", "make", "expert", "--run", str(td3_run), "--transitions", "250", "--seed", "7"]
+    assert main([*expert_make, "--action-noise", "0", "--eval-episodes", "2", "--ref-max-score", "-150"]) == 0
+    expert = load_dataset("rlgrid/pendulum-v1/expert-v0")
+    assert len(expert) == 250 and np.allclose(expert.actions, policy(expert.observations), atol=1e-6)
+    provenance = provenance_of(tmp_path, "rlgrid/pendulum-v1/expert-v0")
+    result = json.loads((td3_run / "result.json").read_text())
+    assert provenance["checkpoint_eval_return"] == result["final_eval_return"]
+    assert expert.ref_min_score == pytest.approx(random_mean) and "random dataset" in provenance["ref_min_score_source"]
+
+    # medium-expert: both datasets' transitions, medium first.
+    sources = ["rlgrid/pendulum-v1/medium-v0", "rlgrid/pendulum-v1/expert-v0"]
+    assert main(["dataset", "make", "medium-expert", "--from", *sources, "--ref-max-score", "-150"]) == 0
+    both = load_dataset("rlgrid/pendulum-v1/medium-expert-v0")
+    assert len(both) == 700 and both.num_episodes == medium.num_episodes + expert.num_episodes
+    for field in FIELDS:
+        assert np.array_equal(getattr(both, field), np.concatenate([getattr(medium, field), getattr(expert, field)])), field
+    assert both.ref_min_score == pytest.approx(random_mean) and both.ref_max_score == -150
+    assert provenance_of(tmp_path, "rlgrid/pendulum-v1/medium-expert-v0")["sources"] == sources
+    capsys.readouterr()
+    # ... of one env only.
+    assert main(["dataset", "make", "random", "--env-id", "MountainCarContinuous-v0", "--transitions", "5"]) == 0
+    other = "rlgrid/mountaincarcontinuous-v0/random-v0"
+    assert main(["dataset", "make", "medium-expert", "--from", sources[0], other, "--name", "test/mixed-v0"]) == 2
+    assert "datasets of different envs (Pendulum-v1 and MountainCarContinuous-v0)" in capsys.readouterr().err
+    assert "test/mixed-v0" not in local_minari_ids()
+
+
+def test_dataset_make_medium_replay_holds_exactly_what_the_agent_saw(tmp_path, monkeypatch, td3_run):
+    import torch
+
+    from experiments.cli import main
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    assert main(["dataset", "make", "medium-replay", "--run", str(td3_run), "--ref-min-score", "-1200"]) == 0
+    data = load_dataset("rlgrid/pendulum-v1/medium-replay-v0")
+    replay = torch.load(td3_run / "checkpoints" / "ckpt-000000000550.replay.pt", weights_only=True)
+    assert len(data) == replay["size"] == 550 and data.num_episodes == 3
+    assert np.array_equal(data.observations, replay["obs"].numpy())
+    assert np.array_equal(data.next_observations, replay["next_obs"].numpy())
+    assert np.array_equal(data.actions, replay["actions"].numpy())
+    assert np.array_equal(data.rewards, replay["rewards"].numpy())
+    assert np.array_equal(data.terminals, replay["terminated"].numpy() > 0)
+    truncated = replay["truncated"].numpy() > 0
+    # Time limits where the agent met them; the episode training stopped in is cut at its last step.
+    assert np.array_equal(data.timeouts[:-1], truncated[:-1]) and data.timeouts[-1] and not truncated[-1]
+    assert data.ref_min_score is None  # Minari keeps reference scores only with an expert one (Pendulum has none)
+    provenance = provenance_of(tmp_path, "rlgrid/pendulum-v1/medium-replay-v0")
+    assert provenance["checkpoint_step"] == 550 and provenance["transitions"] == 550
+    assert provenance["ref_min_score"] == -1200 and provenance["run_last_evaluation"]["step"] == 550
+
+
+def test_replay_episodes_of_several_env_copies_come_back_whole_in_the_order_they_started():
+    from experiments.dataset_recipes import replay_episodes
+
+    # Two copies, rows interleaved (row r: copy r % 2): copy 0 terminates after 2 steps then runs 3 more unfinished;
+    # copy 1 is truncated after 4 steps, then runs 1 more. Observations count up per copy, so next_obs = obs + 1.
+    steps = 5
+    obs = np.zeros((2 * steps, 1), np.float32)
+    obs[0::2, 0] = np.array([0, 1, 10, 11, 12])
+    obs[1::2, 0] = np.array([100, 101, 102, 103, 200])
+    terminated = np.zeros(2 * steps)
+    truncated = np.zeros(2 * steps)
+    terminated[2 * 1] = 1  # copy 0, step 1
+    truncated[2 * 3 + 1] = 1  # copy 1, step 3
+    replay = {
+        "obs": obs,
+        "next_obs": obs + 1,
+        "actions": np.arange(2 * steps, dtype=np.float32)[:, None],
+        "rewards": np.arange(2 * steps, dtype=np.float32),
+        "terminated": terminated,
+        "truncated": truncated,
+    }
+    episodes = replay_episodes(replay, num_envs=2)
+    assert [e["observations"][:, 0].tolist() for e in episodes] == [
+        [0, 1, 2],
+        [100, 101, 102, 103, 104],
+        [10, 11, 12, 13],
+        [200, 201],
+    ]
+    assert [e["actions"][:, 0].tolist() for e in episodes] == [[0, 2], [1, 3, 5, 7], [4, 6, 8], [9]]
+    assert [(e["terminations"].tolist(), e["truncations"].tolist()) for e in episodes] == [
+        ([False, True], [False, False]),
+        ([False] * 4, [False, False, False, True]),
+        ([False] * 3, [False, False, True]),  # unfinished: cut
+        ([False], [True]),
+    ]
+    replay["next_obs"] = replay["next_obs"].copy()
+    replay["next_obs"][0] = 5  # not the next row's observation: not a memory written step by step
+    with pytest.raises(ValueError, match="not consecutive steps"):
+        replay_episodes(replay, num_envs=2)
+
+
+def test_agent_recipes_refuse_bad_runs_before_any_step(tmp_path, tmp_path_factory, monkeypatch, capsys, td3_run):
+    import shutil
+
+    import experiments.dataset_recipes as recipes
+    from experiments.cli import main
+
+    def no_step(*args, **kwargs):
+        raise AssertionError("a refused dataset played or read episodes")
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    monkeypatch.setattr(recipes, "rollout", no_step)
+    monkeypatch.setattr(recipes, "replay_episodes", no_step)
+
+    def refused(*argv: str) -> str:
+        assert main(["dataset", "make", *argv]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("error: ") and error.count("\n") == 1, error  # one line
+        return error
+
+    assert "no such directory" in refused("medium", "--run", str(tmp_path / "nowhere"))
+    no_checkpoint = tmp_path / "copy"
+    no_checkpoint.mkdir()
+    for name in ("spec.json", "config.json"):
+        shutil.copy(td3_run / name, no_checkpoint / name)
+    assert "has no checkpoint" in refused("medium-replay", "--run", str(no_checkpoint))
+    runs = tmp_path_factory.mktemp("more-runs")
+    ppo = train_run(runs, "ppo", "Pendulum-v1", **load_algorithm_smoke("ppo"))
+    assert "is a ppo run: medium is made from sac, td3, ddpg runs only" in refused("medium", "--run", str(ppo))
+    assert "is a ppo run" in refused("medium-replay", "--run", str(ppo))
+    wrapped = train_run(runs, "td3", "Pendulum-v1", total_timesteps=400, **{**TD3, "buffer_size": 300})
+    error = refused("medium-replay", "--run", str(wrapped))
+    assert "buffer_size 300" in error and "dropped the oldest 100 transitions" in error
+    assert "buffer_size >= total_timesteps" in error
+    assert "--action-noise must be >= 0" in refused("expert", "--run", str(td3_run), "--action-noise", "-0.1")
+    (tmp_path / "minari" / "rlgrid" / "pendulum-v1" / "medium-replay-v0" / "data").mkdir(parents=True)
+    assert "a dataset 'rlgrid/pendulum-v1/medium-replay-v0' exists" in refused("medium-replay", "--run", str(td3_run))
+    assert "no Minari dataset 'test/none-v0'" in refused("medium-expert", "--from", "test/none-v0", "test/other-v0")
+
+
+def load_algorithm_smoke(algo: str) -> dict:
+    from experiments.registry import load_algorithm
+
+    return dict(load_algorithm(algo).SMOKE)

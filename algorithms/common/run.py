@@ -72,7 +72,9 @@ class CheckpointEvaluation(Checkpointer):
     `RunState.finish` evaluates `episodes` episodes seeded from `seed` upwards (None: the seed of the run's own
     evaluation at that step, `evaluation_seed`), whether or not the run already evaluated there, the first one into
     the MP4 file `video` if given. The returns are kept
-    in `returns`, the seed in `seed_used`. Nothing in the run directory is written or moved (read-only; the replay
+    in `returns`, the seed in `seed_used`, and the evaluation policy itself (numpy observations in, deterministic
+    actions out) in `policy`, for callers that act with the checkpoint's policy afterwards (`rlgrid dataset make
+    medium|expert`). Nothing in the run directory is written or moved (read-only; the replay
     memory is not read), and a loop that would train anyway stops at the end of its first iteration, before any save.
     """
 
@@ -81,6 +83,7 @@ class CheckpointEvaluation(Checkpointer):
         self.episodes, self.seed, self.video = episodes, seed, video  # video: the first episode as an MP4 there
         self.returns: np.ndarray | None = None
         self.seed_used: int | None = None
+        self.policy: Callable[[np.ndarray], np.ndarray] | None = None
 
     def due(self, step: int) -> bool:
         raise RuntimeError(
@@ -248,7 +251,7 @@ class RunState:
         index = len(self.eval_history) - (1 if self.eval_history and self.eval_history[-1][0] == step else 0)
         seed = request.seed if request.seed is not None else evaluation_seed(self.cfg.seed, index)
         returns = evaluate(self.envs, policy, request.episodes, seed=seed, max_steps=self.eval_max_steps, video=request.video)
-        request.returns, request.seed_used = returns, seed
+        request.returns, request.seed_used, request.policy = returns, seed, policy
         return TrainResult(
             global_step=step,
             wall_time_s=time.perf_counter() - self.start_time,
