@@ -70,6 +70,15 @@ CASES = {
         "--total-timesteps 2400 --learning-starts 400 --buffer-size 1500 --batch-size 64 "
         "--eval-every 800 --eval-episodes 2 --checkpoint-every-steps 700",
     ),
+    # Offline: networks, optimizers (IQL's learning-rate schedule, CQL's temperatures) and torch's generator, which
+    # draws the batches; a step is a gradient update on the smoke dataset (tests/conftest.py).
+    **{
+        algo: (
+            "rlgrid/pendulum-v1/smoke-v0",
+            "--total-timesteps 500 --batch-size 32 --eval-every 250 --eval-episodes 2 --checkpoint-every-steps 150",
+        )
+        for algo in ("bc", "td3_bc", "iql", "cql")
+    },
     # Tabular: the tables (visit counts where the step size decays), the env's state (toy text's `s`, Blackjack's cards
     # behind the tuple-to-index wrapper, the book's worlds) and Python's RNG, which draws the epsilon-greedy actions.
     # Dynamic programming: V, the policy and policy iteration's progress; a step is a sweep.
