@@ -23,7 +23,17 @@ import pandas as pd
 from analysis import figures
 from analysis.figures import X_AXES
 from analysis.load import find_videos, load_runs, load_wandb
-from analysis.scores import CELL_KEYS, PROTOCOLS, RUN_KEYS, env_bounds, eval_curves, normalize_by_bounds, per_run_scores
+from analysis.scores import (
+    CELL_KEYS,
+    PROTOCOLS,
+    RUN_KEYS,
+    TaskEnv,
+    env_bounds,
+    eval_curves,
+    normalize_by_bounds,
+    per_run_scores,
+    task_env,
+)
 from analysis.stats import aggregate_table, method_name, performance_profiles, probability_of_improvement, sample_efficiency
 from analysis.verdicts import SOURCES, bootstrap_ci, compare_to_references, eval_max_ci
 
@@ -69,15 +79,16 @@ def fmt(x: float, digits: int = 1) -> str:
     return f"{x:,.{digits}f}" if abs(x) >= 10 or digits > 1 else f"{x:.3g}"
 
 
-def _families(env_ids: list[str]) -> dict[str, str]:
+def _families(tasks: dict[str, TaskEnv]) -> dict[str, str]:
+    """{task: env family}; a dataset's is its env's (read from its name where the dataset is not here: `task_env`)."""
     from envs import env_family
 
     families = {}
-    for env_id in env_ids:
+    for task, where in tasks.items():
         try:
-            families[env_id] = env_family(env_id)
+            families[task] = env_family(where.env_id) if where.env_id is not None else "other"
         except Exception:  # not registered here (e.g. W&B runs of envs this machine lacks)
-            families[env_id] = "other"
+            families[task] = "other"
     return families
 
 
@@ -124,6 +135,44 @@ def _show_scores(table: pd.DataFrame) -> pd.DataFrame:
     )
     if "normalized" in table:
         shown["normalized"] = table["normalized"].map(lambda x: fmt(x, 3))
+    return shown
+
+
+def d4rl_table(scores: pd.DataFrame, bounds: dict[str, tuple[float, float]]) -> pd.DataFrame:
+    """The score table's cells whose task is a dataset, as D4RL reports them: the normalised score
+    100 * (return - ref_min) / (ref_max - ref_min) of the seed mean, with the ends of its 95% CI (the map is affine and
+    increasing, so it carries the CI of the returns onto that of the normalised score), and the bounds used."""
+    from envs.datasets import is_dataset_id
+
+    rows = scores[scores["env_id"].map(is_dataset_id)]
+    low = rows["env_id"].map(lambda task: bounds[task][0]).astype(float)
+    high = rows["env_id"].map(lambda task: bounds[task][1]).astype(float)
+    scale = lambda column: 100.0 * (rows[column] - low) / (high - low)  # noqa: E731
+    return pd.DataFrame(
+        {
+            "dataset": rows["env_id"],
+            "method": rows["method"],
+            "suite": rows["suite"],
+            "seeds": rows["seeds"],
+            "steps": rows["steps"],
+            "normalized_score": scale("score"),
+            "ci_low": scale("ci_low"),
+            "ci_high": scale("ci_high"),
+            "ref_min_score": low,
+            "ref_max_score": high,
+        }
+    ).reset_index(drop=True)
+
+
+def _show_d4rl(table: pd.DataFrame) -> pd.DataFrame:
+    """D4RL's layout: a row per dataset, a column per method (per method and suite where one method ran a dataset in
+    several suites), each cell `mean [95% CI]` ("–" where it was not run)."""
+    spans = zip(table["normalized_score"], table["ci_low"], table["ci_high"])
+    cells = table.assign(cell=[f"{fmt(m)} [{fmt(a)}, {fmt(b)}]" for m, a, b in spans])
+    if cells.duplicated(["dataset", "method"]).any():  # one method on one dataset in several suites: a column each
+        cells["method"] = cells["method"] + " (" + cells["suite"] + ")"
+    shown = cells.pivot(index="dataset", columns="method", values="cell").fillna("–").reset_index()
+    shown.columns.name = None
     return shown
 
 
@@ -325,7 +374,20 @@ def build_report(frame: pd.DataFrame, out_dir: str | Path, options: ReportOption
     if unknown:
         raise ValueError(f"--pair names unknown methods {unknown}; the runs have {methods}")
     normalized = options.normalize != "none"
-    bounds = env_bounds(env_ids, options.normalize) if normalized else None
+    tasks = {env_id: task_env(env_id) for env_id in env_ids}
+    datasets = [env_id for env_id, task in tasks.items() if task.is_dataset]
+    if datasets:
+        report.notes.append(
+            f"{len(datasets)} of the tasks are datasets (offline runs): there a step is a gradient update, not an env step, "
+            "and a return is that of an evaluation episode in the env the dataset was collected in."
+        )
+    elsewhere = [f"{task} (env {tasks[task].env_id or 'unknown'})" for task in datasets if not tasks[task].here]
+    if elsewhere:
+        report.notes.append(
+            f"Datasets not on this machine (nothing is downloaded): {', '.join(elsewhere)}; their envs are read from their "
+            "names (for their env family, and for D4RL's reference returns under --normalize d4rl)."
+        )
+    bounds = env_bounds(env_ids, options.normalize, report.notes) if normalized else None
     if bounds is not None:
         scores["normalized"] = normalize_by_bounds(scores, bounds).to_numpy()
     column = "normalized" if normalized else "score"
@@ -334,6 +396,9 @@ def build_report(frame: pd.DataFrame, out_dir: str | Path, options: ReportOption
     log(f"scores: {len(scores)} runs, {len(methods)} methods x {len(env_ids)} envs, protocol {options.protocol}")
     report.tables["scores"] = score_table(frame, scores, options.protocol, normalized, options.reps, options.seed)
     report.shown["scores"] = _show_scores(report.tables["scores"])
+    if options.normalize == "d4rl" and datasets:
+        report.tables["d4rl_scores"] = d4rl_table(report.tables["scores"], bounds)
+        report.shown["d4rl_scores"] = _show_d4rl(report.tables["d4rl_scores"])
     has_value_error = frame["metric"].eq(VALUE_ERROR).any()
     if has_value_error:
         report.tables["value_error"] = value_error_table(frame[frame["env_id"].isin(env_ids)], options.reps, options.seed)
@@ -389,7 +454,7 @@ def build_report(frame: pd.DataFrame, out_dir: str | Path, options: ReportOption
     verdicts = pd.DataFrame()
     if references:
         log(f"reference comparison: {', '.join(references)}")
-        verdicts = compare_to_references(frame, references, _families(env_ids), options.protocol, options.last_n, options.seed)
+        verdicts = compare_to_references(frame, references, _families(tasks), options.protocol, options.last_n, options.seed)
         if verdicts.empty:
             report.notes.append(f"No reference row matched any (algorithm, env) cell in: {', '.join(references)}.")
         else:
@@ -527,6 +592,8 @@ def text_table(table: pd.DataFrame, max_width: int = 48) -> str:
 
 TITLES = {
     "scores": "Scores per cell",
+    "d4rl_scores": "D4RL normalised scores (a row per dataset: 100 x (return - ref_min) / (ref_max - ref_min) with the "
+    "dataset's own reference returns where it has them; mean over seeds [95% bootstrap CI])",
     "reference_verdicts": "Reference comparison",
     "value_error": "Final value error per cell (RMS error of the value estimate at each run's last evaluation, "
     "against the exact values; lower is better; mean over seeds, 95% bootstrap CI)",
@@ -785,6 +852,8 @@ def main(argv: list[str]) -> int:
         report.videos = find_videos(args.runs)
     write_report(report)
     print(f"\n{TITLES['scores']} ({options.protocol})\n{text_table(report.shown['scores'])}")
+    if "d4rl_scores" in report.shown:
+        print(f"\nD4RL normalised scores (mean [95% CI], 0 random, 100 expert)\n{text_table(report.shown['d4rl_scores'])}")
     if "value_error" in report.shown:
         print(f"\nFinal value error (RMS, lower is better)\n{text_table(report.shown['value_error'])}")
     if report.summary:

@@ -10,6 +10,7 @@ Protocols (each states what a published number means, so comparisons are like fo
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -152,14 +153,64 @@ def env_key(env_id: str) -> str:
     return atari_game(name)
 
 
-def env_bounds(env_ids: list[str], normalize: str) -> dict[str, tuple[float, float]]:
+def dataset_env_guess(task: str) -> str | None:
+    """The env of a dataset read from its name alone, for a dataset that is not on this machine: a Minari id's name part
+    (`rlgrid/hopper-v5/medium-v0` -> `Hopper-v5`, a registered gymnasium id case aside; `mujoco/hopper/medium-v0` ->
+    D4RL's env of that name, `envs.datasets.D4RL_ENVS`), a D4RL file's task (`hopper-medium-v2.hdf5` -> `Hopper-v5`);
+    None where the name says none."""
+    from envs.datasets import D4RL_ENVS, HDF5_SUFFIXES
+
+    if task.endswith(HDF5_SUFFIXES):
+        return D4RL_ENVS.get(Path(task).name.split("-")[0].lower())
+    parts = task.split("/")
+    if len(parts) < 3:
+        return None
+    name = parts[-2].lower()
+    import gymnasium as gym
+
+    registered = {env_id.lower(): env_id for env_id in gym.registry}
+    return registered.get(name) or D4RL_ENVS.get(name)
+
+
+@dataclass(frozen=True)
+class TaskEnv:
+    """Where a task (an env id, or a dataset: the task of an offline run) is played: `env_id` (None if unknown), and,
+    for a dataset, its own reference returns and whether it was found here (else `env_id` is read from its name)."""
+
+    env_id: str | None
+    is_dataset: bool = False
+    here: bool = True
+    ref_min_score: float | None = None
+    ref_max_score: float | None = None
+
+
+def task_env(task: str) -> TaskEnv:
+    """A task's env and, for a dataset, its reference returns (`envs.datasets.dataset_info`, without loading the data).
+    A dataset that is not on this machine (or cannot be read here) is not an error: its env is read from its name
+    (`dataset_env_guess`) and `here` is False, so that a report of its runs can still be written elsewhere."""
+    from envs.datasets import dataset_info, is_dataset_id
+
+    if not is_dataset_id(task):
+        return TaskEnv(task)
+    try:
+        info = dataset_info(task)
+    except (ValueError, OSError, ImportError):  # DatasetNotFound is a ValueError; h5py missing: ImportError
+        return TaskEnv(dataset_env_guess(task), is_dataset=True, here=False)
+    return TaskEnv(info.env_id or dataset_env_guess(task), True, True, info.ref_min_score, info.ref_max_score)
+
+
+def env_bounds(env_ids: list[str], normalize: str, notes: list[str] | None = None) -> dict[str, tuple[float, float]]:
     """Per-env (low, high) for min-max normalisation, by name:
 
     - `human`: Atari-57 random and human scores;
-    - `d4rl`: D4RL's random and expert reference returns (MuJoCo locomotion tasks);
+    - `d4rl`: D4RL's random and expert reference returns (MuJoCo locomotion tasks). A task that is a dataset (the task
+      of an offline run: a Minari id or a D4RL .hdf5 path) is normalised by its own reference returns
+      (`ref_min_score`, `ref_max_score`) where it has both, as its runs' `eval/normalized_score` is; else by D4RL's
+      row of the env it was collected in (read from its name where the dataset is not on this machine);
     - `TABLE:LOW:HIGH`: the rows of algorithms LOW and HIGH of a reference table (shipped name or CSV path),
       e.g. `mujoco_td3_paper_2018:DDPG:TD3`.
-    Every env must be covered, else KeyError naming the ones that are not."""
+    Every env must be covered, else KeyError naming the ones that are not. `notes` (a list) receives a sentence for
+    each dataset normalised otherwise than by its own reference returns."""
     if normalize == "human":
         table, low_name, high_name = load_reference("atari_human_random_57"), "Random", "Human"
     elif normalize == "d4rl":
@@ -174,12 +225,37 @@ def env_bounds(env_ids: list[str], normalize: str) -> dict[str, tuple[float, flo
     keyed = table.assign(key=table["env_id"].map(lambda e: env_key(str(e)).replace("_", "")))
     bounds, missing = {}, []
     for env_id in env_ids:
-        rows = keyed[keyed["key"] == env_key(env_id).replace("_", "")]
+        lookup, why = env_id, ""
+        if normalize == "d4rl" and (task := task_env(env_id)).is_dataset:
+            own = (task.ref_min_score, task.ref_max_score)
+            if None not in own and own[0] != own[1]:
+                bounds[env_id] = (float(own[0]), float(own[1]))  # the dataset's own, as its runs' eval/normalized_score
+                continue
+            if task.here:
+                why = f"dataset {env_id} has no reference returns of its own (ref_min_score and ref_max_score)"
+            else:
+                why = f"dataset {env_id} is not on this machine, so its own reference returns could not be read"
+            if task.env_id is None:
+                missing.append(f"{env_id} ({why}, and its env is unknown)")
+                continue
+            lookup = task.env_id
+        rows = keyed[keyed["key"] == env_key(lookup).replace("_", "")]
         low, high = rows.loc[rows["algorithm"] == low_name, "value"], rows.loc[rows["algorithm"] == high_name, "value"]
         if low.empty or high.empty:
-            missing.append(env_id)
-        else:
-            bounds[env_id] = (float(low.iloc[0]), float(high.iloc[0]))
+            missing.append(f"{env_id} ({why}, and D4RL has no row for its env {lookup})" if why else env_id)
+            continue
+        bounds[env_id] = (float(low.iloc[0]), float(high.iloc[0]))
+        if why and notes is not None:
+            where = (
+                "its runs logged no eval/normalized_score"
+                if task.here
+                else "its env is read from its name, and its runs' eval/normalized_score (by the dataset's own reference "
+                "returns) may differ"
+            )
+            notes.append(
+                f"{why}: normalised by D4RL's row of its env {lookup} (random {bounds[env_id][0]:,.1f}, expert "
+                f"{bounds[env_id][1]:,.1f}); {where}."
+            )
     if missing:
         raise KeyError(f"normalisation {normalize!r} has no {low_name!r}/{high_name!r} scores for {', '.join(missing)}")
     return bounds

@@ -26,17 +26,25 @@ The grid is algorithms x env_ids, except where `[algo.X] env_ids` narrows an alg
 (each must be one of them; every top-level env must be run by some algorithm): one suite can then hold several
 comparisons, e.g. the control methods on one task and the prediction methods on another (suites/tabular.toml). The
 report compares methods env by env, so a method missing from an env is simply absent there.
+
+For the offline algorithms (bc, td3_bc, iql, cql) a task is a dataset, named in env_ids where an online algorithm's env
+goes: a Minari id (`rlgrid/hopper-v5/medium-v0`) or the path of a D4RL .hdf5 file (suites/offline_mujoco.toml). Its
+family, for `[algo.X.family]`, is that of the env it was collected in. A dataset must be on this machine when the suite
+is loaded: one that is not is refused with the rest of the problems, before any run starts, with the
+`rlgrid dataset make` command that makes it where its name is one that command gives.
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from envs import ENV_FAMILIES, env_family, validate_env_id
+from envs.datasets import DatasetNotFound
 from experiments.registry import config_fields, convert_value, list_algorithms, load_algorithm
 from experiments.runs import RunSpec
 
@@ -98,6 +106,38 @@ def suggest(name: str, options: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def make_dataset_hint(task: str) -> str:
+    """For a dataset that is not here and has a name `rlgrid dataset make` gives (`rlgrid/<env>/<recipe>-vN`), a sentence
+    with the command that makes it (and the run it is made from); '' for any other name."""
+    from analysis.scores import dataset_env_guess
+    from experiments.dataset_recipes import AGENT_ALGORITHMS, RECIPES, default_name
+
+    parts = task.split("/")
+    recipe = re.sub(r"-v\d+$", "", parts[-1])
+    if len(parts) != 3 or parts[0] != "rlgrid" or recipe not in RECIPES:
+        return ""
+    env_id = dataset_env_guess(task)
+    env = env_id or "ENV_ID"
+    name = "" if env_id is not None and task == default_name(env_id, recipe) else f" --name {task}"
+    agents = "/".join(AGENT_ALGORITHMS)
+    train = f"`rlgrid train sac --env-id {env} --total-timesteps N`"
+    if recipe == "random":
+        how = f"`rlgrid dataset make random --env-id {env}{name}`"
+    elif recipe == "medium-expert":
+        medium, expert = (f"rlgrid/{parts[1]}/{kind}-v0" for kind in ("medium", "expert"))
+        how = f"`rlgrid dataset make medium-expert --from {medium} {expert}{name}` (make those two first)"
+    else:
+        run = {
+            "medium": f"a {agents} run of {env} stopped at about a third of the expert's return ({train}, N well short of "
+            "1M; check its eval/episodic_return)",
+            "expert": f"a {agents} run of {env} trained to the end ({train}, e.g. N = 1000000)",
+            "medium-replay": "the run the medium dataset is made from (its replay memory: train it with buffer_size >= "
+            "total_timesteps)",
+        }[recipe]
+        how = f"`rlgrid dataset make {recipe} --run RUN_DIR{name}`, RUN_DIR {run}"
+    return f". To make it: {how}"
+
+
 def check_algo_envs(algo: str, value: Any, env_ids: list[Any], valid_envs: list[str], problems: list[str]) -> list[str]:
     """`[algo.X] env_ids`: a non-empty list of distinct env ids, each one of the top-level env_ids. Returns the valid ones
     in the top-level order (the grid's order); adds a line to `problems` for each that is not."""
@@ -115,6 +155,8 @@ def check_algo_envs(algo: str, value: Any, env_ids: list[Any], valid_envs: list[
             try:
                 validate_env_id(env_id)
                 what = f"{env_id!r} is not one of the top-level env_ids"
+            except DatasetNotFound:
+                what = f"no dataset {env_id!r} on this machine, and not one of the top-level env_ids"
             except ValueError:
                 what = f"unknown environment id {env_id!r}, and not one of the top-level env_ids"
             listed = ", ".join(map(str, env_ids))
@@ -158,6 +200,8 @@ def load_suite(name_or_path: str) -> Suite:
         try:
             validate_env_id(str(env_id))
             valid_envs.append(env_id)
+        except DatasetNotFound as exc:  # nothing is downloaded: say how to make it
+            problems.append(f"env_ids[{i}]: {exc}{make_dataset_hint(str(env_id))}")
         except ValueError as exc:
             problems.append(f"env_ids[{i}]: {exc}")
 
