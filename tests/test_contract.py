@@ -163,11 +163,16 @@ def test_a_network_method_refuses_a_finite_state_set_before_it_starts(algo):
         load_algorithm(algo).check_env("FrozenLake-v1")
 
 
+VARIANTS = [algo for algo in ALGOS if algo in getattr(load_algorithm(algo).module, "VARIANTS", {})]
+"""registered variants (ddpg, npg, ...): their file's train() with other Config defaults"""
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", [a for a in ALGOS if a not in TABULAR_ALGOS])
+@pytest.mark.parametrize("algo", [a for a in ALGOS if a not in TABULAR_ALGOS + VARIANTS])
 def test_compile_flag_runs(algo):
     """compile=True wraps the hot paths in torch.compile (CPU inductor here): TorchDynamo compiles frames (its counters,
-    reset first, say so; an ignored flag leaves them at zero), and the run still works."""
+    reset first, say so; an ignored flag leaves them at zero), and the run still works. Once per algorithm file: a
+    variant compiles the same functions (compiling each took CI a minute more)."""
     import torch
     from torch._dynamo.utils import counters
 

@@ -100,7 +100,7 @@ def test_double_dqn_is_dqn_with_the_double_target():
 #   Double DQN seeds 1-3: final 500, 98.8, 500; every seed reached 500 (seed 2 fell from 500 at 50k).
 # At 50k, DQN seed 3 peaked at 400.7. DQN on CartPole oscillates after it solves the task, so the test asks
 # what the issue asks, that every seed reaches >= 475 (the final evaluation is reported, not asserted).
-# Seeds 1-2 are tested (each of the calibrated seeds passes; the two tests took 9 minutes of CI with three).
+# Seed 1 is tested (each of the calibrated seeds passes; with seeds 1-2 the two tests took about 5 minutes of CI).
 FAST = {
     "total_timesteps": 60_000,
     "learning_rate": 2.3e-3,
@@ -122,6 +122,6 @@ FAST = {
 @pytest.mark.slow
 @pytest.mark.parametrize("module", [dqn, double_dqn], ids=["dqn", "double_dqn"])
 def test_learns_cartpole(module):
-    results = [module.train(module.Config(**FAST, seed=seed), NullLogger()) for seed in (1, 2)]
+    results = [module.train(module.Config(**FAST, seed=seed), NullLogger()) for seed in (1,)]
     best = [max(value for _, value in r.eval_returns) for r in results]
     assert min(best) >= 475, (best, [r.eval_returns for r in results])

@@ -6,8 +6,9 @@ noted below; a random policy scores about -1,200, a good one about -150):
   DDPG (lr 1e-3) seeds 1-3: -122.1, -132.5, -113.5 (seed 2 passed through -393.7 at 15k)
   TD3 (lr 1e-3)  seeds 1-3: -108.9, -130.8, -110.1
   SAC            seeds 1-3: -107.8, -134.6, -108.5
-The test asks what the issue asks, better than -250, of every seed it runs (seeds 1 and 2 of each, so CI spends
-a few minutes here); the 64-unit networks keep each run short on two cores.
+The test asks what the issue asks, better than -250, of seed 1 of each (all three calibrated seeds clear it by more
+than 100; a second seed per algorithm cost CI three more minutes); the 64-unit networks keep each run short on two
+cores.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ SETTINGS = {"ddpg": (ddpg, {"learning_rate": 1e-3}), "td3": (td3, {"learning_rat
 
 @pytest.mark.slow
 @pytest.mark.parametrize("algo", sorted(SETTINGS))
-@pytest.mark.parametrize("seed", [1, 2])
-def test_learns_pendulum_within_20k_steps(algo, seed):
+def test_learns_pendulum_within_20k_steps(algo):
+    seed = 1
     module, overrides = SETTINGS[algo]
     result = module.train(module.Config(**PENDULUM, **overrides, seed=seed), NullLogger())
     assert result.global_step == 20_000
