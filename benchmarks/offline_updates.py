@@ -26,22 +26,29 @@ CORL_HOURS = {"iql": 4.08, "td3_bc": 2.47, "cql": 11.52}
 """CORL README, 1M updates on a GTX 1080 Ti (PyTorch)"""
 ALGORITHMS = ("bc", "td3_bc", "iql", "cql")
 WARM_UP = 200
+MIN_SECONDS = 3.0
 
 
-def measure(algo: str, dataset: str, updates: int) -> tuple[float, float]:
-    """(updates per second, FLOPs per update): the wall time of a run to WARM_UP + `updates` updates minus that of
-    the same run to WARM_UP, so that loading the dataset, building the env and the first kernels are not counted."""
+def measure(algo: str, dataset: str, updates: int) -> tuple[float, float, int]:
+    """(updates per second, FLOPs per update, updates measured): the wall time of a run to WARM_UP + n updates minus
+    that of the same run to WARM_UP, so that loading the dataset, building the env and the first kernels are not counted;
+    n starts at `updates` and grows until the difference is at least MIN_SECONDS (BC's updates take a millisecond)."""
     from ceiling import flops_until, train_until
 
     algorithm = load_algorithm(algo)
-    config = algorithm.Config(env_id=dataset, total_timesteps=WARM_UP + updates + 10, eval_every=0)
-    times = []
-    for stop in (WARM_UP, WARM_UP + updates):
-        start = time.perf_counter()
-        train_until(algorithm.train, config, stop)
-        times.append(time.perf_counter() - start)
+    n = updates
+    while True:
+        config = algorithm.Config(env_id=dataset, total_timesteps=WARM_UP + n + 10, eval_every=0)
+        times = []
+        for stop in (WARM_UP, WARM_UP + n):
+            start = time.perf_counter()
+            train_until(algorithm.train, config, stop)
+            times.append(time.perf_counter() - start)
+        if times[1] - times[0] >= MIN_SECONDS:
+            break
+        n *= 4
     flops = flops_until(algorithm.train, config, 11) / 11
-    return updates / (times[1] - times[0]), flops
+    return n / (times[1] - times[0]), flops, n
 
 
 def main() -> None:
@@ -61,16 +68,18 @@ def main() -> None:
 
     rate = matmul_rate()
     print(f"dataset {dataset}; batch 256; {args.threads} torch threads; matmuls at {rate / 1e9:,.0f} GFLOP/s")
-    print(f"{'algorithm':<8} {'updates/s':>10} {'MFLOP/update':>13} {'ceiling/s':>10} {'share':>6}   CORL (1080 Ti)")
+    header = f"{'algorithm':<8} {'updates/s':>10} {'MFLOP/update':>13} {'ceiling/s':>10} {'share':>6}"
+    print(f"{header}   CORL (1080 Ti)  [updates measured]")
     for algo in ALGORITHMS:
-        achieved, flops = measure(algo, dataset, args.updates)
+        achieved, flops, measured = measure(algo, dataset, args.updates)
         ceiling = rate / flops
         corl = (
             f"{1e6 / (CORL_HOURS[algo] * 3600):.0f}/s ({achieved * CORL_HOURS[algo] * 3600 / 1e6:.2f}x)"
             if algo in CORL_HOURS
             else "-"
         )
-        print(f"{algo:<8} {achieved:>10,.0f} {flops / 1e6:>13,.1f} {ceiling:>10,.0f} {achieved / ceiling:>6.0%}   {corl}")
+        row = f"{algo:<8} {achieved:>10,.0f} {flops / 1e6:>13,.1f} {ceiling:>10,.0f} {achieved / ceiling:>6.0%}"
+        print(f"{row}   {corl}  [{measured:,}]")
 
 
 if __name__ == "__main__":
