@@ -191,3 +191,17 @@ def test_the_shipped_offline_suite_expands_where_its_datasets_are(tmp_path, monk
     }
     configs = [spec.config() for spec in suite.specs[:: 4 * 9]]
     assert all((c.total_timesteps, c.eval_every, c.eval_episodes) == (1_000_000, 5_000, 10) for c in configs)
+
+
+def test_the_shipped_cpu_sized_hopper_suite_expands_where_its_datasets_are(tmp_path, monkeypatch):
+    from experiments.dataset_recipes import make_random
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    tasks = ["rlgrid/hopper-v5/medium-v0", "rlgrid/hopper-v5/medium-replay-v0"]
+    for task in tasks:  # stand-ins under the suite's names
+        make_random("Hopper-v5", transitions=20, seed=0, name=task, ref_min_score=0.0, ref_max_score=1.0)
+    suite = load_suite("offline_hopper")
+    assert {(spec.algo, spec.env_id, spec.seed) for spec in suite.specs} == {
+        (algo, task, seed) for algo in ("bc", "td3_bc", "iql", "cql") for task in tasks for seed in (1, 2, 3)
+    }
+    assert all((s.config().total_timesteps, s.config().eval_every) == (10_000, 5_000) for s in suite.specs)
