@@ -1,14 +1,14 @@
 """Conservative Q-Learning (CQL(H) on SAC), with the Lagrange variant as an option, for offline RL.
 
 Paper: Kumar, Zhou, Tucker, Levine (2020), "Conservative Q-Learning for Offline Reinforcement Learning", NeurIPS,
-arXiv:2006.04779 -- CQL(H) (eq. 4): each critic's Bellman error plus
-alpha (E_s~D[log sum_a exp Q(s, a)] - E_(s,a)~D[Q(s, a)]), which pushes Q down on actions the data does not support
-and up on the data's. The log-sum-exp over a continuous action space is estimated by importance sampling (appendix F):
-N actions uniform on the action box and N from the current policy at s and at s' (all evaluated at s), each Q minus
-its sampling log-density, log-sum-exp'd over the 3N samples. The Lagrange variant (eq. 5 / appendix F) scales the
-penalty by a learned alpha' >= 0 that rises while the penalty exceeds a threshold tau and falls below it. The rest
-is SAC (Haarnoja et al. 2018b): twin critics with a clipped double-Q target, a tanh-squashed Gaussian policy
-maximising E[min_j Q_j(s, a) - alpha_ent log pi(a|s)], the entropy temperature tuned towards -dim(A).
+arXiv:2006.04779 -- CQL(H) (eq. 4): each critic's Bellman error plus alpha (E_s~D[log sum_a exp Q(s, a)] -
+E_(s,a)~D[Q(s, a)]), which pushes Q down on actions the data does not support and up on the data's. The log-sum-exp
+over a continuous action space is estimated by importance sampling (the paper's appendix): N actions uniform on the
+action box and N from the current policy at s and at s' (all evaluated at s), each Q minus its sampling log-density,
+log-sum-exp'd over the 3N samples. The Lagrange variant (the paper's appendix) scales the penalty by a learned
+alpha' >= 0 that rises while the penalty exceeds a threshold tau and falls below it. The rest is SAC (Haarnoja et
+al. 2018b): twin critics with a clipped double-Q target, a tanh-squashed Gaussian policy maximising E[min_j Q_j(s, a)
+- alpha_ent log pi(a|s)], the entropy temperature tuned towards -dim(A).
 
 The defaults are CORL's `cql.py` with its D4RL Hopper configs (the CQL authors' PyTorch port by Geng): CQL alpha 10,
 10 sampled actions, temperature 1, importance sampling, no Lagrange (tau 5 when on), Adam 3e-5 for the policy and the
@@ -110,8 +110,8 @@ def cql_penalty(
     temperature: float,
 ) -> torch.Tensor:
     """Per critic, the mean over the batch of T log sum exp(Q(s, a_i) / T) - Q(s, a_data), the sum estimated by
-    importance sampling (appendix F): each sampled action's Q minus its log-density under the distribution it was
-    drawn from (the uniform box's `random_log_density`, the policy's at s and at s').
+    importance sampling (the paper's appendix, the authors' code): each sampled action's Q minus its log-density under
+    the distribution it was drawn from (the uniform box's `random_log_density`, the policy's at s and at s').
 
     q_data (K, B); q_random, q_current, q_next (K, B, N); log_prob_current, log_prob_next (B, N) -> (K,)."""
     weighted = torch.cat(

@@ -9,13 +9,13 @@ The policy maximises E[exp(beta (Q(s, a) - V(s))) log pi(a|s)] over dataset pair
 regression), the weights clipped at 100 as in the authors' code.
 
 The defaults are the paper's for MuJoCo locomotion and CORL's `iql.py`: expectile tau 0.7, temperature beta 3.0, two
-Q-functions whose minimum is taken at the target network, 256-256 ReLU networks, Adam 3e-4 for all three with a cosine
-decay of the policy's learning rate over the run, batch 256, gamma 0.99, target rate 0.005, rewards scaled by
-1000 / (max return - min return) of the dataset's episodes (appendix B), observations standardised, 1M updates. The
-policy is a Gaussian with a tanh-bounded, box-scaled mean and a state-independent log-std (CORL's GaussianPolicy);
-`deterministic_policy=True` gives CORL's deterministic variant (weighted squared error instead of log-likelihood).
-Deviations: the two Q-functions are rlgrid's `QEnsemble`; the deterministic evaluation plays the Gaussian's mean; the
-run's step is one gradient update.
+Q-functions whose minimum is taken at the target network, 256-256 ReLU networks, Adam 3e-4 for all three with a
+cosine decay of the policy's learning rate over the run, batch 256, gamma 0.99, target rate 0.005, rewards scaled by
+1000 / (max return - min return) of the dataset's episodes (the paper's experimental details), observations
+standardised, 1M updates. The policy is a Gaussian with a tanh-bounded, box-scaled mean and a state-independent log-std
+(CORL's GaussianPolicy); `deterministic_policy=True` gives CORL's deterministic variant (weighted squared error
+instead of log-likelihood). Deviations: the two Q-functions are rlgrid's `QEnsemble`; the deterministic evaluation
+plays the Gaussian's mean; the run's step is one gradient update.
 `compile=True` wraps the update in torch.compile.
 """
 

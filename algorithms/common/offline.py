@@ -81,7 +81,7 @@ class OfflineData:
 
 
 def return_range_reward_scale(data: Transitions, max_episode_steps: int = 1000) -> float:
-    """IQL's reward normalisation for locomotion (Kostrikov et al. 2022, appendix B): rewards times
+    """IQL's reward normalisation for locomotion (Kostrikov et al. 2022, its experimental details): rewards times
     max_episode_steps / (max return - min return) over the dataset's episodes, so that returns span about 1000."""
     returns = data.episode_returns()
     spread = float(returns.max() - returns.min()) if len(returns) > 1 else 0.0
