@@ -23,15 +23,9 @@ import torch.nn.functional as F
 from algorithms.common import Checkpointer, Logger, TrainResult, seed_everything
 from algorithms.common.cli import run_algorithm_cli
 from algorithms.common.networks import DeterministicActor
-from algorithms.common.offline import OfflineConfig, OfflineData, load_offline_task, log_due, offline_run_state
+from algorithms.common.offline import OFFLINE_SMOKE, OfflineConfig, OfflineData, load_offline_task, log_due, offline_run_state
 
-SMOKE = {
-    "env_id": "rlgrid/pendulum-v1/smoke-v0",
-    "total_timesteps": 300,
-    "batch_size": 32,
-    "eval_every": 150,
-    "eval_episodes": 2,
-}
+SMOKE = OFFLINE_SMOKE
 """Tiny settings for the contract tests (their dataset is made by tests/conftest.py)."""
 ACTION_SPACES = ("continuous",)
 OBSERVATIONS = ("dataset",)  # offline: the task is a dataset of vector observations

@@ -36,6 +36,7 @@ from algorithms.common import Checkpointer, Logger, TrainResult, seed_everything
 from algorithms.common.cli import run_algorithm_cli
 from algorithms.common.networks import QEnsemble, SquashedGaussianActor, soft_update
 from algorithms.common.offline import (
+    OFFLINE_SMOKE,
     OfflineConfig,
     OfflineData,
     load_offline_task,
@@ -45,13 +46,7 @@ from algorithms.common.offline import (
 )
 from algorithms.common.targets import clipped_double_q_target
 
-SMOKE = {
-    "env_id": "rlgrid/pendulum-v1/smoke-v0",
-    "total_timesteps": 300,
-    "batch_size": 32,
-    "eval_every": 150,
-    "eval_episodes": 2,
-}
+SMOKE = OFFLINE_SMOKE
 """Tiny settings for the contract tests (their dataset is made by tests/conftest.py)."""
 ACTION_SPACES = ("continuous",)
 OBSERVATIONS = ("dataset",)  # offline: the task is a dataset of vector observations

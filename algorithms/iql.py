@@ -33,6 +33,7 @@ from algorithms.common.cli import run_algorithm_cli
 from algorithms.common.distributions import gaussian_log_prob
 from algorithms.common.networks import DeterministicActor, QEnsemble, StateValue, soft_update
 from algorithms.common.offline import (
+    OFFLINE_SMOKE,
     OfflineConfig,
     OfflineData,
     load_offline_task,
@@ -41,13 +42,7 @@ from algorithms.common.offline import (
     return_range_reward_scale,
 )
 
-SMOKE = {
-    "env_id": "rlgrid/pendulum-v1/smoke-v0",
-    "total_timesteps": 300,
-    "batch_size": 32,
-    "eval_every": 150,
-    "eval_episodes": 2,
-}
+SMOKE = OFFLINE_SMOKE
 """Tiny settings for the contract tests (their dataset is made by tests/conftest.py)."""
 ACTION_SPACES = ("continuous",)
 OBSERVATIONS = ("dataset",)  # offline: the task is a dataset of vector observations

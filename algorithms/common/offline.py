@@ -27,6 +27,14 @@ STATE_STD_EPS = 1e-3
 """added to each observation dimension's std before dividing (TD3+BC's code and CORL: a constant dimension stays 0)"""
 LOG_EVERY = 1_000
 """gradient updates between two logs of the losses (and the last update)"""
+OFFLINE_SMOKE = {
+    "env_id": "rlgrid/pendulum-v1/smoke-v0",
+    "total_timesteps": 300,
+    "batch_size": 32,
+    "eval_every": 150,
+    "eval_episodes": 2,
+}
+"""the offline algorithms' SMOKE settings: 300 updates on the smoke dataset tests/conftest.py makes"""
 
 
 @dataclass(frozen=True)
