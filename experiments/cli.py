@@ -289,9 +289,9 @@ def cmd_report(argv: list[str]) -> int:
 
 EVAL_DESCRIPTION = """\
 Evaluate the newest checkpoint of a run (RUN_DIR: a run directory, RUNS_DIR/<suite>/<algo>/<env>/seed<k>-<hash>/,
-finished or not) under the run's own evaluation protocol: its deterministic policy, the observation-normalisation
-statistics saved with the checkpoint (frozen), unclipped returns. Prints the mean return with a 95% Student-t
-interval and every episode's return.
+finished or not), or with --step the kept checkpoint at that env step, under the run's own evaluation protocol: its
+deterministic policy, the observation-normalisation statistics saved with the checkpoint (frozen), unclipped returns.
+Prints the mean return with a 95% Student-t interval and every episode's return.
 
 By default the episodes are the run's own: its eval_episodes, seeded as the run's evaluation at the checkpoint's step
 was, so a finished run whose newest checkpoint is at its final step gives its final_eval_return again. --episodes and
@@ -323,6 +323,12 @@ def cmd_eval(argv: list[str]) -> int:
     parser.add_argument(
         "--video", type=Path, default=None, metavar="FILE.mp4", help="also record the first episode there (outside the run)"
     )
+    parser.add_argument(
+        "--step",
+        type=int,
+        default=None,
+        help="evaluate the kept checkpoint at this env step instead of the newest (--keep-checkpoints keeps more)",
+    )
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
@@ -331,7 +337,7 @@ def cmd_eval(argv: list[str]) -> int:
         print(f"error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
         return 2
     try:
-        evaluation = evaluate_run(args.run_dir, args.episodes, args.seed, args.device, args.threads, args.video)
+        evaluation = evaluate_run(args.run_dir, args.episodes, args.seed, args.device, args.threads, args.video, args.step)
     except (NotEvaluable, CheckpointMismatch) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

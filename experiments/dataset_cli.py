@@ -62,12 +62,14 @@ DETAILS = {
     "the run's own evaluation seeds; the mean goes into provenance.json), then played as random plays with Gaussian "
     "action noise (--action-noise, std in units of the action half-range, clipped to the box). D4RL sampled SAC's "
     "stochastic policy instead; 0.1 is the exploration noise TD3 trains with. D4RL's medium policy is one trained to "
-    "about a third of the expert's return: name a run trained that far (fewer total_timesteps).",
+    "about a third of the expert's return: name a run trained that far (fewer total_timesteps), or --step a checkpoint "
+    "the run kept on the way (rlgrid train ... --checkpoint-every-steps N --keep-checkpoints K; rlgrid eval RUN --step "
+    "finds the one at a third).",
     "expert": "As medium, for a run trained to the end (nothing checks which the run is: the name is yours).",
-    "medium-replay": "Every transition the run's agent saw while training up to its newest checkpoint: the replay memory "
-    "saved with that checkpoint, split into episodes where they terminated or were truncated (the unfinished last one "
-    "cut). A memory that wrapped round has dropped the oldest transitions and is refused: train with buffer_size >= "
-    "total_timesteps.",
+    "medium-replay": "Every transition the run's agent saw while training up to its newest checkpoint (or the one at "
+    "--step: the medium policy's, as D4RL's): the replay memory saved with that checkpoint, split into episodes where "
+    "they terminated or were truncated (the unfinished last one cut). A memory that wrapped round has dropped the "
+    "oldest transitions and is refused: train with buffer_size >= total_timesteps.",
     "medium-expert": "Two datasets of one env (a medium and an expert one), their episodes one after the other "
     "(minari.combine_datasets); datasets of different envs are refused.",
 }
@@ -118,6 +120,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             )
         else:
             command.add_argument("--run", required=True, metavar="RUN_DIR", help="a sac, td3 or ddpg run directory")
+            command.add_argument(
+                "--step", type=int, default=None, help="the run's kept checkpoint at this env step (default: its newest)"
+            )
         if recipe in ("random", "medium", "expert"):
             command.add_argument(
                 "--transitions", type=int, default=1_000_000, help="transitions in the dataset (default 1,000,000)"
@@ -161,10 +166,11 @@ def make(args: argparse.Namespace) -> tuple[str, dict]:
             args.action_noise,
             args.eval_episodes,
             device=args.device,
+            step=args.step,
             **refs,
         )
     if args.recipe == "medium-replay":
-        return make_from_replay(args.run, **refs)
+        return make_from_replay(args.run, step=args.step, **refs)
     return make_combined(list(args.sources), **refs)
 
 

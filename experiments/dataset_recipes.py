@@ -3,12 +3,14 @@ written in the Minari format under the Minari root with their provenance (`prove
 
 - `random`: uniformly random actions on `--env-id`, episode after episode from the env's own time limit, until the
   transition count is reached (the last episode is cut there: a truncation).
-- `medium` / `expert`: the policy of a run's newest checkpoint (`--run RUN_DIR`, a sac, td3 or ddpg run), rebuilt the
+- `medium` / `expert`: the policy of a run's newest checkpoint, or of the kept one at `--step` (`--run RUN_DIR`, a
+  sac, td3 or ddpg run), rebuilt the
   way `rlgrid eval` rebuilds it (the algorithm's own `train()` with the run's config, a `CheckpointEvaluation`), played
   as `random` plays, with Gaussian action noise. The name says what the run is for, nothing checks it: D4RL's medium
   policy is one trained to about a third of the expert's return, its expert one is trained to the end.
-- `medium-replay`: every transition the agent saw while training up to its newest checkpoint, i.e. the replay memory
-  saved with it (refused when the memory wrapped round and dropped some: train with buffer_size >= total_timesteps).
+- `medium-replay`: every transition the agent saw while training up to its newest checkpoint (or the one at `--step`),
+  i.e. the replay memory saved with it (refused when the memory wrapped round and dropped some: train with
+  buffer_size >= total_timesteps).
 - `medium-expert`: a medium and an expert dataset of one env, concatenated (`minari.combine_datasets`).
 
 Reference returns, which normalise offline scores to 0-100: `ref_max_score` is D4RL's expert return where D4RL has one
@@ -198,12 +200,13 @@ def check_name(name: str) -> None:
         raise ValueError(f"a dataset {name!r} exists under {minari_root()}: give another --name, or delete it first")
 
 
-def open_agent_run(run_dir: str | Path, recipe: str, device: str | None = "cpu", episodes: int = 1):
-    """`rlgrid eval`'s checks of a run (a run directory with a readable checkpoint, its config valid here), then that
-    its algorithm is one of AGENT_ALGORITHMS: (algorithm, config at the checkpoint's step, handle, spec)."""
+def open_agent_run(run_dir: str | Path, recipe: str, device: str | None = "cpu", episodes: int = 1, step: int | None = None):
+    """`rlgrid eval`'s checks of a run (a run directory with a readable checkpoint, the newest or the one at `step`, its
+    config valid here), then that its algorithm is one of AGENT_ALGORITHMS: (algorithm, config at the checkpoint's step,
+    handle, spec)."""
     from experiments.evaluate_run import open_run
 
-    algorithm, config, handle, spec = open_run(run_dir, episodes=episodes, device=device)
+    algorithm, config, handle, spec = open_run(run_dir, episodes=episodes, device=device, step=step)
     if algorithm.name not in AGENT_ALGORITHMS or getattr(config, "normalize_obs", False):
         raise ValueError(
             f"{run_dir} is a {algorithm.name} run: {recipe} is made from {', '.join(AGENT_ALGORITHMS)} runs only (continuous "
@@ -358,9 +361,11 @@ def make_from_policy(
     ref_min_score: float | None = None,
     ref_max_score: float | None = None,
     device: str = "cpu",
+    step: int | None = None,
 ) -> tuple[str, dict]:
-    """`medium` or `expert`: the newest checkpoint's policy, evaluated first as `rlgrid eval` does (`eval_episodes`
-    episodes, the run's own evaluation seeds), then played with `action_noise` (see ACTION_NOISE)."""
+    """`medium` or `expert`: the policy of the newest checkpoint (or the kept one at `step`), evaluated first as
+    `rlgrid eval` does (`eval_episodes` episodes, the run's own evaluation seeds), then played with `action_noise` (see
+    ACTION_NOISE)."""
     import torch
 
     if recipe not in ("medium", "expert"):
@@ -368,7 +373,7 @@ def make_from_policy(
     _check_counts(transitions, action_noise=action_noise)
     if eval_episodes < 1:
         raise ValueError(f"--eval-episodes must be >= 1, got {eval_episodes}")
-    algorithm, config, handle, spec = open_agent_run(run_dir, recipe, device, eval_episodes)
+    algorithm, config, handle, spec = open_agent_run(run_dir, recipe, device, eval_episodes, step)
     name = name or default_name(config.env_id, recipe)
     check_name(name)
     start, threads = time.perf_counter(), torch.get_num_threads()
@@ -403,12 +408,17 @@ def make_from_policy(
 
 
 def make_from_replay(
-    run_dir: str | Path, name: str | None = None, ref_min_score: float | None = None, ref_max_score: float | None = None
+    run_dir: str | Path,
+    name: str | None = None,
+    ref_min_score: float | None = None,
+    ref_max_score: float | None = None,
+    step: int | None = None,
 ) -> tuple[str, dict]:
-    """`medium-replay`: the replay memory saved with the run's newest checkpoint, as episodes (`replay_episodes`)."""
-    from algorithms.common.checkpoint import CheckpointDamaged, _extra_path, _read
+    """`medium-replay`: the replay memory saved with the run's newest checkpoint (or the kept one at `step`), as
+    episodes (`replay_episodes`)."""
+    from algorithms.common.checkpoint import CheckpointDamaged
 
-    algorithm, config, handle, spec = open_agent_run(run_dir, "medium-replay")
+    algorithm, config, handle, spec = open_agent_run(run_dir, "medium-replay", step=step)
     step = config.total_timesteps  # the checkpoint's: every transition the agent saw went into the memory
     if config.buffer_size < step:
         raise ValueError(
@@ -416,18 +426,19 @@ def make_from_replay(
             f"{step:,} and dropped the oldest {step - config.buffer_size:,} transitions; medium-replay needs every one: "
             "train with buffer_size >= total_timesteps"
         )
-    replay_file = _extra_path(handle.directory / f"ckpt-{step:012d}.pt", "replay")
-    if not replay_file.is_file():
-        raise ValueError(f"{run_dir}: its newest checkpoint (step {step:,}) has no replay memory ({replay_file.name})")
     name = name or default_name(config.env_id, "medium-replay")
     check_name(name)
     start = time.perf_counter()
     try:
-        replay = _read(replay_file)  # read-only, plain data only, as every checkpoint file
+        replay = handle.read_extra(step, "replay")  # plain data only, as every checkpoint file
+    except FileNotFoundError as exc:
+        raise ValueError(f"{run_dir}: {exc}") from None
     except CheckpointDamaged as exc:
-        raise ValueError(f"{replay_file} is damaged ({exc})") from None
+        raise ValueError(f"{run_dir}: the replay memory of its checkpoint at step {step:,} is damaged ({exc})") from None
     if int(replay["size"]) != step:
-        raise ValueError(f"{replay_file} holds {int(replay['size']):,} transitions, not the checkpoint's {step:,}")
+        raise ValueError(
+            f"{run_dir}: the replay memory at step {step:,} holds {int(replay['size']):,} transitions, not {step:,}"
+        )
     episodes = replay_episodes(replay, config.num_envs)
     refs = references(config.env_id, ref_min_score, ref_max_score)
     about = (

@@ -1,4 +1,5 @@
-"""`rlgrid eval RUN_DIR`: evaluate a run's newest checkpoint under the run's own evaluation protocol, changing nothing.
+"""`rlgrid eval RUN_DIR`: evaluate a run's newest checkpoint (or a kept one, `--step`) under the run's own evaluation
+protocol, changing nothing.
 
 Every algorithm builds its networks and its deterministic policy inside its own `train()`, so that is what evaluates:
 `train()` runs with the run's Config (config.json), `total_timesteps` set to the checkpoint's step, and a
@@ -100,9 +101,11 @@ def open_run(
     seed: int | None = None,
     device: str | None = None,
     video: Path | None = None,
+    step: int | None = None,
 ):
     """Everything checked before compute: (algorithm, Config to run, CheckpointEvaluation with the checkpoint read,
-    spec dict). Raises NotEvaluable with a one-line reason."""
+    spec dict). `step`: the kept checkpoint at that env step instead of the newest. Raises NotEvaluable with a one-line
+    reason."""
     path = Path(run_dir)
     run = RunDirectory(path)
     if not path.is_dir():
@@ -125,11 +128,16 @@ def open_run(
         raise NotEvaluable(f"--seed must be >= 0, got {seed}")
     if video is not None and Path(video).resolve().is_relative_to(path.resolve()):
         raise NotEvaluable(f"--video {video} is inside the run directory, which rlgrid eval leaves untouched")
-    handle = CheckpointEvaluation(run.checkpoint_dir, episodes=1, seed=seed, video=video)
+    handle = CheckpointEvaluation(run.checkpoint_dir, episodes=1, seed=seed, video=video, step=step)
+    if step is not None and step not in handle.kept_steps():
+        kept = ", ".join(f"{s:,}" for s in handle.kept_steps()) or "none"
+        raise NotEvaluable(f"{path} has no checkpoint at step {step:,}; the steps of its kept checkpoints: {kept}")
     try:
         latest = handle.latest()
     except CheckpointRefused as exc:
         raise NotEvaluable(str(exc)) from None
+    if latest is None and step is not None:
+        raise NotEvaluable(f"{path}: its checkpoint at step {step:,} is damaged")
     if latest is None:
         damaged = len(handle.paths())
         reason = f"all {damaged} in checkpoints/ are damaged" if damaged else "it stopped before its first checkpoint"
@@ -164,13 +172,14 @@ def evaluate_run(
     device: str | None = None,
     threads: int = 1,
     video: Path | None = None,
+    step: int | None = None,
 ) -> RunEvaluation:
-    """Evaluate the newest checkpoint of `run_dir` (see the module docstring). `episodes` defaults to the run's
-    `eval_episodes`, `seed` to the seed of the run's own evaluation at the checkpoint's step; `video`: the first
-    episode as an MP4 file there (outside the run directory)."""
+    """Evaluate the newest checkpoint of `run_dir`, or the kept one at `step` (see the module docstring). `episodes`
+    defaults to the run's `eval_episodes`, `seed` to the seed of the run's own evaluation at the checkpoint's step;
+    `video`: the first episode as an MP4 file there (outside the run directory)."""
     import torch
 
-    algorithm, config, handle, spec = open_run(run_dir, episodes, seed, device, video)
+    algorithm, config, handle, spec = open_run(run_dir, episodes, seed, device, video, step)
     run = RunDirectory(Path(run_dir))
     step = handle.latest()["step"]
     previous_threads = torch.get_num_threads()

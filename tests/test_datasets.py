@@ -3,6 +3,7 @@ terminals and timeouts kept apart; datasets that are not on the machine are refu
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import gymnasium as gym
@@ -269,11 +270,11 @@ def provenance_of(tmp_path, name: str) -> dict:
     return json.loads((tmp_path / "minari" / name / "provenance.json").read_text())
 
 
-def checkpoint_policy(run_dir: Path):
-    """The policy of the run's newest checkpoint, rebuilt as rlgrid eval rebuilds it."""
+def checkpoint_policy(run_dir: Path, step: int | None = None):
+    """The policy of the run's newest checkpoint (or the kept one at `step`), rebuilt as rlgrid eval rebuilds it."""
     from experiments.evaluate_run import open_run
 
-    algorithm, config, handle, _ = open_run(run_dir, episodes=1, device="cpu")
+    algorithm, config, handle, _ = open_run(run_dir, episodes=1, device="cpu", step=step)
     algorithm.train(config, None, handle)
     return handle.policy
 
@@ -360,6 +361,51 @@ def test_dataset_make_medium_replay_holds_exactly_what_the_agent_saw(tmp_path, m
     provenance = provenance_of(tmp_path, "rlgrid/pendulum-v1/medium-replay-v0")
     assert provenance["checkpoint_step"] == 550 and provenance["transitions"] == 550
     assert provenance["ref_min_score"] == -1200 and provenance["run_last_evaluation"]["step"] == 550
+
+
+def test_step_picks_a_kept_checkpoint_for_eval_medium_and_medium_replay(tmp_path, tmp_path_factory, monkeypatch, capsys):
+    """D4RL's medium-replay is the memory up to the medium policy: one run that keeps its checkpoints on the way gives
+    medium (--step), medium-replay (--step) and expert (the newest)."""
+    import torch
+
+    from experiments.cli import main
+    from experiments.execute import RunOptions, execute_run
+    from experiments.runs import RunSpec
+
+    spec = RunSpec.create("td3", "Pendulum-v1", 0, {"total_timesteps": 550, **TD3})
+    options = RunOptions(
+        runs_dir=tmp_path_factory.mktemp("kept"), checkpoint_every_seconds=1e9, checkpoint_every_steps=300, progress=False
+    )
+    run_dir = Path(execute_run(spec, dataclasses.replace(options, keep_checkpoints=5))["run_dir"])
+    early = 301  # the first save due once 300 steps have passed since the first iteration
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("ckpt-*[0-9].pt")) == [
+        f"ckpt-{early:012d}.pt",
+        f"ckpt-{550:012d}.pt",
+    ]
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+
+    assert main(["eval", str(run_dir), "--step", str(early), "--episodes", "1"]) == 0
+    assert f"checkpoint at step {early} (before its final step 550)" in capsys.readouterr().out
+    obs = np.array([[1.0, 0.0, 0.5]], dtype=np.float32)
+    assert not np.allclose(checkpoint_policy(run_dir, step=early)(obs), checkpoint_policy(run_dir)(obs))
+
+    make = ["dataset", "make", "medium-replay", "--run", str(run_dir), "--ref-min-score", "-1200"]
+    assert main([*make, "--step", str(early)]) == 0
+    data = load_dataset("rlgrid/pendulum-v1/medium-replay-v0")
+    newest = torch.load(run_dir / "checkpoints" / f"ckpt-{550:012d}.replay.pt", weights_only=True)
+    assert len(data) == early and np.array_equal(data.observations, newest["obs"][:early].numpy())
+    provenance = provenance_of(tmp_path, "rlgrid/pendulum-v1/medium-replay-v0")
+    assert provenance["checkpoint_step"] == early and provenance["run_last_evaluation"]["step"] == 300
+
+    medium = ["dataset", "make", "medium", "--run", str(run_dir), "--transitions", "50", "--eval-episodes", "1"]
+    assert main([*medium, "--step", str(early), "--ref-max-score", "-150"]) == 0
+    assert provenance_of(tmp_path, "rlgrid/pendulum-v1/medium-v0")["checkpoint_step"] == early
+
+    capsys.readouterr()
+    assert main([*medium, "--step", "123", "--name", "test/none-v0"]) == 2
+    error = capsys.readouterr().err
+    assert f"has no checkpoint at step 123; the steps of its kept checkpoints: {early}, 550" in error
+    assert "test/none-v0" not in local_minari_ids()
 
 
 def test_replay_episodes_of_several_env_copies_come_back_whole_in_the_order_they_started():

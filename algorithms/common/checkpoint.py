@@ -57,6 +57,19 @@ class CheckpointDamaged(Exception):
     """A checkpoint file cannot be read back as written (truncated, bit rot): it is set aside for an older one."""
 
 
+def checkpoint_file(directory: str | os.PathLike, step: int) -> Path:
+    """The checkpoint file saved at env step `step` in `directory` (whether or not it exists)."""
+    return Path(directory) / f"ckpt-{step:012d}.pt"
+
+
+def checkpoint_step(path: Path) -> int:
+    """The env step of a checkpoint file `ckpt-<step>.pt`."""
+    match = _NAME.match(path.name)
+    if match is None:
+        raise ValueError(f"{path} is not a checkpoint file (ckpt-<12-digit step>.pt)")
+    return int(match.group(1))
+
+
 def newest_checkpoint_step(directory: Path) -> int:
     """The env step of the newest checkpoint in `directory` (0 when there is none); extras files are not counted."""
     steps = [int(m.group(1)) for p in Path(directory).glob("ckpt-*.pt") if (m := _NAME.match(p.name))]
@@ -193,7 +206,7 @@ class Checkpointer:
         self.directory.mkdir(parents=True, exist_ok=True)
         for stale in self.directory.glob("ckpt-*.tmp"):  # left by a process killed while writing (one process per run)
             stale.unlink(missing_ok=True)
-        path = self.directory / f"ckpt-{step:012d}.pt"
+        path = checkpoint_file(self.directory, step)
         for name, extra in (extras or {}).items():
             self._write(_extra_path(path, name), extra)
         payload = {"step": step, "saved_at": time.time(), "state": state, "extras": sorted(extras or {})}
@@ -232,6 +245,14 @@ class Checkpointer:
             self._loaded = payload
             return payload
         return None
+
+    def read_extra(self, step: int, name: str) -> Any:
+        """The extra `name` (a replay memory) saved with the checkpoint at `step`, read as checkpoints are. Raises
+        FileNotFoundError when that checkpoint has none, CheckpointDamaged when it does not read back whole."""
+        path = _extra_path(checkpoint_file(self.directory, step), name)
+        if not path.is_file():
+            raise FileNotFoundError(f"the checkpoint at step {step:,} has no {name} ({path.name}) in {self.directory}")
+        return _read(path)
 
     def load(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """(state, extras) of the newest checkpoint that reads back whole (`latest()`), or None when the run starts

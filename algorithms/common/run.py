@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from algorithms.common.checkpoint import Checkpointer, restore_rng_state, rng_state
+from algorithms.common.checkpoint import Checkpointer, checkpoint_file, checkpoint_step, restore_rng_state, rng_state
 from algorithms.common.config import RunConfig
 from algorithms.common.logging import Logger, NullLogger, TrainResult
 from envs import EVAL_STEP_LIMIT, evaluate
@@ -64,7 +64,8 @@ def evaluation_seed(run_seed: int, index: int) -> int:
 
 
 class CheckpointEvaluation(Checkpointer):
-    """A checkpoint handle that turns `train()` into an evaluation of a run's newest checkpoint (`rlgrid eval`).
+    """A checkpoint handle that turns `train()` into an evaluation of a run's newest checkpoint (`rlgrid eval`), or of
+    the kept checkpoint at env step `step`.
 
     Give it to the algorithm's own `train()` with the run's Config at `total_timesteps` = the checkpoint's step: the
     algorithm builds its networks and its evaluation policy as it always does, `RunState.restore` loads them (and the
@@ -78,12 +79,29 @@ class CheckpointEvaluation(Checkpointer):
     memory is not read), and a loop that would train anyway stops at the end of its first iteration, before any save.
     """
 
-    def __init__(self, directory: str | Path, episodes: int, seed: int | None = None, video: Path | None = None) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        episodes: int,
+        seed: int | None = None,
+        video: Path | None = None,
+        step: int | None = None,
+    ) -> None:
         super().__init__(directory, every_seconds=None, read_only=True)
         self.episodes, self.seed, self.video = episodes, seed, video  # video: the first episode as an MP4 there
+        self.step = step  # None: the newest checkpoint
         self.returns: np.ndarray | None = None
         self.seed_used: int | None = None
         self.policy: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def paths(self) -> list[Path]:
+        """The checkpoint files `latest()` may read: all of them, or the one at `step`."""
+        every = super().paths()
+        return every if self.step is None else [p for p in every if p == checkpoint_file(self.directory, self.step)]
+
+    def kept_steps(self) -> list[int]:
+        """The env steps of every checkpoint kept in the directory, oldest first."""
+        return [checkpoint_step(p) for p in super().paths()]
 
     def due(self, step: int) -> bool:
         raise RuntimeError(
