@@ -89,11 +89,25 @@ def describe(name: str) -> str:
         f"  env {data.env_id}; {len(data):,} transitions in {data.num_episodes:,} episodes "
         f"({int(data.terminals.sum()):,} terminal, {int(data.timeouts.sum()):,} cut by a time limit)",
         f"  episode return mean {returns.mean():.1f}, min {returns.min():.1f}, max {returns.max():.1f}",
-        f"  reference returns: random {data.ref_min_score}, expert {data.ref_max_score}",
     ]
-    provenance = minari_root() / name / PROVENANCE
-    if provenance.is_file():
-        lines.append(f"  provenance: {json.dumps(json.loads(provenance.read_text()))}")
+    path = minari_root() / name / PROVENANCE
+    provenance = json.loads(path.read_text()) if path.is_file() else {}
+    low = data.ref_min_score if data.ref_min_score is not None else provenance.get("ref_min_score")
+    high = data.ref_max_score if data.ref_max_score is not None else provenance.get("ref_max_score")
+    if low is None or high is None:
+        known = f" (random {low:.1f}; Minari keeps them only with an expert return)" if low is not None else ""
+        lines.append(f"  reference returns: none{known}: D4RL-normalised scores need --ref-max-score")
+    else:
+        normalised = round(100 * (returns.mean() - low) / (high - low), 1) + 0.0  # + 0.0: no "-0.0"
+        lines.append(
+            f"  reference returns: random {low:.1f}, expert {high:.1f}; the data's mean is {normalised:.1f} normalised"
+        )
+    if provenance:
+        lines.append("  provenance:")
+        lines += [
+            f"    {key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}"
+            for key, value in provenance.items()
+        ]
     else:
         lines.append("  provenance: none (not made by rlgrid dataset make)")
     return "\n".join(lines)

@@ -185,7 +185,8 @@ def test_dataset_make_random_writes_what_loads_back_with_its_provenance(tmp_path
     assert main(["dataset", "list"]) == 0 and name in capsys.readouterr().out
     assert main(["dataset", "info", name]) == 0
     info = capsys.readouterr().out
-    assert "1,500 transitions" in info and '"recipe": "random"' in info
+    assert "1,500 transitions" in info and "    recipe: random" in info
+    assert f"reference returns: random {mean_return:.1f}, expert 3234.3; the data's mean is 0.0 normalised" in info
 
 
 def test_dataset_make_refuses_bad_input_before_any_step(tmp_path, monkeypatch, capsys):
@@ -339,7 +340,7 @@ def test_dataset_make_medium_expert_and_medium_expert_play_the_checkpoints_polic
     assert "test/mixed-v0" not in local_minari_ids()
 
 
-def test_dataset_make_medium_replay_holds_exactly_what_the_agent_saw(tmp_path, monkeypatch, td3_run):
+def test_dataset_make_medium_replay_holds_exactly_what_the_agent_saw(tmp_path, monkeypatch, td3_run, capsys):
     import torch
 
     from experiments.cli import main
@@ -361,6 +362,9 @@ def test_dataset_make_medium_replay_holds_exactly_what_the_agent_saw(tmp_path, m
     provenance = provenance_of(tmp_path, "rlgrid/pendulum-v1/medium-replay-v0")
     assert provenance["checkpoint_step"] == 550 and provenance["transitions"] == 550
     assert provenance["ref_min_score"] == -1200 and provenance["run_last_evaluation"]["step"] == 550
+    capsys.readouterr()
+    assert main(["dataset", "info", "rlgrid/pendulum-v1/medium-replay-v0"]) == 0
+    assert "reference returns: none (random -1200.0; Minari keeps them only with an expert return)" in capsys.readouterr().out
 
 
 def test_step_picks_a_kept_checkpoint_for_eval_medium_and_medium_replay(tmp_path, tmp_path_factory, monkeypatch, capsys):
