@@ -54,6 +54,8 @@ def _last_metrics(path: Path) -> dict[str, Any]:
         except json.JSONDecodeError:
             continue
         latest["step"] = row["step"]
+        if "time" in row:
+            latest["time"] = row["time"]
         for key in ("charts/episodic_return", "eval/episodic_return"):
             if key in row:
                 latest[key] = row[key]
@@ -68,7 +70,9 @@ class GridRunner:
         self.grid = grid
         self.outcomes: dict[RunSpec, dict[str, Any]] = {}
         self._totals = {spec: spec.config().total_timesteps for spec in self.specs}
-        self._rate_marks: dict[RunSpec, tuple[float, int]] = {}
+        # Per run: the first (metrics time, step) logged while this grid watched it, for its rate. Rates come from the
+        # metrics' own times, so a run that logs seldom (an offline one: every 1,000 updates) still shows one.
+        self._rate_marks: dict[RunSpec, tuple[float | None, int]] = {}
         self._drawn_lines = 0
 
     # --- bookkeeping ------------------------------------------------------------------------------
@@ -162,17 +166,17 @@ class GridRunner:
         """Per-run state, steps, steps/s and latest return; grid counts, aggregate steps/s and ETA.
 
         On a terminal the block is redrawn in place; otherwise it is appended (one block per interval)."""
-        now = time.time()
         done = [s for s, e in self.outcomes.items() if e["status"] == "done"]
         failed = sum(1 for e in self.outcomes.values() if e["status"] in ("failed", "diverged"))
         run_lines, steps_now, rate_total = [], 0, 0.0
         for task, attempt in running:
             spec = task.args[0]
             latest = _last_metrics(RunDirectory(spec.run_dir(self.run_options.runs_dir)).metrics_file)
-            step = latest.get("step", 0)
-            prev_time, prev_step = self._rate_marks.get(spec, (now, step))
-            rate = (step - prev_step) / (now - prev_time) if now > prev_time and step >= prev_step else 0.0
-            self._rate_marks[spec] = (now, step)
+            step, logged_at = latest.get("step", 0), latest.get("time")
+            mark_time, mark_step = self._rate_marks.setdefault(spec, (None, step))  # None: a line from before we looked
+            if step < mark_step or (mark_time is None and step != mark_step):  # a retry from its checkpoint, or a new line
+                self._rate_marks[spec] = mark_time, mark_step = logged_at, step
+            rate = (step - mark_step) / (logged_at - mark_time) if mark_time and logged_at and logged_at > mark_time else 0.0
             steps_now, rate_total = steps_now + step, rate_total + rate
             line = f"    {spec.algo}/{spec.variant}/{spec.env_id}/seed{spec.seed}: {step:,}/{self._totals[spec]:,} steps"
             line += f", {rate:,.0f} steps/s" if rate else ""

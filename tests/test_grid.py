@@ -321,3 +321,31 @@ batch_size = 32
     assert main(args) == 0
     summary = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())
     assert summary["counts"] == {"done": 1} and (run_dir / "DONE").exists()
+
+
+def test_progress_rates_come_from_the_metrics_own_times_so_a_run_that_logs_seldom_shows_one(tmp_path, capsys):
+    from experiments.execute import RunOptions
+    from experiments.executors import Task
+    from experiments.grid import GridOptions, GridRunner
+    from experiments.runs import RunDirectory, RunSpec
+
+    spec = RunSpec.create("ppo", "CartPole-v1", 1, {"total_timesteps": 10_000})
+    runner = GridRunner("tiny", [spec], RunOptions(runs_dir=tmp_path), GridOptions())
+    metrics = RunDirectory(spec.run_dir(tmp_path)).metrics_file
+    metrics.parent.mkdir(parents=True)
+
+    def log(step: int, at: float) -> str:
+        with open(metrics, "a") as f:
+            f.write(json.dumps({"step": step, "time": at}) + "\n")
+        runner._print_progress([(Task(print, (spec,), "run"), 1)], 0)
+        return capsys.readouterr().out
+
+    # A line from before the grid looked (a resumed run, hours earlier), then the run's first line since: no rate yet.
+    assert "0 steps/s" in log(3_000, 1_000.0) and "0 steps/s" in log(4_000, 9_000.0)
+    # 1,000 steps 100 s later: 10 steps/s, and it stays so between lines (no "0 steps/s" while the run works on).
+    out = log(5_000, 9_100.0)
+    assert "seed1: 5,000/10,000 steps, 10 steps/s" in out and ", 10 steps/s, ETA" in out
+    runner._print_progress([(Task(print, (spec,), "run"), 1)], 0)
+    assert "seed1: 5,000/10,000 steps, 10 steps/s" in capsys.readouterr().out
+    # A retry from an older checkpoint starts the count again.
+    assert "0 steps/s" in log(3_500, 9_200.0)
