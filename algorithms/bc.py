@@ -23,7 +23,15 @@ import torch.nn.functional as F
 from algorithms.common import Checkpointer, Logger, TrainResult, seed_everything
 from algorithms.common.cli import run_algorithm_cli
 from algorithms.common.networks import DeterministicActor
-from algorithms.common.offline import OFFLINE_SMOKE, OfflineConfig, OfflineData, load_offline_task, log_due, offline_run_state
+from algorithms.common.offline import (
+    LOG_EVERY,
+    OFFLINE_SMOKE,
+    OfflineConfig,
+    OfflineData,
+    load_offline_task,
+    offline_run_state,
+)
+from algorithms.common.run import log_due
 
 SMOKE = OFFLINE_SMOKE
 """Tiny settings for the contract tests (their dataset is made by tests/conftest.py)."""
@@ -83,7 +91,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
             step += 1
             batch = data.sample(cfg.batch_size)
             loss = update(batch.obs, batch.actions)
-            if log_due(step, cfg.total_timesteps):
+            if log_due(step, cfg.total_timesteps, LOG_EVERY):
                 run.logger.log(step, {"losses/bc_loss": loss.item(), "charts/SPS": run.steps_per_second(step)})
 
             # 4. Evaluate in the dataset's env, checkpoint.

@@ -36,14 +36,15 @@ from algorithms.common import Checkpointer, Logger, TrainResult, seed_everything
 from algorithms.common.cli import run_algorithm_cli
 from algorithms.common.networks import QEnsemble, SquashedGaussianActor, soft_update
 from algorithms.common.offline import (
+    LOG_EVERY,
     OFFLINE_SMOKE,
     OfflineConfig,
     OfflineData,
     load_offline_task,
-    log_due,
     offline_run_state,
     return_range_reward_scale,
 )
+from algorithms.common.run import log_due
 from algorithms.common.targets import clipped_double_q_target
 
 SMOKE = OFFLINE_SMOKE
@@ -215,7 +216,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
             bellman, penalty, q_mean = update_critics(*batch[:5])
             actor_loss, mean_log_prob = update_actor(batch.obs)
             soft_update(qf_target, qf, cfg.tau)
-            if log_due(step, cfg.total_timesteps):
+            if log_due(step, cfg.total_timesteps, LOG_EVERY):
                 metrics = {"losses/qf_loss": bellman.item() / 2, "losses/cql_penalty": penalty.item()}
                 metrics.update({"losses/qf_values": q_mean.item(), "losses/actor_loss": actor_loss.item()})
                 metrics.update({"losses/alpha": log_alpha.exp().item(), "losses/entropy": -mean_log_prob.item()})

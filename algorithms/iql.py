@@ -33,14 +33,15 @@ from algorithms.common.cli import run_algorithm_cli
 from algorithms.common.distributions import gaussian_log_prob
 from algorithms.common.networks import DeterministicActor, QEnsemble, StateValue, soft_update
 from algorithms.common.offline import (
+    LOG_EVERY,
     OFFLINE_SMOKE,
     OfflineConfig,
     OfflineData,
     load_offline_task,
-    log_due,
     offline_run_state,
     return_range_reward_scale,
 )
+from algorithms.common.run import log_due
 
 SMOKE = OFFLINE_SMOKE
 """Tiny settings for the contract tests (their dataset is made by tests/conftest.py)."""
@@ -189,7 +190,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
             v_loss, q_loss, actor_loss, mean_advantage = update(*data.sample(cfg.batch_size)[:5])
             actor_schedule.step()
             soft_update(qf_target, qf, cfg.tau)
-            if log_due(step, cfg.total_timesteps):
+            if log_due(step, cfg.total_timesteps, LOG_EVERY):
                 metrics = {"losses/value_loss": v_loss.item(), "losses/qf_loss": q_loss.item() / 2}
                 metrics.update({"losses/actor_loss": actor_loss.item(), "losses/advantage": mean_advantage.item()})
                 metrics.update({"charts/actor_lr": actor_schedule.get_last_lr()[0], "charts/SPS": run.steps_per_second(step)})

@@ -45,7 +45,7 @@ from algorithms.common.cli import run_algorithm_cli
 from algorithms.common.config import RunConfig
 from algorithms.common.distributions import categorical_kl, gaussian_kl
 from algorithms.common.networks import ActorCritic
-from algorithms.common.policy_gradient import compute_gae
+from algorithms.common.policy_gradient import clipped_surrogate_loss, compute_gae, value_loss
 from algorithms.common.rollout import RolloutStorage
 from algorithms.common.run import RunState, numpy_policy
 from envs import make_vec_env
@@ -152,11 +152,6 @@ class Config(RunConfig):
 
 
 # --- pure maths --------------------------------------------------------------------------------------
-def clipped_surrogate_loss(ratio: torch.Tensor, advantages: torch.Tensor, clip_coef: float) -> torch.Tensor:
-    """-L^CLIP (eq. 7): mean of max(-A r, -A clip(r, 1-eps, 1+eps))."""
-    return torch.max(-advantages * ratio, -advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)).mean()
-
-
 def kl_penalty_loss(
     ratio: torch.Tensor, advantages: torch.Tensor, kl: torch.Tensor, beta: torch.Tensor | float
 ) -> torch.Tensor:
@@ -172,17 +167,6 @@ def adapt_beta(beta: float, kl: float, kl_target: float) -> float:
     if kl > kl_target * 1.5:
         return beta * 2.0
     return beta
-
-
-def value_loss(
-    new_values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip_coef: float | None
-) -> torch.Tensor:
-    """0.5 * squared error, optionally the max with the error of values clipped around the old ones."""
-    unclipped = (new_values - returns) ** 2
-    if clip_coef is None:
-        return 0.5 * unclipped.mean()
-    clipped = (old_values + torch.clamp(new_values - old_values, -clip_coef, clip_coef) - returns) ** 2
-    return 0.5 * torch.max(unclipped, clipped).mean()
 
 
 # --- training ----------------------------------------------------------------------------------------

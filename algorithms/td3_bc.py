@@ -27,7 +27,15 @@ import torch.nn.functional as F
 from algorithms.common import Checkpointer, Logger, TrainResult, seed_everything
 from algorithms.common.cli import run_algorithm_cli
 from algorithms.common.networks import DeterministicActor, QEnsemble, soft_update
-from algorithms.common.offline import OFFLINE_SMOKE, OfflineConfig, OfflineData, load_offline_task, log_due, offline_run_state
+from algorithms.common.offline import (
+    LOG_EVERY,
+    OFFLINE_SMOKE,
+    OfflineConfig,
+    OfflineData,
+    load_offline_task,
+    offline_run_state,
+)
+from algorithms.common.run import log_due
 from algorithms.common.targets import clipped_double_q_target, smoothed_target_actions
 
 SMOKE = OFFLINE_SMOKE
@@ -148,7 +156,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
                 actor_loss, lam = update_actor(batch.obs, batch.actions)
                 soft_update(actor_target, actor, cfg.tau)
                 soft_update(qf_target, qf, cfg.tau)
-            if log_due(step, cfg.total_timesteps):
+            if log_due(step, cfg.total_timesteps, LOG_EVERY):
                 metrics = {"losses/qf_loss": q_loss.item() / 2, "charts/SPS": run.steps_per_second(step)}
                 if actor_updated:
                     metrics.update({"losses/actor_loss": actor_loss.item(), "losses/lambda": lam.item()})

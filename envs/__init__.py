@@ -15,6 +15,7 @@ import numpy as np
 
 import envs.tabular  # noqa: F401 (registers the book's small worlds)
 from envs.datasets import dataset_info, is_dataset_id
+from envs.preferences import SYNTHETIC_TASKS, is_text_task, read_preferences
 from envs.vector import EnvSpec, RunningMeanStd, VecEnv, is_discrete_tuple
 from envs.video import VIDEO_FPS, RenderingUnavailable, rendering_hint, write_video
 from envs.video import frame_skip as video_frame_skip
@@ -39,7 +40,7 @@ targets bootstrap through, keeps every episode and evaluation finite"""
 EVAL_STEP_LIMIT = 108_000
 """steps after which an evaluation episode that has not ended is cut (an env without a time limit of its own), as
 Atari's 30-minute cap (108,000 frames)"""
-ENV_FAMILIES = ("classic_control", "mujoco", "box2d", "toy_text", "atari", "minatar", "other")
+ENV_FAMILIES = ("classic_control", "mujoco", "box2d", "toy_text", "atari", "minatar", "text", "other")
 
 
 def _register_optional(env_id: str) -> None:
@@ -88,7 +89,9 @@ def dataset_env_id(dataset: str) -> str:
 
 def env_family(env_id: str) -> str:
     """The family of a registered env id (suites set overrides per family), from its entry point; a dataset's is its
-    env's."""
+    env's; a text task's (learning from preferences) is "text"."""
+    if is_text_task(env_id):
+        return "text"
     if is_dataset_id(env_id):
         env_id = dataset_env_id(env_id)
     entry = str(_spec(env_id).entry_point)
@@ -106,7 +109,10 @@ def env_kinds(env_id: str) -> tuple[str, str]:
     """(action kind, observation kind) of an env, from one build of it: "discrete" or "continuous", and "image"
     (3-D observations: Atari frames, MinAtar grids), "discrete" (a finite set of states: toy-text's Discrete, or a Tuple
     of them as Blackjack's) or "vector". What an algorithm's ACTION_SPACES and OBSERVATIONS are checked against before
-    a run starts. A dataset (the task of an offline run) has the action kind of its env and observation kind "dataset"."""
+    a run starts. A dataset (the task of an offline run) has the action kind of its env and observation kind "dataset";
+    a text task (learning from preferences: a synthetic task or a preference file) discrete actions (tokens) and "text"."""
+    if is_text_task(env_id):
+        return "discrete", "text"
     if is_dataset_id(env_id):
         return env_kinds(dataset_env_id(env_id))[0], "dataset"
     _register_optional(env_id)
@@ -126,6 +132,16 @@ def check_env_support(env_id: str, algo: str, action_spaces: tuple[str, ...], ob
     `observations` (its ACTION_SPACES and OBSERVATIONS) cannot run on `env_id`: DQN on continuous actions, an
     MLP-only algorithm on Atari frames (its float replay memory alone would exhaust the machine's memory)."""
     kind, observation = env_kinds(env_id)
+    if observation == "text" and "text" not in observations:
+        raise ValueError(
+            f"{env_id} is a text task (learning from preferences) and {algo} learns in an env: use sft, reward_model, dpo, "
+            "ipo, rlhf_ppo or best_of_n"
+        )
+    if "text" in observations and observation != "text":
+        raise ValueError(
+            f"{algo} learns from preferences: its task is a text task ({', '.join(SYNTHETIC_TASKS)}, or the path of a "
+            f"prompt/chosen/rejected .jsonl file), not {env_id}"
+        )
     if observation == "dataset" and "dataset" not in observations:
         raise ValueError(
             f"{env_id} is an offline dataset and {algo} learns online in an env: give it an env id, or use an offline "
@@ -159,7 +175,11 @@ def check_env_support(env_id: str, algo: str, action_spaces: tuple[str, ...], ob
 
 def validate_env_id(env_id: str) -> None:
     """Raise ValueError (with the closest registered ids) unless `env_id` can be built here; a dataset must be on this
-    machine and its env buildable."""
+    machine and its env buildable; a text task registered, or a readable preference file."""
+    if is_text_task(env_id):
+        if env_id.endswith(".jsonl"):
+            read_preferences(env_id)  # ValueError with the line of the first bad pair
+        return
     if is_dataset_id(env_id):
         env_id = dataset_env_id(env_id)  # DatasetNotFound (a ValueError) says where it was looked for
     try:

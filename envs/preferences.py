@@ -24,10 +24,65 @@ prompt/chosen/rejected JSONL that TRL reads, and a Hugging Face tokenizer of the
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 PAD, EOS = "<pad>", "<eos>"
 """the tokenizer's special tokens, after the words (ids vocab_size and vocab_size + 1)"""
+SYNTHETIC_TASKS = {
+    "SyntheticSentiment-v0": {"vocab_size": 16, "prompt_length": 4, "completion_length": 8, "seed": 0},
+}
+"""the registered synthetic tasks (the task id of a preference run, its `env_id`) and their language's parameters"""
+
+
+def is_text_task(env_id: str) -> bool:
+    """A task of the preference algorithms: a synthetic task's id, or the path of a preference file (.jsonl)."""
+    return env_id in SYNTHETIC_TASKS or env_id.endswith(".jsonl")
+
+
+def synthetic_language(env_id: str) -> SyntheticLanguage:
+    """The language of a registered synthetic task; ValueError naming the registered ones otherwise."""
+    if env_id not in SYNTHETIC_TASKS:
+        raise ValueError(f"unknown synthetic task {env_id!r}: the registered ones are {', '.join(SYNTHETIC_TASKS)}")
+    return SyntheticLanguage(**SYNTHETIC_TASKS[env_id])
+
+
+def read_preferences(path: str | Path) -> list[dict[str, str]]:
+    """Preference pairs from a JSON Lines file in the prompt/chosen/rejected format TRL's trainers read: one object per
+    line with those three strings (chosen and rejected are completions of prompt). A line that is not such an object
+    is refused with its number, before anything is trained; blank lines are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"preference file {path} does not exist")
+    pairs = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}, line {number}: not JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}, line {number}: a JSON object with prompt, chosen and rejected is expected")
+            bad = [key for key in ("prompt", "chosen", "rejected") if not isinstance(row.get(key), str)]
+            if bad:
+                raise ValueError(f"{path}, line {number}: {', '.join(bad)} missing or not a string")
+            if not row["chosen"].strip() or not row["rejected"].strip():
+                raise ValueError(f"{path}, line {number}: an empty completion")
+            pairs.append({key: row[key] for key in ("prompt", "chosen", "rejected")})
+    if not pairs:
+        raise ValueError(f"{path} holds no preference pairs")
+    return pairs
+
+
+def write_preferences(path: str | Path, pairs: list[dict[str, str]]) -> None:
+    """The inverse of `read_preferences`."""
+    with open(path, "w", encoding="utf-8") as f:
+        for pair in pairs:
+            f.write(json.dumps({key: pair[key] for key in ("prompt", "chosen", "rejected")}) + "\n")
 
 
 def _log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:

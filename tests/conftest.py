@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py, also when this file is loaded as a plugin elsewhere
 
 # A tripwire: if any code path tried to reach W&B's servers it would fail fast on a closed loopback port.
 os.environ["WANDB_MODE"] = "offline"
@@ -27,6 +31,9 @@ SCRATCH_MINARI_ROOT = tempfile.mkdtemp(prefix="rlgrid-test-minari-")
 os.environ["MINARI_DATASETS_PATH"] = SCRATCH_MINARI_ROOT
 SMOKE_DATASET = "rlgrid/pendulum-v1/smoke-v0"
 """what the offline algorithms' SMOKE settings train on: 2,000 random Pendulum-v1 transitions (10 episodes)"""
+# Runs that smoke runs take as inputs (the sft run that dpo starts from: `@sft` in a SMOKE dict, tests/helpers.py).
+SCRATCH_SMOKE_RUNS = tempfile.mkdtemp(prefix="rlgrid-test-smoke-runs-")
+os.environ["RLGRID_TEST_SMOKE_RUNS"] = SCRATCH_SMOKE_RUNS  # tests/helpers.py's SMOKE_RUNS_ENV
 
 
 class CountEnv(gym.Env):
@@ -67,6 +74,29 @@ def _smoke_dataset():
     make_random("Pendulum-v1", transitions=2_000, seed=0, name=SMOKE_DATASET)
     yield
     shutil.rmtree(SCRATCH_MINARI_ROOT, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _smoke_input_runs():
+    """Train, once per session, the smoke runs that other smoke runs take as inputs: an sft run, then a reward model on
+    it (skipped without the preferences extra: the preference algorithms' tests then fail on the missing runs, as
+    their runs would)."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        yield
+        return
+    from helpers import SMOKE_INPUT_RUNS, smoke_settings
+
+    from experiments.execute import RunOptions, execute_run
+    from experiments.runs import RunSpec
+
+    for algo in SMOKE_INPUT_RUNS:
+        settings = smoke_settings(algo)
+        spec = RunSpec.create(algo, settings["env_id"], 1, settings)
+        assert execute_run(spec, RunOptions(runs_dir=Path(SCRATCH_SMOKE_RUNS), progress=False))["status"] == "done"
+    yield
+    shutil.rmtree(SCRATCH_SMOKE_RUNS, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -8,8 +8,11 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+SMOKE_RUNS_ENV = "RLGRID_TEST_SMOKE_RUNS"
+"""where tests/conftest.py (which sets it) keeps the session's finished smoke runs that other smoke runs take as inputs"""
 
 TINY_SUITE = """
 algorithms = ["ppo"]
@@ -121,3 +124,32 @@ def wait_for_hold(hold_dir: Path, process: subprocess.Popen, count: int = 1, tim
         assert time.monotonic() < deadline, f"no run was held within {timeout:.0f} s"
         time.sleep(0.02)
     return [json.loads(path.read_text()) for path in records]
+
+
+SMOKE_INPUT_RUNS = ("sft", "reward_model")
+"""the smoke runs that other smoke runs take as inputs (`@sft`, `@reward_model` in a SMOKE dict), in the order
+tests/conftest.py trains them"""
+
+
+def smoke_settings(algo: str) -> dict[str, Any]:
+    """An algorithm's SMOKE settings with `@<algo>` (a run a preference algorithm takes as input) made the path of the
+    session's smoke run of that algorithm."""
+    from experiments.registry import load_algorithm
+
+    return {
+        key: str(smoke_run(value[1:])) if isinstance(value, str) and value.startswith("@") else value
+        for key, value in load_algorithm(algo).SMOKE.items()
+    }
+
+
+def smoke_run(algo: str) -> Path:
+    """The directory of the session's smoke run of `algo` (seed 1; one of SMOKE_INPUT_RUNS)."""
+    from experiments.runs import RunSpec
+
+    settings = smoke_settings(algo)
+    return RunSpec.create(algo, settings["env_id"], 1, settings).run_dir(Path(os.environ[SMOKE_RUNS_ENV]))
+
+
+def smoke_sft_run() -> Path:
+    """The session's finished smoke sft run: what `@sft` in a SMOKE dict stands for."""
+    return smoke_run("sft")

@@ -11,6 +11,7 @@ import math
 import pkgutil
 
 import pytest
+from helpers import smoke_settings
 
 import algorithms
 from algorithms.common import RecordingLogger, TrainResult
@@ -40,16 +41,21 @@ def OFFLINE(algo: str) -> bool:  # noqa: N802
     return load_algorithm(algo).OBSERVATIONS == ("dataset",)
 
 
+def TEXT(algo: str) -> bool:  # noqa: N802
+    """Learning from preferences: the task is text, a step a gradient update, no env copies and no training episodes."""
+    return load_algorithm(algo).OBSERVATIONS == ("text",)
+
+
 def smoke_env(algo: str, kind: str) -> str:
-    """The smoke task of an algorithm for an action kind: classic control, or its own finite-state env (tabular) or
-    dataset (offline: tests/conftest.py makes it)."""
+    """The smoke task of an algorithm for an action kind: classic control, or its own finite-state env (tabular),
+    dataset (offline: tests/conftest.py makes it) or text task (learning from preferences)."""
     module = load_algorithm(algo)
     return SMOKE_ENVS[kind] if "vector" in module.OBSERVATIONS else module.SMOKE["env_id"]
 
 
 def smoke_config(algo: str, env_id: str, seed: int = 1):
     module = load_algorithm(algo)
-    return module, module.Config(**{**module.SMOKE, "env_id": env_id, "seed": seed})
+    return module, module.Config(**{**smoke_settings(algo), "env_id": env_id, "seed": seed})
 
 
 def field_docstrings(config_cls: type) -> dict[str, str]:
@@ -89,13 +95,14 @@ def test_config_contract(algo):
     assert isinstance(module.SMOKE, dict) and module.SMOKE, f"{algo} has no smoke settings"
     assert set(module.ACTION_SPACES) <= set(SMOKE_ENVS) and module.ACTION_SPACES, f"{algo}: ACTION_SPACES"
     # Networks take vector features (and images, with a CNN); tabular methods take a state number and nothing else;
-    # offline methods take a dataset (of vector observations) as their task.
-    assert module.OBSERVATIONS in (("vector",), ("vector", "image"), ("discrete",), ("dataset",)), f"{algo}: OBSERVATIONS"
+    # offline methods take a dataset (of vector observations) as their task, preference methods a text task.
+    allowed = (("vector",), ("vector", "image"), ("discrete",), ("dataset",), ("text",))
+    assert module.OBSERVATIONS in allowed, f"{algo}: OBSERVATIONS"
     config = module.Config()
     assert dataclasses.is_dataclass(config) and module.Config.__dataclass_params__.frozen
     fields = config_fields(module.Config)
     for common in ("env_id", "seed", "total_timesteps", "num_envs", "eval_every", "eval_episodes", "device", "compile"):
-        if common == "num_envs" and OFFLINE(algo):  # an offline run steps no env copies
+        if common == "num_envs" and (OFFLINE(algo) or TEXT(algo)):  # an offline or text run steps no env copies
             continue
         assert common in fields, f"{algo}.Config lacks {common}"
     docs = field_docstrings(module.Config)
@@ -113,11 +120,15 @@ def test_smoke_run(algo, kind):
     assert isinstance(result, TrainResult)
     assert result.global_step >= cfg.total_timesteps * 0.9
     keys = {k for _, m in logger.records for k in m}
-    # Model-based planning (dynamic programming) and offline learning play no training episodes.
+    # Model-based planning (dynamic programming), offline learning and learning from preferences play no training
+    # episodes.
     episodic = {"charts/episodic_return", "charts/episodic_length"}
-    required = REQUIRED_KEYS - episodic if MODEL_BASED(algo) or OFFLINE(algo) else REQUIRED_KEYS
+    required = REQUIRED_KEYS - episodic if MODEL_BASED(algo) or OFFLINE(algo) or TEXT(algo) else REQUIRED_KEYS
+    if not getattr(module.module, "TRAINS", True):  # best_of_n selects, it does not learn: its evaluation is all it logs
+        required = {"eval/episodic_return"}
     assert required <= keys, f"missing metric keys {required - keys}"
-    assert any(k.startswith("losses/") for k in keys)
+    if getattr(module.module, "TRAINS", True):
+        assert any(k.startswith("losses/") for k in keys)
     for step, metrics in logger.records:
         assert 0 < step <= result.global_step
         for key, value in metrics.items():
@@ -157,18 +168,33 @@ def test_a_tabular_method_refuses_compile_and_feature_observations(algo):
         module.train(module.Config(**{**module.SMOKE, "env_id": "CartPole-v1"}))
 
 
-@pytest.mark.parametrize("algo", [a for a in ALGOS if "discrete" in supported(a) and a not in TABULAR_ALGOS])
+@pytest.mark.parametrize("algo", [a for a in ALGOS if "discrete" in supported(a) and a not in TABULAR_ALGOS and not TEXT(a)])
 def test_a_network_method_refuses_a_finite_state_set_before_it_starts(algo):
     with pytest.raises(ValueError, match="use a tabular method"):
         load_algorithm(algo).check_env("FrozenLake-v1")
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_text_tasks_and_envs_do_not_mix(algo):
+    """A preference algorithm learns from a text task only, and no other algorithm takes one."""
+    if TEXT(algo):
+        with pytest.raises(ValueError, match=f"{algo} learns from preferences: its task is a text task"):
+            load_algorithm(algo).check_env("CartPole-v1")
+    else:
+        with pytest.raises(ValueError, match=f"SyntheticSentiment-v0 is a text task .* and {algo} learns in an env"):
+            load_algorithm(algo).check_env("SyntheticSentiment-v0")
 
 
 VARIANTS = [algo for algo in ALGOS if algo in getattr(load_algorithm(algo).module, "VARIANTS", {})]
 """registered variants (ddpg, npg, ...): their file's train() with other Config defaults"""
 
 
+TRAINS_NOTHING = [algo for algo in ALGOS if not getattr(load_algorithm(algo).module, "TRAINS", True)]
+"""best_of_n: a selection, no update (it refuses compile=True)"""
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", [a for a in ALGOS if a not in TABULAR_ALGOS + VARIANTS])
+@pytest.mark.parametrize("algo", [a for a in ALGOS if a not in TABULAR_ALGOS + VARIANTS + TRAINS_NOTHING])
 def test_compile_flag_runs(algo):
     """compile=True wraps the hot paths in torch.compile (CPU inductor here): TorchDynamo compiles frames (its counters,
     reset first, say so; an ignored flag leaves them at zero), and the run still works. Once per algorithm file: a
@@ -187,8 +213,9 @@ def test_compile_flag_runs(algo):
     assert losses and all(math.isfinite(v) for v in losses)
 
 
-@pytest.mark.parametrize("algo", [a for a in ALGOS if len(supported(a)) < len(SMOKE_ENVS)])
+@pytest.mark.parametrize("algo", [a for a in ALGOS if len(supported(a)) < len(SMOKE_ENVS) and not TEXT(a)])
 def test_an_unsupported_action_space_is_refused_clearly(algo):
+    """(A preference algorithm's actions are tokens: an env of any kind is refused, test_text_tasks_and_envs_do_not_mix.)"""
     (missing,) = set(SMOKE_ENVS) - set(supported(algo))
     module, cfg = smoke_config(algo, SMOKE_ENVS[missing])
     with pytest.raises(ValueError, match="needs"):
@@ -207,7 +234,9 @@ def test_smoke_run_on_images_with_the_cnn_torso(algo):
 
 
 @pytest.mark.minatar
-@pytest.mark.parametrize("algo", [a for a in ALGOS if a not in IMAGE_ALGOS + TABULAR_ALGOS and "discrete" in supported(a)])
+@pytest.mark.parametrize(
+    "algo", [a for a in ALGOS if a not in IMAGE_ALGOS + TABULAR_ALGOS and "discrete" in supported(a) and not TEXT(a)]
+)
 def test_an_algorithm_without_a_cnn_refuses_image_observations_before_it_starts(algo):
     """(The continuous-action-only ones are refused MinAtar by the action check already.)"""
     with pytest.raises(ValueError, match="no CNN"):

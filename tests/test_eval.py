@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import smoke_settings
 
 from algorithms.common.checkpoint import newest_checkpoint_step
 from experiments.cli import main
@@ -40,7 +41,7 @@ def tiny_run(runs_dir: Path, algo: str, env_id: str | None = None, **overrides) 
     env_id = (
         env_id or smoke_env or next(SMOKE_ENVS[kind] for kind in ("discrete", "continuous") if kind in algorithm.ACTION_SPACES)
     )
-    spec = RunSpec.create(algo, env_id, 3, {**algorithm.SMOKE, **overrides})
+    spec = RunSpec.create(algo, env_id, 3, {**smoke_settings(algo), **overrides})
     config = spec.config()
     every = config.total_timesteps - config.num_envs if hasattr(config, "buffer_size") else 1
     options = RunOptions(runs_dir=runs_dir, checkpoint_every_steps=every, checkpoint_every_seconds=1e9, progress=False)

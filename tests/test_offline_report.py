@@ -197,7 +197,7 @@ def test_the_shipped_cpu_sized_hopper_suite_expands_where_its_datasets_are(tmp_p
     from experiments.dataset_recipes import make_random
 
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
-    tasks = ["rlgrid/hopper-v5/medium-v0", "rlgrid/hopper-v5/medium-replay-v0"]
+    tasks = ["rlgrid/hopper-v5/medium-v0", "rlgrid/hopper-v5/medium-replay-v0", "rlgrid/hopper-v5/medium-expert-v0"]
     for task in tasks:  # stand-ins under the suite's names
         make_random("Hopper-v5", transitions=20, seed=0, name=task, ref_min_score=0.0, ref_max_score=1.0)
     suite = load_suite("offline_hopper")

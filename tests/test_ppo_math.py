@@ -8,8 +8,7 @@ import numpy as np
 import torch
 
 from algorithms.common.distributions import gaussian_entropy, gaussian_log_prob
-from algorithms.common.policy_gradient import compute_gae
-from algorithms.ppo import clipped_surrogate_loss, value_loss
+from algorithms.common.policy_gradient import clipped_surrogate_loss, compute_gae, value_loss
 from envs import make_vec_env
 
 

@@ -109,3 +109,28 @@ def test_text_round_trip_through_a_saved_hugging_face_tokenizer(tmp_path):
     for bad in (["w3 x1"], ["w3 w16"], ["w1 w2", "w1"]):
         with pytest.raises(ValueError):
             language.from_text(bad)
+
+
+def test_preference_files_round_trip_and_a_bad_line_is_refused_with_its_number(tmp_path):
+    from envs.preferences import read_preferences, write_preferences
+
+    pairs = [{"prompt": "w1 w2", "chosen": " w3", "rejected": " w4"}, {"prompt": "a", "chosen": "b", "rejected": "c"}]
+    path = tmp_path / "pairs.jsonl"
+    write_preferences(path, pairs)
+    assert read_preferences(path) == pairs
+    good = path.read_text()
+    for bad, reason in (
+        ("{not json", "line 3: not JSON"),
+        ('["a", "b"]', "line 3: a JSON object with prompt, chosen and rejected is expected"),
+        ('{"prompt": "a", "chosen": "b"}', "line 3: rejected missing or not a string"),
+        ('{"prompt": "a", "chosen": 1, "rejected": "c"}', "line 3: chosen missing or not a string"),
+        ('{"prompt": "a", "chosen": " ", "rejected": "c"}', "line 3: an empty completion"),
+    ):
+        path.write_text(good + bad + "\n")
+        with pytest.raises(ValueError, match=reason):
+            read_preferences(path)
+    path.write_text("\n\n")
+    with pytest.raises(ValueError, match="holds no preference pairs"):
+        read_preferences(path)
+    with pytest.raises(ValueError, match="does not exist"):
+        read_preferences(tmp_path / "none.jsonl")

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import deterministic_metrics, held_env, run_env, wait_for_hold
+from helpers import deterministic_metrics, held_env, run_env, smoke_sft_run, wait_for_hold
 
 from algorithms.common.checkpoint import newest_checkpoint_step
 from experiments.execute import RunOptions, execute_run
@@ -78,6 +78,31 @@ CASES = {
             "--total-timesteps 500 --batch-size 32 --eval-every 250 --eval-episodes 2 --checkpoint-every-steps 150",
         )
         for algo in ("bc", "td3_bc", "iql", "cql")
+    },
+    # Learning from preferences: the model, Adam's moments and the generators that draw the language's batches and
+    # the pairs; dpo and ipo start from the session's smoke sft run.
+    "sft": (
+        "SyntheticSentiment-v0",
+        "--total-timesteps 60 --batch-size 8 --n-embd 16 --n-layer 1 --n-head 1 --eval-every 30 --eval-episodes 16 "
+        "--checkpoint-every-steps 20",
+    ),
+    **{
+        algo: (
+            "SyntheticSentiment-v0",
+            f"--sft-run {smoke_sft_run()} --total-timesteps 60 --batch-size 8 --num-pairs 64 --eval-every 30 "
+            "--eval-episodes 16 --checkpoint-every-steps 20",
+        )
+        for algo in ("dpo", "ipo", "reward_model")
+    },
+    # RLHF-PPO with the true reward (a reward model would need a finished reward_model run too): the policy with its
+    # value head, Adam, the prompts' generator and torch's, which draws the completions and the minibatches.
+    **{
+        algo: (
+            "SyntheticSentiment-v0",
+            f"--sft-run {smoke_sft_run()} --reward true --total-timesteps 48 --rollout-prompts 16 --num-minibatches 2 "
+            "--update-epochs 2 --eval-every 16 --eval-episodes 16 --checkpoint-every-steps 8",
+        )
+        for algo in ("rlhf_ppo", "ppo_gt")
     },
     # Tabular: the tables (visit counts where the step size decays), the env's state (toy text's `s`, Blackjack's cards
     # behind the tuple-to-index wrapper, the book's worlds) and Python's RNG, which draws the epsilon-greedy actions.
@@ -171,7 +196,12 @@ def _run_dir(runs_dir: Path, algo: str) -> Path:
 
 
 def test_every_algorithm_has_a_kill_and_resume_case():
-    assert set(CASES) == set(list_algorithms()), "add the new algorithm to CASES"
+    """(Except one that trains nothing, whose run has no step to be killed after: best_of_n.)"""
+    from experiments.registry import load_algorithm
+
+    learners = {algo for algo in list_algorithms() if getattr(load_algorithm(algo).module, "TRAINS", True)}
+    assert set(list_algorithms()) - learners == {"best_of_n"}
+    assert set(CASES) == learners, "add the new algorithm to CASES"
 
 
 @pytest.mark.slow

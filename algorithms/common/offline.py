@@ -139,8 +139,3 @@ def offline_run_state(
     if data.normalized_score(0.0) is not None:
         run.eval_metrics = lambda: {"eval/normalized_score": data.normalized_score(run.eval_history[-1][1])}
     return run
-
-
-def log_due(step: int, total: int) -> bool:
-    """Whether update `step` logs its losses: every LOG_EVERY updates, and the last one."""
-    return step % LOG_EVERY == 0 or step == total

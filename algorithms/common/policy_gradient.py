@@ -1,5 +1,6 @@
-"""Maths of the actor-critic methods that several files borrow: GAE (PPO, A2C, ACKTR, TRPO/NPG) and the A2C loss
-(A2C and ACKTR, which optimises the same objective with K-FAC)."""
+"""Maths of the actor-critic methods that several files borrow: GAE (PPO, A2C, ACKTR, TRPO/NPG, RLHF-PPO), the A2C loss
+(A2C and ACKTR, which optimises the same objective with K-FAC), and PPO's clipped surrogate and clipped value loss
+(PPO and RLHF-PPO, Schulman et al. 2017, arXiv:1707.06347)."""
 
 from __future__ import annotations
 
@@ -54,3 +55,19 @@ def a2c_loss(
     entropy_mean = entropy.mean()
     loss = pg_loss + vf_coef * v_loss - ent_coef * entropy_mean
     return loss, torch.stack([pg_loss, v_loss, entropy_mean]).detach()
+
+
+def clipped_surrogate_loss(ratio: torch.Tensor, advantages: torch.Tensor, clip_coef: float) -> torch.Tensor:
+    """-L^CLIP (eq. 7): mean of max(-A r, -A clip(r, 1-eps, 1+eps))."""
+    return torch.max(-advantages * ratio, -advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)).mean()
+
+
+def value_loss(
+    new_values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip_coef: float | None
+) -> torch.Tensor:
+    """0.5 * squared error, optionally the max with the error of values clipped around the old ones."""
+    unclipped = (new_values - returns) ** 2
+    if clip_coef is None:
+        return 0.5 * unclipped.mean()
+    clipped = (old_values + torch.clamp(new_values - old_values, -clip_coef, clip_coef) - returns) ** 2
+    return 0.5 * torch.max(unclipped, clipped).mean()

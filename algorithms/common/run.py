@@ -56,6 +56,11 @@ def numpy_policy(act: Callable[[torch.Tensor], torch.Tensor], device: torch.devi
     return policy
 
 
+def log_due(step: int, total: int, every: int) -> bool:
+    """Whether update `step` logs its losses: every `every` updates, and the last one (loops of one update a step)."""
+    return step % every == 0 or step == total
+
+
 def evaluation_seed(run_seed: int, index: int) -> int:
     """The seed of a run's evaluation number `index` (0, 1, ...); its episodes are seeded from it upwards (`evaluate`).
     Fixed per (run seed, evaluation index), so a resumed run, and `rlgrid eval`, play exactly the episodes that an
@@ -127,8 +132,12 @@ class RunState:
         extras: dict[str, Any] | None = None,
         eval_metrics: Callable[[], dict[str, float]] | None = None,
         eval_max_steps: int = EVAL_STEP_LIMIT,
+        evaluator: Callable[[Any, int, int], np.ndarray] | None = None,
     ) -> None:
         self.cfg, self.envs, self.checkpoint = cfg, envs, checkpoint
+        # evaluator(policy, episodes, seed) -> returns (episodes,): a task that is not an env (a text task: prompts and a
+        # reward) evaluates its own way; None: `envs.evaluate` on `envs`.
+        self.evaluator = evaluator
         self.eval_metrics = eval_metrics  # more numbers logged with every evaluation (a tabular value error)
         self.eval_max_steps = eval_max_steps  # an evaluation episode still running then counts with its return so far
         self.logger = DivergenceCheck(logger or NullLogger())
@@ -221,7 +230,7 @@ class RunState:
         index = len(self.eval_history)
         video = self._video_path(step) if record else None
         seed = evaluation_seed(self.cfg.seed, index)
-        returns = evaluate(self.envs, policy, self.cfg.eval_episodes, seed=seed, max_steps=self.eval_max_steps, video=video)
+        returns = self._play(policy, self.cfg.eval_episodes, seed, video)
         if video is not None:
             self.logger.log_video(step, video)
         if not np.isfinite(returns).all():
@@ -238,10 +247,7 @@ class RunState:
             self.evaluate(step, policy, record=True)
         elif (video := self._video_path(step)) is not None and not video.exists():
             # The last evaluation was at this step but not recorded: play its first episode again for the video.
-            index = len(self.eval_history) - 1
-            evaluate(
-                self.envs, policy, 1, seed=evaluation_seed(self.cfg.seed, index), max_steps=self.eval_max_steps, video=video
-            )
+            self._play(policy, 1, evaluation_seed(self.cfg.seed, len(self.eval_history) - 1), video)
             self.logger.log_video(step, video)
         if self.checkpoint is not None:
             # The final state, whatever the interval: `rlgrid eval` evaluates it, and a run whose DONE never got
@@ -256,6 +262,12 @@ class RunState:
             last_episodic_returns=list(self.recent_returns),
         )
 
+    def _play(self, policy: Any, episodes: int, seed: int, video: Path | None) -> np.ndarray:
+        """The returns of `episodes` evaluation episodes from `seed` (the first recorded to `video`, for an env)."""
+        if self.evaluator is not None:
+            return self.evaluator(policy, episodes, seed)
+        return evaluate(self.envs, policy, episodes, seed=seed, max_steps=self.eval_max_steps, video=video)
+
     def _video_path(self, step: int) -> Path | None:
         """Where the evaluation at `step` records its video (None: the run records none)."""
         return None if self.video_dir is None else self.video_dir / f"eval-step{step:012d}.mp4"
@@ -268,7 +280,7 @@ class RunState:
         assert isinstance(request, CheckpointEvaluation) and step == self.start_step
         index = len(self.eval_history) - (1 if self.eval_history and self.eval_history[-1][0] == step else 0)
         seed = request.seed if request.seed is not None else evaluation_seed(self.cfg.seed, index)
-        returns = evaluate(self.envs, policy, request.episodes, seed=seed, max_steps=self.eval_max_steps, video=request.video)
+        returns = self._play(policy, request.episodes, seed, request.video)
         request.returns, request.seed_used, request.policy = returns, seed, policy
         return TrainResult(
             global_step=step,
