@@ -20,7 +20,7 @@ from algorithms.common import Checkpointer, ConsoleLogger, RunInterrupted, RunPa
 from algorithms.common.checkpoint import STOP_SIGNALS, newest_checkpoint_step
 from envs import check_rendering, validate_env_id
 from experiments.registry import load_algorithm
-from experiments.runs import JsonlLogger, RunDirectory, RunSpec
+from experiments.runs import JsonlLogger, RunDirectory, RunSpec, resolve_run_references
 
 
 class RunDiverged(Exception):
@@ -81,7 +81,7 @@ def execute_run(spec: RunSpec, options: RunOptions) -> dict[str, Any]:
     """Returns {"status": "done" | "skipped", "run_dir": ..., "result": ...}, or {"status": "paused", "run_dir": ...,
     "step": ...} when `options.pause_at_step` was reached; raises on failure or interrupt (after writing error.txt
     for failures; checkpoints make the next call resume)."""
-    config = validate_spec(spec, options.capture_video)
+    config = resolve_run_references(spec, validate_spec(spec, options.capture_video), options.runs_dir)
     run_dir = RunDirectory(spec.run_dir(options.runs_dir))
     run_dir.create_or_check(spec, config)  # refuses a directory of another config before anything is written
     if run_dir.status == "diverged":

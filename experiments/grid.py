@@ -18,7 +18,7 @@ from algorithms.common.checkpoint import newest_checkpoint_step
 from algorithms.common.logging import format_duration
 from experiments.execute import RunOptions, run_to_state
 from experiments.executors import Executor, Task, make_executor
-from experiments.runs import RunDirectory, RunSpec
+from experiments.runs import RUN_REFERENCE, RunDirectory, RunSpec, run_references
 
 
 @dataclasses.dataclass
@@ -130,24 +130,59 @@ class GridRunner:
         executor = self._executor()
         # A run's own console progress only where its output is ours; elsewhere the grid's progress view stands for it.
         options = dataclasses.replace(self.run_options, progress=self.run_options.progress and executor.in_process)
-        tasks = [Task(run_to_state, (spec, options), f"run {spec.algo}/{spec.env_id}/seed{spec.seed}") for spec in todo]
         interval = min(self.grid.progress_interval_s, 2.0) if sys.stdout.isatty() else self.grid.progress_interval_s
-        for finished in executor.submit(tasks, self.grid.retries, self._print_progress, interval):
-            spec = finished.task.args[0]
-            state = RunDirectory(spec.run_dir(self.run_options.runs_dir)).status  # the directory is the truth
-            if state in ("done", "diverged"):  # even if a signal hit the worker while it was exiting
-                self._record(spec, state, finished.attempts)
-            elif finished.value == "interrupted" or executor.stopping:
-                self._record(spec, "interrupted", finished.attempts)
-                if executor.in_process:  # the run caught this process's Ctrl-C / SIGTERM: start no other
-                    executor.stop()
-            else:
-                self._record(spec, "failed", finished.attempts, finished.error)
+        # Runs that take other runs' outputs (a pipeline's stages) start once those have finished: wave by wave.
+        for wave in self._waves(todo):
+            if executor.stopping:
+                break
+            ready = []
+            for spec in wave:
+                unfinished = [
+                    i for i in self._inputs(spec) if RunDirectory(i.run_dir(self.run_options.runs_dir)).status != "done"
+                ]
+                if unfinished:
+                    where = unfinished[0].run_dir(self.run_options.runs_dir)
+                    self._record(spec, "failed", 0, f"not started: its input run {where} did not finish")
+                else:
+                    ready.append(spec)
+            tasks = [Task(run_to_state, (spec, options), f"run {spec.algo}/{spec.env_id}/seed{spec.seed}") for spec in ready]
+            for finished in executor.submit(tasks, self.grid.retries, self._print_progress, interval):
+                spec = finished.task.args[0]
+                state = RunDirectory(spec.run_dir(self.run_options.runs_dir)).status  # the directory is the truth
+                if state in ("done", "diverged"):  # even if a signal hit the worker while it was exiting
+                    self._record(spec, state, finished.attempts)
+                elif finished.value == "interrupted" or executor.stopping:
+                    self._record(spec, "interrupted", finished.attempts)
+                    if executor.in_process:  # the run caught this process's Ctrl-C / SIGTERM: start no other
+                        executor.stop()
+                else:
+                    self._record(spec, "failed", finished.attempts, finished.error)
         result = self.summary(start, steps_before)
         out = Path(self.run_options.runs_dir) / self.suite_name / "summary.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
         return result
+
+    def _inputs(self, spec: RunSpec) -> list[RunSpec]:
+        """The runs of this grid whose outputs `spec` takes (its linked `@...` values, experiments/suite.py)."""
+        names = set(run_references(spec).values())
+        return [
+            other for other in self.specs if RUN_REFERENCE + other.run_dir(".").relative_to(other.suite).as_posix() in names
+        ]
+
+    def _waves(self, todo: list[RunSpec]) -> list[list[RunSpec]]:
+        """`todo` in waves, each after the ones holding its inputs (order kept within a wave); one wave without any."""
+        pending, depth = set(todo), {}
+
+        def depth_of(spec: RunSpec) -> int:
+            if spec not in depth:
+                depth[spec] = 1 + max((depth_of(i) for i in self._inputs(spec) if i in pending), default=-1)
+            return depth[spec]
+
+        waves: list[list[RunSpec]] = [[] for _ in range(1 + max((depth_of(s) for s in todo), default=0))]
+        for spec in todo:
+            waves[depth_of(spec)].append(spec)
+        return waves
 
     def _executor(self) -> Executor:
         return make_executor(

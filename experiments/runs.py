@@ -78,6 +78,31 @@ class RunSpec:
         }
 
 
+RUN_REFERENCE = "@"
+"""a Config value `@<algo>` (in a suite) names the suite's run of that algorithm with the same env and seed, whose output
+this run takes as its input (an sft run's policy); linked, it is `@<algo>/<env-slug>/seed<k>-<hash8>`: the input's
+directory under the suite's, its hash part of this run's hash"""
+
+
+def run_references(spec: RunSpec) -> dict[str, str]:
+    """The Config fields of `spec` that name another run of its suite, and the run they name (`@...` values)."""
+    return {name: value for name, value in spec.overrides if isinstance(value, str) and value.startswith(RUN_REFERENCE)}
+
+
+def resolve_run_references(spec: RunSpec, config: Any, runs_dir: str | os.PathLike) -> Any:
+    """`config` with every linked `@...` value replaced by the input run's directory; ValueError, before any compute,
+    when an input run has not finished (or was never linked: a bare `@sft` outside a suite)."""
+    resolved = {}
+    for name, value in run_references(spec).items():
+        path = Path(runs_dir) / spec.suite / value[len(RUN_REFERENCE) :]
+        if not (path / "DONE").is_file():
+            if value.count("/") < 3:
+                raise ValueError(f"{name} = {value!r} names a run of a suite: use it in a suite file, or give a run directory")
+            raise ValueError(f"{name}: its input run {path} has not finished (the grid runs inputs first)")
+        resolved[name] = str(path)
+    return dataclasses.replace(config, **resolved) if resolved else config
+
+
 def check_runs_dir(runs_dir: str | os.PathLike) -> None:
     """Make `runs_dir` if needed and write (then remove) a file in it, or raise a one-line ValueError: the commands call
     it after validating their input and before any compute, so an unusable --runs-dir (under a file, read-only, on a

@@ -46,7 +46,7 @@ from typing import Any
 from envs import ENV_FAMILIES, env_family, validate_env_id
 from envs.datasets import DatasetNotFound
 from experiments.registry import config_fields, convert_value, list_algorithms, load_algorithm
-from experiments.runs import RunSpec
+from experiments.runs import RUN_REFERENCE, RunSpec, run_references
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -166,6 +166,58 @@ def check_algo_envs(algo: str, value: Any, env_ids: list[Any], valid_envs: list[
     return [env_id for env_id in valid_envs if env_id in chosen]
 
 
+def link_run_references(specs: list[RunSpec], problems: list[str]) -> list[RunSpec]:
+    """Each `@<algo>` (or `@<algo>/<variant>`) value becomes `@<algo>/<env-slug>/seed<k>-<hash8>`: the directory, under
+    the suite's, of the suite's one run of that algorithm (variant) with the same env and seed. An input is linked
+    before the runs that take it, so the hash of a pipeline's last stage covers every stage before it. A reference that
+    matches no run or several, or a circle of them, is a problem."""
+    linked: dict[RunSpec, RunSpec] = {}
+    pending = list(specs)
+    while pending:
+        progress, waiting = False, []
+        for spec in pending:
+            references = run_references(spec)
+            targets, unresolved = {}, False
+            for name, value in references.items():
+                algo, _, variant = value[len(RUN_REFERENCE) :].partition("/")
+                matches = [
+                    other
+                    for other in specs
+                    if other.algo == algo
+                    and other.env_id == spec.env_id
+                    and other.seed == spec.seed
+                    and other is not spec
+                    and (not variant or other.variant == variant)
+                ]
+                where = f"{spec.algo} x {spec.env_id} x {spec.variant}: {name} = {value!r}"
+                if len(matches) != 1:
+                    found = (
+                        "no run" if not matches else f"{len(matches)} runs (variants {', '.join(m.variant for m in matches)})"
+                    )
+                    problems.append(f"{where} matches {found} of this suite with the same env and seed")
+                    targets = None
+                    break
+                if matches[0] not in linked:
+                    unresolved = True
+                    break
+                target = linked[matches[0]]
+                targets[name] = RUN_REFERENCE + target.run_dir(".").relative_to(target.suite).as_posix()
+            if targets is None:
+                continue  # reported
+            if unresolved:
+                waiting.append(spec)
+                continue
+            overrides = {**dict(spec.overrides), **targets}
+            linked[spec] = RunSpec.create(spec.algo, spec.env_id, spec.seed, overrides, suite=spec.suite, variant=spec.variant)
+            progress = True
+        if not progress and waiting:
+            names = sorted({f"{spec.algo}/{spec.variant}" for spec in waiting})
+            problems.append(f"run references go round in a circle (or wait on a refused run): {', '.join(names)}")
+            break
+        pending = waiting
+    return [linked.get(spec, spec) for spec in specs]
+
+
 def load_suite(name_or_path: str) -> Suite:
     """Parse, validate completely and expand a suite; raises SuiteError listing every problem at once."""
     path = resolve_suite_path(name_or_path)
@@ -283,6 +335,7 @@ def load_suite(name_or_path: str) -> Suite:
                 problems.append(
                     f"env_ids[{env_ids.index(env_id)}]: no algorithm runs {env_id!r} (every [algo.X] env_ids leaves it out)"
                 )
+    specs = link_run_references(specs, problems)
     if problems:
         raise SuiteError(path, sorted(set(problems), key=problems.index))
     # Seed-major order (a stable sort keeps algorithm, env and variant order within a seed): a grid stopped
