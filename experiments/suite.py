@@ -32,6 +32,16 @@ goes: a Minari id (`rlgrid/hopper-v5/medium-v0`) or the path of a D4RL .hdf5 fil
 family, for `[algo.X.family]`, is that of the env it was collected in. A dataset must be on this machine when the suite
 is loaded: one that is not is refused with the rest of the problems, before any run starts, with the
 `rlgrid dataset make` command that makes it where its name is one that command gives.
+
+A run can take another run's output as its input (learning from preferences: dpo starts from an sft run's policy). A
+Config value `"@sft"` names the suite's sft run with the same env and seed (`"@sft/<variant>"` one variant of it):
+
+    [algo.dpo]
+    sft_run = "@sft"
+
+Loading links it to that run's directory, so the input's hash is part of the consumer's (another sft setting makes
+another dpo run); the grid runs inputs before the runs that take them, and a run whose input did not finish is not
+started (suites/preferences.toml).
 """
 
 from __future__ import annotations

@@ -123,3 +123,21 @@ def test_an_input_that_failed_keeps_its_consumers_from_starting(tmp_path):
 def test_a_bare_reference_outside_a_suite_is_refused(tmp_path, capsys):
     assert main(["train", "dpo", "--sft-run", "@sft", "--runs-dir", str(tmp_path), "--total-timesteps", "2"]) == 2
     assert "names a run of a suite: use it in a suite file" in capsys.readouterr().err
+
+
+def test_the_shipped_preferences_suite_links_every_stage_to_its_seeds_sft_run():
+    suite = load_suite("preferences")
+    assert len(suite.specs) == 3 * 14
+    sft = {spec.seed: spec for spec in suite.specs if spec.algo == "sft" and spec.variant == "default"}
+    reward_models = {spec.seed: spec for spec in suite.specs if spec.algo == "reward_model"}
+    for spec in suite.specs:
+        overrides = dict(spec.overrides)
+        if spec.algo != "sft" or spec.variant == "preferred-ft":
+            assert overrides["sft_run"] == f"@sft/SyntheticSentiment-v0/seed{spec.seed}-{sft[spec.seed].hash}"
+        if spec.algo in ("rlhf_ppo", "best_of_n"):
+            assert overrides["reward_model_run"].endswith(f"seed{spec.seed}-{reward_models[spec.seed].hash}")
+    methods = {(spec.algo, spec.variant) for spec in suite.specs}
+    assert {("dpo", f"beta-{b}") for b in ("0.05", "0.1", "0.5")} | {
+        ("rlhf_ppo", f"kl-{k}") for k in ("0.02", "0.05", "0.2")
+    } <= methods
+    assert {("ipo", "default"), ("ppo_gt", "default"), ("sft", "preferred-ft"), ("best_of_n", "n-16")} <= methods
