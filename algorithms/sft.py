@@ -15,9 +15,10 @@ Minimise the negative log-likelihood of text, -sum_t log pi(w_t | w_<t), on one 
   words only, the prompt being given. That is Preferred-FT.
 
 Each evaluation logs the true reward, KL(pi || pi_ref) and the win rate (algorithms/common/preference.py); pi_ref is
-`sft_run`'s policy, or, for a model trained from scratch, the task's language itself, so eval/kl then measures how
-well the model has learned the language. Deviations: the paper's models are pretrained transformers; these are tiny
-ones trained here (no dropout), with Adam at a constant learning rate.
+`sft_run`'s policy, or, for a model trained from scratch, the task's language itself, logged then as
+eval/language_kl: how well the model has learned the language (as pi_ref of later stages its KL is 0). Deviations:
+the paper's models are pretrained transformers; these are tiny ones trained here (no dropout), with Adam at a constant
+learning rate.
 """
 
 from __future__ import annotations

@@ -325,3 +325,55 @@ def variant_comparison(
             widen_if_flat(ax, "x")
     fig.tight_layout()
     return save(fig, out_dir, name)
+
+
+def plot_frontier(
+    points: pd.DataFrame, table: pd.DataFrame, optimum: dict[str, pd.DataFrame | None], colors: Colors | None = None
+) -> plt.Figure:
+    """Reward against KL to the reference, a panel per env (the DPO paper's Figure 2, left): each run a small dot, each
+    method its seed mean with 95% bootstrap intervals on both axes, labelled; the exact KL-regularised optimum as a line
+    where the task knows it."""
+    env_ids = sorted(points["env_id"].unique())
+    colors = colors or method_colors(points["method"])
+    fig, axes = plt.subplots(1, len(env_ids), figsize=(6.5 * len(env_ids), 4.8), squeeze=False)
+    for ax, env_id in zip(axes[0], env_ids):
+        curve = optimum.get(env_id)
+        if curve is not None:
+            ax.plot(curve["kl"], curve["reward"], color=ANY_METHOD_COLOR, lw=1, ls="--", label="optimum (exact)")
+        for _, row in points[points["env_id"] == env_id].iterrows():
+            ax.scatter(row["kl"], row["reward"], s=12, alpha=0.4, color=colors.get(row["method"], ANY_METHOD_COLOR))
+        for _, row in table[table["env_id"] == env_id].iterrows():
+            color = colors.get(row["method"], ANY_METHOD_COLOR)
+            ax.errorbar(
+                row["kl"],
+                row["reward"],
+                xerr=[[row["kl"] - row["kl_low"]], [row["kl_high"] - row["kl"]]],
+                yerr=[[row["reward"] - row["reward_low"]], [row["reward_high"] - row["reward"]]],
+                fmt="o",
+                color=color,
+                ms=6,
+                capsize=2,
+                label=row["method"],
+            )
+        if curve is not None:  # the optimum runs far past the methods' KLs: show their range, and some of the curve
+            ax.set_xlim(-0.02 * (points["kl"].max() + 1), 1.15 * max(points["kl"].max(), 1.0))
+            inside = curve[curve["kl"] <= ax.get_xlim()[1]]
+            ax.set_ylim(
+                min(points["reward"].min(), inside["reward"].min()) - 0.3,
+                max(points["reward"].max(), inside["reward"].max()) + 0.3,
+            )
+        ax.set(title=env_id, xlabel="KL(pi || pi_ref) per sequence", ylabel="true reward")
+        plain_axis(ax.yaxis)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def frontier_plot(
+    points: pd.DataFrame,
+    table: pd.DataFrame,
+    optimum: dict[str, pd.DataFrame | None],
+    out_dir: str | Path,
+    colors: Colors | None = None,
+) -> list[Path]:
+    return save(plot_frontier(points, table, optimum, colors), out_dir, "frontier")

@@ -235,6 +235,64 @@ def value_error_table(frame: pd.DataFrame, reps: int, seed: int) -> pd.DataFrame
     return pd.DataFrame(out).sort_values(["env_id", "value_rmse"], ignore_index=True)
 
 
+KL = "eval/kl"
+"""logged by the preference runs' evaluations (KL(pi || pi_ref) per sequence): their reward-KL frontier"""
+LANGUAGE_KL = "eval/language_kl"
+"""an sft run's from scratch, whose reference is the task's language: as pi_ref of the others it sits at KL 0"""
+
+
+def frontier_points(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per run that logs `eval/kl`: its last evaluation's KL and return (the true reward of a text task). A run
+    that logs `eval/language_kl` instead (an sft run from scratch: the reference policy itself) is a point at KL 0."""
+    measured = frame[frame["metric"].isin([KL, LANGUAGE_KL])].copy()
+    measured.loc[measured["metric"] == LANGUAGE_KL, "value"] = 0.0
+    kl = measured.sort_values([*RUN_KEYS, "step"], kind="stable").groupby(RUN_KEYS).tail(1)
+    returns = frame[frame["metric"] == "eval/episodic_return"][[*RUN_KEYS, "step", "value"]]
+    points = kl.merge(returns, on=[*RUN_KEYS, "step"], suffixes=("_kl", "_return"))
+    points = points.rename(columns={"value_kl": "kl", "value_return": "reward"})
+    points["method"] = [method_name(a, v) for a, v in zip(points["algo"], points["variant"])]
+    return points[["env_id", "method", "seed", "step", "kl", "reward"]].reset_index(drop=True)
+
+
+def frontier_table(points: pd.DataFrame, reps: int, seed: int) -> pd.DataFrame:
+    """Per (env, method): mean KL and mean reward over seeds, each with a 95% bootstrap CI."""
+    out = []
+    for (env_id, method), group in points.groupby(["env_id", "method"]):
+        row = {"env_id": env_id, "method": method, "seeds": len(group)}
+        for column in ("kl", "reward"):
+            values = group[column].to_numpy(float)
+            low, high = bootstrap_ci(values, reps, seed)
+            row.update({column: values.mean(), f"{column}_low": low, f"{column}_high": high})
+        out.append(row)
+    return pd.DataFrame(out).sort_values(["env_id", "kl"], ignore_index=True)
+
+
+def optimal_frontier(env_id: str) -> pd.DataFrame | None:
+    """For a synthetic text task, the exact KL-regularised optimum pi_lang exp(r / beta) / Z over a range of beta: the
+    best reward any policy reaches at each KL from the task's language (which the sft policy, pi_ref, approximates)."""
+    from envs.preferences import SYNTHETIC_TASKS, synthetic_language
+
+    if env_id not in SYNTHETIC_TASKS:
+        return None
+    language = synthetic_language(env_id)
+    rows = [(beta, *language.policy_reward_and_kl(language.optimal_policy(beta))) for beta in np.geomspace(0.05, 20, 40)]
+    return pd.DataFrame(rows, columns=["beta", "reward", "kl"])
+
+
+def _show_frontier(table: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "method": table["method"],
+            "env": table["env_id"],
+            "seeds": table["seeds"],
+            "KL(pi || pi_ref)": table["kl"].map(lambda x: fmt(x, 2)),
+            "KL 95% CI": [f"[{fmt(a, 2)}, {fmt(b, 2)}]" for a, b in zip(table["kl_low"], table["kl_high"])],
+            "true reward": table["reward"].map(lambda x: fmt(x, 2)),
+            "reward 95% CI": [f"[{fmt(a, 2)}, {fmt(b, 2)}]" for a, b in zip(table["reward_low"], table["reward_high"])],
+        }
+    )
+
+
 def _show_value_errors(table: pd.DataFrame) -> pd.DataFrame:
     episodes = [f"{a:,}" if a == b else f"{a:,}-{b:,}" for a, b in zip(table["episodes_min"], table["episodes_max"])]
     return pd.DataFrame(
@@ -461,6 +519,11 @@ def build_report(frame: pd.DataFrame, out_dir: str | Path, options: ReportOption
             report.tables["reference_verdicts"] = verdicts
             report.shown["reference_verdicts"] = _show_verdicts(verdicts)
 
+    if frame["metric"].eq(KL).any():
+        points = frontier_points(frame[frame["env_id"].isin(env_ids)])
+        report.tables["frontier"] = frontier_table(points, options.reps, options.seed)
+        report.shown["frontier"] = _show_frontier(report.tables["frontier"])
+
     report.summary = comparison_summary(
         report.tables["scores"],
         report.tables.get("probability_of_improvement"),
@@ -543,6 +606,9 @@ def build_report(frame: pd.DataFrame, out_dir: str | Path, options: ReportOption
             "The sample-efficiency curve (IQM over envs) pools envs, so it needs --normalize (or a single env); "
             "the learning curves show each env, and the performance profiles are per env."
         )
+    if "frontier" in report.tables:
+        optimum = {env_id: optimal_frontier(env_id) for env_id in sorted(points["env_id"].unique())}
+        report.figures["frontier"] = figures.frontier_plot(points, report.tables["frontier"], optimum, figure_dir, colors)
     variants = figures.variant_comparison(scores, figure_dir, column, options.reps, options.seed, colors)
     if variants:
         report.figures["variant_comparison"] = variants
@@ -595,6 +661,8 @@ TITLES = {
     "d4rl_scores": "D4RL normalised scores (a row per dataset: 100 x (return - ref_min) / (ref_max - ref_min) with the "
     "dataset's own reference returns where it has them; mean over seeds [95% bootstrap CI])",
     "reference_verdicts": "Reference comparison",
+    "frontier": "Reward against KL to the reference (learning from preferences: each run's last evaluation; true reward "
+    "of sampled completions and KL(pi || pi_ref) per sequence, mean over seeds with 95% bootstrap CIs)",
     "value_error": "Final value error per cell (RMS error of the value estimate at each run's last evaluation, "
     "against the exact values; lower is better; mean over seeds, 95% bootstrap CI)",
     "aggregates": "Aggregates (rliable, 95% stratified bootstrap CIs)",
@@ -614,6 +682,9 @@ FIGURE_TITLES = {
     "sample_efficiency": "Sample efficiency (IQM over runs and envs)",
     "probability_of_improvement": "Probability of improvement",
     "variant_comparison": "Hyperparameter variants",
+    "frontier": "Reward-KL frontier (the DPO paper's Figure 2, left): dots are runs, markers method means with 95% "
+    "bootstrap CIs (sft trained from scratch, pi_ref itself, at KL 0); dashed, where the task knows it, the exact optimum "
+    "pi_ref exp(r / beta) / Z with the task's language as pi_ref",
     "variant_value_error": "Hyperparameter variants: final value error (each run's last evaluation; lower is better)",
     "optimization_history": "Optimisation history",
     "intermediate_values": "Intermediate values (what the pruner saw)",
@@ -854,6 +925,8 @@ def main(argv: list[str]) -> int:
     print(f"\n{TITLES['scores']} ({options.protocol})\n{text_table(report.shown['scores'])}")
     if "d4rl_scores" in report.shown:
         print(f"\nD4RL normalised scores (mean [95% CI], 0 random, 100 expert)\n{text_table(report.shown['d4rl_scores'])}")
+    if "frontier" in report.shown:
+        print(f"\nReward against KL to the reference (mean [95% CI])\n{text_table(report.shown['frontier'])}")
     if "value_error" in report.shown:
         print(f"\nFinal value error (RMS, lower is better)\n{text_table(report.shown['value_error'])}")
     if report.summary:

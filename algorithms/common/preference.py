@@ -7,7 +7,8 @@ finished sft run (`sft_run`, a run directory: the pipeline's first stage), or a 
 or, for an sft run trained from scratch, the task's language itself. Each evaluation samples one completion for each
 of `eval_episodes` prompts (fixed per evaluation index, as an env's episodes are) and logs:
 - `eval/episodic_return`: the mean true reward of the completions (what reports and verdicts read);
-- `eval/kl`: KL(pi || pi_ref) per sequence, the mean of log pi(y | x) - log pi_ref(y | x) over the sampled y;
+- `eval/kl`: KL(pi || pi_ref) per sequence, the mean of log pi(y | x) - log pi_ref(y | x) over the sampled y
+  (`eval/language_kl` for a policy trained from scratch, whose reference is the task's language);
 - `eval/win_rate`: how often the completion's true reward beats that of a completion of pi_ref for the same prompt
   (ties count half).
 """
@@ -261,5 +262,7 @@ class TextEvaluation:
         else:  # a policy whose probabilities are not at hand gives its KL in closed form (best_of_n)
             kl = policy.kl
         wins = (rewards > reference_rewards) + 0.5 * (rewards == reference_rewards)
-        self.metrics = {"eval/kl": kl, "eval/win_rate": float(wins.mean())}
+        # A policy learned from scratch (sft) is measured against the language it learns: its own KL to pi_ref is 0.
+        kl_name = "eval/language_kl" if isinstance(self.reference, LanguagePolicy) else "eval/kl"
+        self.metrics = {kl_name: kl, "eval/win_rate": float(wins.mean())}
         return rewards
