@@ -26,6 +26,7 @@ from algorithms.common.preference import (
     RewardModel,
     TextEvaluation,
     TextTask,
+    check_run_inputs,
     load_reward_model,
     reference_policy,
 )
@@ -79,15 +80,17 @@ class BestOfN:
         return candidates[best]
 
 
+def check_inputs(cfg: Config) -> None:
+    """The runner's check before it makes the run's directory: a finished sft run to sample, a reward_model run to rank by."""
+    check_run_inputs(cfg, ("sft_run", "reward_model_run"))
+
+
 def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | None = None) -> TrainResult:
     seed_everything(cfg.seed, cfg.torch_deterministic)
     device = torch.device(cfg.device)
 
     # 1. pi_ref and the reward model, both frozen.
-    if cfg.sft_run is None or cfg.reward_model_run is None:
-        raise ValueError(
-            "best_of_n samples an sft run's policy and ranks by a reward model: give sft_run and reward_model_run"
-        )
+    check_inputs(cfg)
     task = TextTask(cfg.env_id)
     reference = reference_policy(cfg, task, device)
     policy = BestOfN(reference, load_reward_model(cfg.reward_model_run, task, device), cfg.n)

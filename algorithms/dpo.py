@@ -40,6 +40,7 @@ from algorithms.common.preference import (
     PreferenceConfig,
     TextEvaluation,
     TextTask,
+    check_run_inputs,
     draw_pairs,
     load_sft_policy,
     reference_policy,
@@ -97,13 +98,17 @@ def implicit_reward(policy_log_prob: torch.Tensor, ref_log_prob: torch.Tensor, b
     return beta * (policy_log_prob - ref_log_prob)
 
 
+def check_inputs(cfg: Config) -> None:
+    """The runner's check before it makes the run's directory: a finished sft run to start from."""
+    check_run_inputs(cfg, ("sft_run",))
+
+
 def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | None = None) -> TrainResult:
     seed_everything(cfg.seed, cfg.torch_deterministic)
     device = torch.device(cfg.device)
 
     # 1. pi_ref (frozen) and the policy, a trainable copy of it.
-    if cfg.sft_run is None:
-        raise ValueError("dpo starts from and regularises towards an sft run's policy: give sft_run (a run directory)")
+    check_inputs(cfg)
     task = TextTask(cfg.env_id)
     reference = reference_policy(cfg, task, device)
     policy = ModelPolicy(load_sft_policy(cfg.sft_run, task, device), task)

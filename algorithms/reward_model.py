@@ -36,6 +36,7 @@ from algorithms.common.preference import (
     PreferenceConfig,
     RewardModel,
     TextTask,
+    check_run_inputs,
     draw_pairs,
     load_sft_policy,
     reference_policy,
@@ -89,13 +90,17 @@ class RewardModelEvaluation:
         return agreement
 
 
+def check_inputs(cfg: Config) -> None:
+    """The runner's check before it makes the run's directory: a finished sft run to start from."""
+    check_run_inputs(cfg, ("sft_run",))
+
+
 def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | None = None) -> TrainResult:
     seed_everything(cfg.seed, cfg.torch_deterministic)
     device = torch.device(cfg.device)
 
     # 1. pi_ref (the sft policy, frozen: it draws the pairs) and r_phi: the sft transformer with a fresh scalar head.
-    if cfg.sft_run is None:
-        raise ValueError("reward_model starts from an sft run's transformer and learns its pairs: give sft_run")
+    check_inputs(cfg)
     task = TextTask(cfg.env_id)
     reference = reference_policy(cfg, task, device)
     reward_model = RewardModel(load_sft_policy(cfg.sft_run, task, device)).to(device)

@@ -43,6 +43,7 @@ from algorithms.common.preference import (
     PreferenceConfig,
     TextEvaluation,
     TextTask,
+    check_run_inputs,
     load_reward_model,
     load_sft_policy,
     reference_policy,
@@ -132,15 +133,18 @@ def per_token_rewards(
     return rewards
 
 
+def check_inputs(cfg: Config) -> None:
+    """The runner's check before it makes the run's directory: a finished sft run, and a finished reward_model run
+    unless reward='true'."""
+    check_run_inputs(cfg, ("sft_run", "reward_model_run") if cfg.reward == "model" else ("sft_run",))
+
+
 def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | None = None) -> TrainResult:
     seed_everything(cfg.seed, cfg.torch_deterministic)
     device = torch.device(cfg.device)
 
     # 1. pi_ref (frozen), the reward (r_phi, frozen, or the true one), the policy: a copy of pi_ref with a value head.
-    if cfg.sft_run is None:
-        raise ValueError("rlhf_ppo starts from and is penalised towards an sft run's policy: give sft_run")
-    if cfg.reward == "model" and cfg.reward_model_run is None:
-        raise ValueError("reward='model' needs reward_model_run (a finished reward_model run), or use reward='true'")
+    check_inputs(cfg)
     task = TextTask(cfg.env_id)
     reference = reference_policy(cfg, task, device)
     reward_model = load_reward_model(cfg.reward_model_run, task, device) if cfg.reward == "model" else None

@@ -38,6 +38,7 @@ from algorithms.common.preference import (
     PreferenceConfig,
     TextEvaluation,
     TextTask,
+    check_run_inputs,
     draw_pairs,
     load_sft_policy,
     new_policy_model,
@@ -78,13 +79,17 @@ def nll_loss(model: torch.nn.Module, ids: torch.Tensor, first: int, words: int |
     return -token_log_probs(model, ids, torch.ones_like(ids), first, words).mean()
 
 
+def check_inputs(cfg: Config) -> None:
+    """The runner's check before it makes the run's directory: Preferred-FT needs a finished sft run."""
+    check_run_inputs(cfg, ("sft_run",) if cfg.data == "chosen" else ())
+
+
 def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | None = None) -> TrainResult:
     seed_everything(cfg.seed, cfg.torch_deterministic)
     device = torch.device(cfg.device)
 
     # 1. The task, pi_ref, and the policy: a fresh tiny GPT-2, or a trainable copy of sft_run's policy.
-    if cfg.data == "chosen" and cfg.sft_run is None:
-        raise ValueError("data='chosen' (Preferred-FT) draws its pairs from a reference policy: give sft_run")
+    check_inputs(cfg)  # Preferred-FT draws its pairs from a reference policy: sft_run
     task = TextTask(cfg.env_id)
     reference = reference_policy(cfg, task, device)
     if cfg.sft_run is None:

@@ -82,6 +82,7 @@ def execute_run(spec: RunSpec, options: RunOptions) -> dict[str, Any]:
     "step": ...} when `options.pause_at_step` was reached; raises on failure or interrupt (after writing error.txt
     for failures; checkpoints make the next call resume)."""
     config = resolve_run_references(spec, validate_spec(spec, options.capture_video), options.runs_dir)
+    load_algorithm(spec.algo).check_inputs(config)  # the runs it takes as inputs, before its directory is made
     run_dir = RunDirectory(spec.run_dir(options.runs_dir))
     run_dir.create_or_check(spec, config)  # refuses a directory of another config before anything is written
     if run_dir.status == "diverged":

@@ -46,6 +46,13 @@ class Algorithm:
     def OBSERVATIONS(self) -> tuple[str, ...]:  # noqa: N802
         return self.module.OBSERVATIONS
 
+    def check_inputs(self, config: Any) -> None:
+        """ValueError, before any compute, when the runs this config takes as inputs (an sft run, a reward model) are not
+        there or not finished: the algorithm file's `check_inputs`, where it has one."""
+        check = getattr(self.module, "check_inputs", None)
+        if check is not None:
+            check(config)
+
     def check_env(self, env_id: str) -> None:
         """ValueError, before any compute, when this algorithm cannot act in `env_id` or has no network for its
         observations (`envs.check_env_support`, which the algorithm files' own command line calls too)."""

@@ -100,7 +100,7 @@ def test_bad_settings_are_refused_before_anything_runs():
     for bad in ({"beta": 0.0}, {"loss": "hinge"}, {"label_smoothing": 0.5}, {"loss": "ipo", "label_smoothing": 0.1}):
         with pytest.raises(ValueError):
             Config(**bad)
-    with pytest.raises(ValueError, match="give sft_run"):
+    with pytest.raises(ValueError, match="sft_run is needed: the run directory of a finished sft run"):
         train(Config(total_timesteps=1))
 
 

@@ -148,7 +148,7 @@ SFT_ARCHITECTURE = ("n_embd", "n_layer", "n_head")
 def load_sft_policy(run_dir: str, task: TextTask, device: torch.device) -> torch.nn.Module:
     """The final policy of a finished sft run on the same task (its model rebuilt from its config.json, its weights from
     its final checkpoint). ValueError, before any compute, when the directory is not such a run."""
-    _, config, saved = _finished_run(run_dir, "sft", "sft_run", task)
+    _, config, saved = _finished_run(run_dir, "sft", "sft_run", task.env_id)
     model = new_policy_model(task, *(config[name] for name in SFT_ARCHITECTURE))
     model.load_state_dict(saved["state"]["policy"])
     return model.to(device)
@@ -171,7 +171,7 @@ class RewardModel(torch.nn.Module):
         return self.head(hidden[:, -1]).squeeze(-1)
 
 
-def _finished_run(run_dir: str, algo: str, option: str, task: TextTask) -> tuple[Path, dict, dict]:
+def _finished_run(run_dir: str, algo: str, option: str, task_id: str) -> tuple[Path, dict, dict]:
     """(path, config, final checkpoint payload) of a finished `algo` run on `task`; ValueError naming `option` else."""
     path = Path(run_dir)
     try:
@@ -180,9 +180,9 @@ def _finished_run(run_dir: str, algo: str, option: str, task: TextTask) -> tuple
     except (OSError, ValueError) as exc:
         raise ValueError(f"{option} {run_dir}: not a run directory ({type(exc).__name__}: {exc})") from None
     if spec.get("algo") != algo:
-        raise ValueError(f"{option} {run_dir} is a {spec.get('algo')} run, not a {algo} run")
-    if config.get("env_id") != task.env_id:
-        raise ValueError(f"{option} {run_dir} learned {config.get('env_id')}, not {task.env_id}")
+        raise ValueError(f"{option} {run_dir} is a run of {spec.get('algo')}, not of {algo}")
+    if config.get("env_id") != task_id:
+        raise ValueError(f"{option} {run_dir} learned {config.get('env_id')}, not {task_id}")
     if not (path / "DONE").is_file():
         raise ValueError(f"{option} {run_dir} has not finished: run it to the end first")
     saved = Checkpointer(path / "checkpoints", read_only=True).latest()
@@ -191,10 +191,28 @@ def _finished_run(run_dir: str, algo: str, option: str, task: TextTask) -> tuple
     return path, config, saved
 
 
+RUN_INPUTS = {"sft_run": "sft", "reward_model_run": "reward_model"}
+"""the Config fields that name an input run, and the algorithm that run must be"""
+
+
+def check_run_inputs(cfg: PreferenceConfig, required: tuple[str, ...]) -> None:
+    """ValueError, before any compute (the runner calls it before it makes the run's directory), unless each of the
+    `required` input fields is given and names a finished run of its algorithm on the same task; an optional input that
+    is given is checked too."""
+    task_id = cfg.env_id
+    for name, algo in RUN_INPUTS.items():
+        value = getattr(cfg, name, None)
+        if value is None:
+            if name in required:
+                raise ValueError(f"{name} is needed: the run directory of a finished {algo} run on {task_id}")
+            continue
+        _finished_run(value, algo, name, task_id)
+
+
 def load_reward_model(run_dir: str, task: TextTask, device: torch.device) -> RewardModel:
     """The trained reward model of a finished reward_model run on the same task, frozen."""
-    _, config, saved = _finished_run(run_dir, "reward_model", "reward_model_run", task)
-    _, sft_config, _ = _finished_run(config["sft_run"], "sft", "its sft_run", task)
+    _, config, saved = _finished_run(run_dir, "reward_model", "reward_model_run", task.env_id)
+    _, sft_config, _ = _finished_run(config["sft_run"], "sft", "its sft_run", task.env_id)
     model = RewardModel(new_policy_model(task, *(sft_config[name] for name in SFT_ARCHITECTURE)))
     model.load_state_dict(saved["state"]["reward_model"])
     return model.to(device).eval().requires_grad_(False)
