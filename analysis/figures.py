@@ -39,9 +39,10 @@ X_LABELS = {"steps": "environment steps", "episodes": "training episodes"}
 
 
 def method_colors(methods: list[str] | pd.Series) -> Colors:
-    """A fixed colour per method: sorted names take the colourblind palette in order, in every figure."""
+    """A fixed colour per method: sorted names take the colourblind palette in order, in every figure; past its 10
+    colours (a preference suite has 13 methods) evenly spaced hues instead, so no two methods share one."""
     names = sorted(set(methods))
-    palette = sns.color_palette("colorblind", max(len(names), 1))
+    palette = sns.color_palette("colorblind" if len(names) <= 10 else "husl", max(len(names), 1))
     return {name: palette[i % len(palette)] for i, name in enumerate(names)}
 
 

@@ -70,3 +70,11 @@ def test_rlgrid_report_writes_the_frontier_table_and_figure(runs, tmp_path, caps
     table = (out / "tables" / "frontier.csv").read_text()
     assert "dpo[beta-0.1]" in table and "rlhf_ppo[kl-0.05]" in table
     assert "Reward-KL frontier" in (out / "report.html").read_text()
+
+
+def test_every_method_has_its_own_colour_past_the_palettes_ten():
+    from analysis.figures import method_colors
+
+    for count in (3, 10, 13):
+        colors = method_colors([f"method{i}" for i in range(count)])
+        assert len(set(colors.values())) == count
