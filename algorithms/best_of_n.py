@@ -57,6 +57,8 @@ class Config(PreferenceConfig):
             raise ValueError(f"best_of_n trains nothing: total_timesteps is 1, got {self.total_timesteps}")
         if self.compile:
             raise ValueError("best_of_n has no update to compile (compile=True)")
+        if self.env_id.endswith(".jsonl"):
+            raise ValueError(f"{self.env_id}: best_of_n's policy has no probabilities to rank a file's held-out pairs by")
 
 
 def best_of_n_kl(n: int) -> float:
@@ -81,7 +83,8 @@ class BestOfN:
 
 
 def check_inputs(cfg: Config) -> None:
-    """The runner's check before it makes the run's directory: a finished sft run to sample, a reward_model run to rank by."""
+    """The runner's check before it makes the run's directory: a finished sft run (or a model) to sample, a reward_model
+    run to rank by."""
     check_run_inputs(cfg, ("sft_run", "reward_model_run"))
 
 
@@ -91,7 +94,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
 
     # 1. pi_ref and the reward model, both frozen.
     check_inputs(cfg)
-    task = TextTask(cfg.env_id)
+    task = TextTask(cfg)
     reference = reference_policy(cfg, task, device)
     policy = BestOfN(reference, load_reward_model(cfg.reward_model_run, task, device), cfg.n)
 

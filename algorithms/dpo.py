@@ -17,8 +17,9 @@ the pairs directly, with no reward model and no sampling (eq. 7):
 `beta * [log pi(y | x) - log pi_ref(y | x)]` is the implicit reward (eq. 5 without Z): logged for the chosen and the
 rejected completions, with how often the chosen one's is higher (TRL's rewards/accuracies).
 
-The pairs are drawn from pi_ref, the sft run's policy (`sft_run`), and labelled by the task's teacher, as the DPO
-paper's IMDb pairs were sampled from its SFT model; the policy starts as a copy of pi_ref. Defaults: beta 0.1 (the
+The pairs are drawn from pi_ref, the sft run's policy (`sft_run`) or a local model (`model`), and labelled by the task's
+teacher, as the DPO paper's IMDb pairs were sampled from its SFT model, or read from a file (`preferences`, or a
+preference file as the task); the policy starts as a copy of pi_ref. Defaults: beta 0.1 (the
 paper's), Adam at 1e-4 with no warm-up, batch 64 pairs, 2,000 updates. Deviations: the paper uses RMSprop at 1e-6 with
 a 150-step warm-up on a 774M-parameter model; these tiny models need a larger step. IPO uses summed sequence
 log-probabilities, as its paper writes it (TRL's IPO averages them over tokens).
@@ -41,9 +42,9 @@ from algorithms.common.preference import (
     TextEvaluation,
     TextTask,
     check_run_inputs,
-    draw_pairs,
-    load_sft_policy,
     reference_policy,
+    start_model,
+    training_pairs,
 )
 from algorithms.common.run import RunState, log_due
 
@@ -99,7 +100,7 @@ def implicit_reward(policy_log_prob: torch.Tensor, ref_log_prob: torch.Tensor, b
 
 
 def check_inputs(cfg: Config) -> None:
-    """The runner's check before it makes the run's directory: a finished sft run to start from."""
+    """The runner's check before it makes the run's directory: a finished sft run (or a model) to start from."""
     check_run_inputs(cfg, ("sft_run",))
 
 
@@ -109,13 +110,13 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
 
     # 1. pi_ref (frozen) and the policy, a trainable copy of it.
     check_inputs(cfg)
-    task = TextTask(cfg.env_id)
+    task = TextTask(cfg)
     reference = reference_policy(cfg, task, device)
-    policy = ModelPolicy(load_sft_policy(cfg.sft_run, task, device), task)
+    policy = ModelPolicy(start_model(cfg, task, device), task)
     optimizer = torch.optim.Adam(policy.model.parameters(), lr=cfg.learning_rate)
 
     # 2. The preference pairs, and pi_ref's log-probabilities of their completions, once: (N,) each.
-    pairs = draw_pairs(cfg, task, reference, cfg.seed, device)
+    pairs = training_pairs(cfg, task, reference, device)
     with torch.no_grad():
         ref_chosen = reference.log_prob(pairs.prompts, pairs.chosen)
         ref_rejected = reference.log_prob(pairs.prompts, pairs.rejected)
@@ -153,7 +154,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
         if log_due(step, cfg.total_timesteps, LOG_EVERY):
             run.logger.log(step, {**{k: v.item() for k, v in metrics.items()}, "charts/SPS": run.steps_per_second(step)})
 
-        # 5. Evaluate (true reward, KL to pi_ref, win rate), checkpoint.
+        # 5. Evaluate (true reward, KL to pi_ref, win rate; a preference file: held-out accuracy), checkpoint.
         run.evaluate_if_due(step, policy)
         run.checkpoint_if_due(step)
 

@@ -38,8 +38,9 @@ from algorithms.common.preference import (
     TextTask,
     check_run_inputs,
     draw_pairs,
-    load_sft_policy,
     reference_policy,
+    start_model,
+    training_pairs,
 )
 from algorithms.common.run import RunState, log_due
 
@@ -74,6 +75,12 @@ class RewardModelEvaluation:
 
     @torch.no_grad()
     def __call__(self, reward_model: RewardModel, episodes: int, seed: int) -> np.ndarray:
+        if self.task.language is None:  # a preference file: its held-out pairs, scored against their labels
+            pairs = self.task.held_out.to(self.device)
+            chosen = reward_model(pairs.prompts[:episodes], pairs.chosen[:episodes])
+            rejected = reward_model(pairs.prompts[:episodes], pairs.rejected[:episodes])
+            self.metrics = {"eval/label_accuracy": float((chosen > rejected).float().mean())}
+            return ((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).cpu().numpy()
         pairs = draw_pairs(self.cfg, self.task, self.reference, seed, self.device, count=episodes)
         chosen, rejected = reward_model(pairs.prompts, pairs.chosen), reward_model(pairs.prompts, pairs.rejected)
         true_chosen = self.task.true_reward(pairs.prompts, pairs.chosen)
@@ -91,7 +98,7 @@ class RewardModelEvaluation:
 
 
 def check_inputs(cfg: Config) -> None:
-    """The runner's check before it makes the run's directory: a finished sft run to start from."""
+    """The runner's check before it makes the run's directory: a finished sft run (or a model) to start from."""
     check_run_inputs(cfg, ("sft_run",))
 
 
@@ -101,13 +108,13 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
 
     # 1. pi_ref (the sft policy, frozen: it draws the pairs) and r_phi: the sft transformer with a fresh scalar head.
     check_inputs(cfg)
-    task = TextTask(cfg.env_id)
+    task = TextTask(cfg)
     reference = reference_policy(cfg, task, device)
-    reward_model = RewardModel(load_sft_policy(cfg.sft_run, task, device)).to(device)
+    reward_model = RewardModel(start_model(cfg, task, device)).to(device)
     optimizer = torch.optim.Adam(reward_model.parameters(), lr=cfg.learning_rate)
 
     # 2. The preference pairs.
-    pairs = draw_pairs(cfg, task, reference, cfg.seed, device)
+    pairs = training_pairs(cfg, task, reference, device)
 
     def update(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         prompts, chosen, rejected = pairs.batch(index)

@@ -38,6 +38,7 @@ from algorithms.common.cli import run_algorithm_cli
 from algorithms.common.language_models import positions
 from algorithms.common.policy_gradient import clipped_surrogate_loss, compute_gae, value_loss
 from algorithms.common.preference import (
+    PAD_ID,
     PREFERENCE_SMOKE,
     ModelPolicy,
     PreferenceConfig,
@@ -45,8 +46,8 @@ from algorithms.common.preference import (
     TextTask,
     check_run_inputs,
     load_reward_model,
-    load_sft_policy,
     reference_policy,
+    start_model,
 )
 from algorithms.common.run import RunState
 
@@ -96,6 +97,8 @@ class Config(PreferenceConfig):
         super().__post_init__()
         if self.reward not in ("model", "true"):
             raise ValueError(f"reward must be 'model' or 'true', got {self.reward!r}")
+        if self.reward == "true" and self.env_id.endswith(".jsonl"):
+            raise ValueError(f"{self.env_id} is a preference file: it has no true reward (reward='model')")
         if self.kl_coef < 0 or self.learning_rate <= 0 or self.clip_coef <= 0 or self.vf_clip <= 0 or self.vf_coef < 0:
             raise ValueError("kl_coef, vf_coef must be >= 0 and learning_rate, clip_coef, vf_clip > 0")
         if min(self.rollout_prompts, self.num_minibatches, self.update_epochs) < 1:
@@ -115,8 +118,10 @@ class PolicyWithValue(torch.nn.Module):
         self.value_head = torch.nn.Linear(causal_lm.config.hidden_size, 1)
 
     def forward(self, ids: torch.Tensor, first: int, words: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probabilities of the tokens at columns >= first and the values of the states before them: (B, L) each."""
-        mask = torch.ones_like(ids)
+        """Log-probabilities of the tokens at columns >= first and the values of the states before them: (B, L) each.
+        Sampled completions are never padded; prompts may be, on the left (PAD_ID)."""
+        mask = (ids != PAD_ID).long()
+        ids = ids.clamp(min=0)
         out = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions(mask), output_hidden_states=True)
         log_probs = F.log_softmax(out.logits[:, first - 1 : -1, :words].float(), dim=-1)
         chosen = torch.gather(log_probs, 2, ids[:, first:, None])[..., 0]
@@ -134,8 +139,8 @@ def per_token_rewards(
 
 
 def check_inputs(cfg: Config) -> None:
-    """The runner's check before it makes the run's directory: a finished sft run, and a finished reward_model run
-    unless reward='true'."""
+    """The runner's check before it makes the run's directory: a finished sft run (or a model), and a finished
+    reward_model run unless reward='true'."""
     check_run_inputs(cfg, ("sft_run", "reward_model_run") if cfg.reward == "model" else ("sft_run",))
 
 
@@ -145,10 +150,10 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
 
     # 1. pi_ref (frozen), the reward (r_phi, frozen, or the true one), the policy: a copy of pi_ref with a value head.
     check_inputs(cfg)
-    task = TextTask(cfg.env_id)
+    task = TextTask(cfg)
     reference = reference_policy(cfg, task, device)
     reward_model = load_reward_model(cfg.reward_model_run, task, device) if cfg.reward == "model" else None
-    agent = PolicyWithValue(load_sft_policy(cfg.sft_run, task, device)).to(device)
+    agent = PolicyWithValue(start_model(cfg, task, device)).to(device)
     policy = ModelPolicy(agent.lm, task)
     optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate)
     rng = np.random.default_rng(cfg.seed)  # the rollouts' prompts; torch's global generator draws their completions
@@ -216,20 +221,17 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
                 )
                 step += 1
         kl = (old_log_probs - ref_log_probs).sum(1).mean()
-        true_reward = task.true_reward(prompts, completions).mean()
-        run.logger.log(
-            step,
-            {
-                "losses/policy_loss": pg_loss.item(),
-                "losses/value_loss": v_loss.item(),
-                "objective/kl": kl.item(),
-                "objective/score": scores.mean().item(),
-                "objective/true_reward": float(true_reward),
-                "charts/SPS": run.steps_per_second(step),
-            },
-        )
+        metrics = {
+            "losses/policy_loss": pg_loss.item(),
+            "losses/value_loss": v_loss.item(),
+            "objective/kl": kl.item(),
+            "objective/score": scores.mean().item(),
+        }
+        if task.language is not None:  # a synthetic task: the rollout's true reward too (a preference file has none)
+            metrics["objective/true_reward"] = float(task.true_reward(prompts, completions).mean())
+        run.logger.log(step, {**metrics, "charts/SPS": run.steps_per_second(step)})
 
-        # 5. Evaluate (true reward, KL to pi_ref, win rate), checkpoint.
+        # 5. Evaluate (true reward, KL to pi_ref, win rate; a preference file: held-out accuracy), checkpoint.
         run.evaluate_if_due(step, policy)
         run.checkpoint_if_due(step)
 

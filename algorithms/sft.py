@@ -7,15 +7,16 @@ Language Model is Secretly a Reward Model", arXiv:2305.18290: sec. 4 (pi_ref is 
 IMDb SFT model is GPT-2-large fine-tuned on the reviews' text and "Preferred-FT" fine-tunes on the chosen completions.
 
 Minimise the negative log-likelihood of text, -sum_t log pi(w_t | w_<t), on one of two data sources (`data`):
-- "language": sequences of the task's language, a fresh batch every update (the SFT model of the DPO paper's IMDb
-  task). The loss covers every word after the first, prompt included: the model learns the language, not one slot.
-  Trained from scratch, a tiny GPT-2 (`n_embd`, `n_layer`, `n_head`), or onward from `sft_run`.
-- "chosen": the chosen completions of the `num_pairs` preference pairs that pi_ref (`sft_run`, required) draws and the
-  task's teacher labels, the pairs reward_model and dpo learn from with the same seed; the loss covers the completion's
-  words only, the prompt being given. That is Preferred-FT.
+- "language": sequences of a synthetic task's language, a fresh batch every update (the SFT model of the DPO paper's
+  IMDb task). The loss covers every word after the first, prompt included: the model learns the language, not one slot.
+- "chosen": the chosen completions of preference pairs: the `num_pairs` that pi_ref (`sft_run` or `model`) draws and the
+  task's teacher labels, the pairs reward_model and dpo learn from with the same seed, or a file's (`preferences`, or a
+  preference file as the task: the usual SFT stage on real data); the loss covers the completion's tokens only, the
+  prompt being given. That is Preferred-FT.
+The model is trained from scratch, a tiny GPT-2 (`n_embd`, `n_layer`, `n_head`), or onward from `sft_run` or `model`.
 
 Each evaluation logs the true reward, KL(pi || pi_ref) and the win rate (algorithms/common/preference.py); pi_ref is
-`sft_run`'s policy, or, for a model trained from scratch, the task's language itself, logged then as
+where the run starts (`sft_run` or `model`), or, for a model trained from scratch, the task's language itself, logged then as
 eval/language_kl: how well the model has learned the language (as pi_ref of later stages its KL is 0). Deviations:
 the paper's models are pretrained transformers; these are tiny ones trained here (no dropout), with Adam at a constant
 learning rate.
@@ -33,16 +34,17 @@ from algorithms.common.cli import run_algorithm_cli
 from algorithms.common.language_models import token_log_probs
 from algorithms.common.preference import (
     LOG_EVERY,
+    PAD_ID,
     PREFERENCE_SMOKE,
     ModelPolicy,
     PreferenceConfig,
     TextEvaluation,
     TextTask,
     check_run_inputs,
-    draw_pairs,
-    load_sft_policy,
     new_policy_model,
     reference_policy,
+    start_model,
+    training_pairs,
 )
 from algorithms.common.run import RunState, log_due
 
@@ -55,8 +57,8 @@ OBSERVATIONS = ("text",)
 @dataclass(frozen=True)
 class Config(PreferenceConfig):
     data: str = "language"
-    """language: sequences of the task's language (SFT); chosen: the chosen completions of preference pairs drawn from
-    sft_run's policy (Preferred-FT)"""
+    """language: sequences of a synthetic task's language (SFT); chosen: the chosen completions of preference pairs,
+    drawn from sft_run's or model's policy or read from a file (Preferred-FT)"""
     learning_rate: float = 1e-3
     """Adam learning rate"""
     n_embd: int = 64
@@ -70,39 +72,45 @@ class Config(PreferenceConfig):
         super().__post_init__()
         if self.data not in ("language", "chosen"):
             raise ValueError(f"data must be 'language' or 'chosen', got {self.data!r}")
+        if self.data == "language" and self.env_id.endswith(".jsonl"):
+            raise ValueError(f"{self.env_id} is a preference file: it has no language to learn (use data=chosen)")
         if self.learning_rate <= 0 or min(self.n_embd, self.n_layer, self.n_head) < 1 or self.n_embd % self.n_head:
             raise ValueError("learning_rate must be > 0, n_embd, n_layer, n_head >= 1, and n_head must divide n_embd")
 
 
 def nll_loss(model: torch.nn.Module, ids: torch.Tensor, first: int, words: int | None) -> torch.Tensor:
-    """Mean negative log-likelihood of the words at columns >= `first` of `ids` (B, T), over the first `words` tokens."""
-    return -token_log_probs(model, ids, torch.ones_like(ids), first, words).mean()
+    """Mean negative log-likelihood of the tokens at columns >= `first` of `ids` (B, T), PAD_ID not counted, over the
+    first `words` token ids."""
+    mask = (ids != PAD_ID).long()
+    log_probs = token_log_probs(model, ids.clamp(min=0), mask, first, words)  # (B, T - first), 0 on padding
+    return -log_probs.sum() / mask[:, first:].sum()
 
 
 def check_inputs(cfg: Config) -> None:
-    """The runner's check before it makes the run's directory: Preferred-FT needs a finished sft run."""
-    check_run_inputs(cfg, ("sft_run",) if cfg.data == "chosen" else ())
+    """The runner's check before it makes the run's directory: Preferred-FT without a preference file draws its pairs
+    from a finished sft run (or a model)."""
+    from_file = cfg.preferences is not None or cfg.env_id.endswith(".jsonl")
+    check_run_inputs(cfg, ("sft_run",) if cfg.data == "chosen" and not from_file else ())
 
 
 def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | None = None) -> TrainResult:
     seed_everything(cfg.seed, cfg.torch_deterministic)
     device = torch.device(cfg.device)
 
-    # 1. The task, pi_ref, and the policy: a fresh tiny GPT-2, or a trainable copy of sft_run's policy.
-    check_inputs(cfg)  # Preferred-FT draws its pairs from a reference policy: sft_run
-    task = TextTask(cfg.env_id)
+    # 1. The task, pi_ref, and the policy: a trainable copy of sft_run's policy or of model, or a fresh tiny GPT-2.
+    check_inputs(cfg)  # Preferred-FT without a file draws its pairs from a reference policy: sft_run or model
+    task = TextTask(cfg)
     reference = reference_policy(cfg, task, device)
-    if cfg.sft_run is None:
+    model = start_model(cfg, task, device)
+    if model is None:
         model = new_policy_model(task, cfg.n_embd, cfg.n_layer, cfg.n_head).to(device)
-    else:
-        model = load_sft_policy(cfg.sft_run, task, device)
     policy = ModelPolicy(model, task)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     rng = np.random.default_rng(cfg.seed)  # the language's batches
 
     # 2. Preferred-FT's data: the chosen completions (prompt + completion, the loss on the completion only).
     if cfg.data == "chosen":
-        pairs = draw_pairs(cfg, task, reference, cfg.seed, device)
+        pairs = training_pairs(cfg, task, reference, device)
         chosen = torch.cat([pairs.prompts, pairs.chosen], 1)  # (N, P + L)
 
     def update(ids: torch.Tensor, first: int) -> torch.Tensor:
@@ -128,7 +136,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
             words = np.concatenate([prompts.numpy(), task.language.sample_completions(prompts.numpy(), rng)], 1)
             loss = update(torch.as_tensor(words, device=device), 1)
         else:
-            loss = update(chosen[torch.randint(len(chosen), (cfg.batch_size,), device=device)], task.prompt_length)
+            loss = update(chosen[torch.randint(len(chosen), (cfg.batch_size,), device=device)], pairs.prompts.shape[1])
         if log_due(step, cfg.total_timesteps, LOG_EVERY):
             run.logger.log(step, {"losses/nll": loss.item(), "charts/SPS": run.steps_per_second(step)})
 

@@ -51,8 +51,9 @@ def synthetic_language(env_id: str) -> SyntheticLanguage:
 
 def read_preferences(path: str | Path) -> list[dict[str, str]]:
     """Preference pairs from a JSON Lines file in the prompt/chosen/rejected format TRL's trainers read: one object per
-    line with those three strings (chosen and rejected are completions of prompt). A line that is not such an object
-    is refused with its number, before anything is trained; blank lines are skipped."""
+    line with those three strings (chosen and rejected are completions of prompt), returned with its line number under
+    "line". A line that is not such an object is refused with its number, before anything is trained; blank lines are
+    skipped."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"preference file {path} does not exist")
@@ -72,7 +73,7 @@ def read_preferences(path: str | Path) -> list[dict[str, str]]:
                 raise ValueError(f"{path}, line {number}: {', '.join(bad)} missing or not a string")
             if not row["chosen"].strip() or not row["rejected"].strip():
                 raise ValueError(f"{path}, line {number}: an empty completion")
-            pairs.append({key: row[key] for key in ("prompt", "chosen", "rejected")})
+            pairs.append({"prompt": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"], "line": number})
     if not pairs:
         raise ValueError(f"{path} holds no preference pairs")
     return pairs

@@ -117,7 +117,7 @@ def test_preference_files_round_trip_and_a_bad_line_is_refused_with_its_number(t
     pairs = [{"prompt": "w1 w2", "chosen": " w3", "rejected": " w4"}, {"prompt": "a", "chosen": "b", "rejected": "c"}]
     path = tmp_path / "pairs.jsonl"
     write_preferences(path, pairs)
-    assert read_preferences(path) == pairs
+    assert read_preferences(path) == [{**pair, "line": number} for number, pair in enumerate(pairs, start=1)]
     good = path.read_text()
     for bad, reason in (
         ("{not json", "line 3: not JSON"),

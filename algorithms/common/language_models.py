@@ -46,14 +46,20 @@ def tiny_gpt2(
 
 def load_causal_lm(path: str | Path):
     """(model, tokenizer) from a local Hugging Face directory (`save_pretrained`'s); nothing is downloaded."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(path)
+    return AutoModelForCausalLM.from_pretrained(path, local_files_only=True), tokenizer
+
+
+def load_tokenizer(path: str | Path):
+    """The tokenizer of a local Hugging Face model directory; ValueError when it is not one."""
+    from transformers import AutoTokenizer
 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise ValueError(f"{path} is not a Hugging Face model directory (no config.json in it)")
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
-    return model, tokenizer
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
 def positions(mask: torch.Tensor) -> torch.Tensor:
