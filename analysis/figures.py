@@ -363,7 +363,8 @@ def plot_frontier(
                 min(points["reward"].min(), inside["reward"].min()) - 0.3,
                 max(points["reward"].max(), inside["reward"].max()) + 0.3,
             )
-        ax.set(title=env_id, xlabel="KL(pi || pi_ref) per sequence", ylabel="true reward")
+        score = "held-out preference accuracy" if str(env_id).endswith(".jsonl") else "true reward"
+        ax.set(title=env_id, xlabel="KL(pi || pi_ref) per sequence", ylabel=score)
         plain_axis(ax.yaxis)
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()

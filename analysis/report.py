@@ -241,6 +241,22 @@ LANGUAGE_KL = "eval/language_kl"
 """an sft run's from scratch, whose reference is the task's language: as pi_ref of the others it sits at KL 0"""
 
 
+def pair_ranking_runs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The runs on a text task that log no KL to a reference: reward models, whose `eval/episodic_return` is how often
+    they rank a held-out pair as its label does, not the score of a policy. One row per run (RUN_KEYS)."""
+    from envs.preferences import is_text_task
+
+    text = frame[[is_text_task(str(env_id)) for env_id in frame["env_id"]]]
+    with_kl = text[text["metric"].isin([KL, LANGUAGE_KL])][RUN_KEYS].drop_duplicates()
+    runs = text[RUN_KEYS].drop_duplicates()
+    return runs.merge(with_kl, how="left", indicator=True).query("_merge == 'left_only'")[RUN_KEYS]
+
+
+def score_name(env_id: str) -> str:
+    """What a text task's `eval/episodic_return` is: a preference file has no true reward."""
+    return "held-out preference accuracy" if str(env_id).endswith(".jsonl") else "true reward"
+
+
 def frontier_points(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per run that logs `eval/kl`: its last evaluation's KL and return (the true reward of a text task). A run
     that logs `eval/language_kl` instead (an sft run from scratch: the reference policy itself) is a point at KL 0."""
@@ -287,8 +303,9 @@ def _show_frontier(table: pd.DataFrame) -> pd.DataFrame:
             "seeds": table["seeds"],
             "KL(pi || pi_ref)": table["kl"].map(lambda x: fmt(x, 2)),
             "KL 95% CI": [f"[{fmt(a, 2)}, {fmt(b, 2)}]" for a, b in zip(table["kl_low"], table["kl_high"])],
-            "true reward": table["reward"].map(lambda x: fmt(x, 2)),
-            "reward 95% CI": [f"[{fmt(a, 2)}, {fmt(b, 2)}]" for a, b in zip(table["reward_low"], table["reward_high"])],
+            "score": table["reward"].map(lambda x: fmt(x, 2)),
+            "score 95% CI": [f"[{fmt(a, 2)}, {fmt(b, 2)}]" for a, b in zip(table["reward_low"], table["reward_high"])],
+            "score is": table["env_id"].map(score_name),
         }
     )
 
@@ -425,6 +442,14 @@ def build_report(frame: pd.DataFrame, out_dir: str | Path, options: ReportOption
     report = Report(Path(out_dir))
     figure_dir = report.out_dir / "figures"
     metric = METRIC_OF[options.protocol]
+    rankers = pair_ranking_runs(frame)
+    if not rankers.empty:  # a reward model's return is a pair-ranking accuracy: not comparable with the policies' scores
+        frame = frame.merge(rankers, how="left", indicator=True).query("_merge == 'left_only'").drop(columns="_merge")
+        report.notes.append(
+            f"{len(rankers)} reward-model runs ({', '.join(sorted(set(rankers['algo'])))}) are left out of the scores, "
+            "aggregates and comparisons: their evaluation return is how often they rank a held-out pair as its label does, "
+            "not a policy's score (their runs' eval/label_accuracy and eval/episodic_return say it)."
+        )
     scores = per_run_scores(frame, options.protocol, options.last_n)
     env_ids = sorted(scores["env_id"].unique())
     methods = sorted({method_name(a, v) for a, v in zip(scores["algo"], scores["variant"])})
@@ -661,8 +686,9 @@ TITLES = {
     "d4rl_scores": "D4RL normalised scores (a row per dataset: 100 x (return - ref_min) / (ref_max - ref_min) with the "
     "dataset's own reference returns where it has them; mean over seeds [95% bootstrap CI])",
     "reference_verdicts": "Reference comparison",
-    "frontier": "Reward against KL to the reference (learning from preferences: each run's last evaluation; true reward "
-    "of sampled completions and KL(pi || pi_ref) per sequence, mean over seeds with 95% bootstrap CIs)",
+    "frontier": "Reward against KL to the reference (learning from preferences: each run's last evaluation; its score, the "
+    "true reward of sampled completions (a preference file: the held-out preference accuracy), and KL(pi || pi_ref) per "
+    "sequence, mean over seeds with 95% bootstrap CIs)",
     "value_error": "Final value error per cell (RMS error of the value estimate at each run's last evaluation, "
     "against the exact values; lower is better; mean over seeds, 95% bootstrap CI)",
     "aggregates": "Aggregates (rliable, 95% stratified bootstrap CIs)",

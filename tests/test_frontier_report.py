@@ -16,10 +16,12 @@ from experiments.cli import main  # noqa: E402
 TASK = "SyntheticSentiment-v0"
 
 
-def write_run(root: Path, algo: str, variant: str, seed: int, kl: float, reward: float, kl_metric: str = "eval/kl") -> None:
-    run_dir = root / "prefs" / algo / TASK / f"{variant}-seed{seed}"
+def write_run(
+    root: Path, algo: str, variant: str, seed: int, kl: float, reward: float, kl_metric: str = "eval/kl", task: str = TASK
+) -> None:
+    run_dir = root / "prefs" / algo / task.replace("/", "-") / f"{variant}-seed{seed}"
     run_dir.mkdir(parents=True)
-    spec = {"algo": algo, "env_id": TASK, "seed": seed, "overrides": {}, "suite": "prefs", "variant": variant}
+    spec = {"algo": algo, "env_id": task, "seed": seed, "overrides": {}, "suite": "prefs", "variant": variant}
     (run_dir / "spec.json").write_text(json.dumps(spec))
     rows = [  # an earlier evaluation, then the last one, which the frontier takes
         {"step": 50, "time": 0.0, "eval/episodic_return": reward / 2, kl_metric: kl / 2},
@@ -78,3 +80,20 @@ def test_every_method_has_its_own_colour_past_the_palettes_ten():
     for count in (3, 10, 13):
         colors = method_colors([f"method{i}" for i in range(count)])
         assert len(set(colors.values())) == count
+
+
+def test_reward_models_are_left_out_of_the_scores_and_a_files_score_is_its_held_out_accuracy(runs, tmp_path, capsys):
+    """A reward model's evaluation return is a pair-ranking accuracy (it logs no KL): not a policy's score to compare."""
+    for seed in (1, 2):
+        write_run(runs, "reward_model", "default", seed, kl=0.0, reward=0.7, kl_metric="eval/label_accuracy")
+        write_run(runs, "dpo", "beta-0.1", seed, kl=1.0, reward=0.8, task="data/pairs.jsonl")
+    out = tmp_path / "report"
+    assert main(["report", str(runs), "--out", str(out), "--reps", "200", "--reference", "none"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 reward-model runs (reward_model) are left out of the scores" in printed
+    scores = (out / "tables" / "scores.csv").read_text()
+    assert "reward_model" not in scores and "dpo[beta-0.1]" in scores
+    frontier = (out / "tables" / "frontier.csv").read_text().splitlines()
+    assert [line for line in frontier if "pairs.jsonl" in line] and "reward_model" not in "".join(frontier)
+    shown = printed[printed.index("Reward against KL") :]
+    assert "held-out preference accuracy" in shown and "true reward" in shown
