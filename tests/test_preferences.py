@@ -80,6 +80,42 @@ def test_dpo_converges_to_the_closed_form_optimum_on_an_enumerable_completion_se
     assert not torch.allclose(torch.exp(log_ref), closed_form, atol=1e-2)  # far from where it started
 
 
+def test_a_transformer_policy_trained_by_dpo_reaches_the_closed_form_optimum():
+    """The same on a causal transformer: one prompt, every completion of 2 tokens out of 3 words (9), the policy a tiny
+    GPT-2 whose sequence probability is the product of its token probabilities (`sequence_log_prob`, as the runs use
+    it), pi_ref a frozen copy of its initialisation. The expected DPO loss over all ordered pairs drives it to
+    pi_ref(y) exp(r(y) / beta) / Z over the 9 completions."""
+    from algorithms.common.language_models import sequence_log_prob, tiny_gpt2
+
+    torch.manual_seed(0)
+    words, prompt = 3, torch.tensor([[0, 1]])
+    completions = torch.tensor(list(itertools.product(range(words), repeat=2)))  # (9, 2)
+    ids = torch.cat([prompt.expand(len(completions), -1), completions], 1)  # (9, 4)
+    policy = tiny_gpt2(words, 4, n_embd=32, n_layer=1, n_head=2)
+    reference = tiny_gpt2(words, 4, n_embd=32, n_layer=1, n_head=2)
+    reference.load_state_dict(policy.state_dict())
+    log_ref = sequence_log_prob(reference, ids, torch.ones_like(ids), 2).detach()  # (9,)
+    assert torch.exp(log_ref).sum().item() == pytest.approx(1.0, abs=1e-5)  # the 9 are every completion
+    reward, beta = torch.randn(len(completions)), 0.5
+    pairs = torch.tensor(list(itertools.permutations(range(len(completions)), 2)))  # (72, 2)
+    first, second = pairs[:, 0], pairs[:, 1]
+    p_first = torch.sigmoid(reward[first] - reward[second])
+
+    optimizer = torch.optim.Adam(policy.parameters(), lr=3e-3)
+    for _ in range(600):
+        log_pi = sequence_log_prob(policy, ids, torch.ones_like(ids), 2)
+        margin = preference_margin(log_pi[first], log_pi[second], log_ref[first], log_ref[second])
+        loss = (p_first * dpo_loss(margin, beta) + (1 - p_first) * dpo_loss(-margin, beta)).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    closed_form = torch.softmax(log_ref + reward / beta, 0)
+    learned = torch.exp(sequence_log_prob(policy, ids, torch.ones_like(ids), 2).detach())
+    assert torch.allclose(learned, closed_form, atol=2e-3), (learned, closed_form)
+    assert not torch.allclose(torch.exp(log_ref), closed_form, atol=5e-2)  # far from where it started
+
+
 @pytest.mark.parametrize(("algo", "first_loss"), [("dpo", math.log(2)), ("ipo", (1 / (2 * 0.1)) ** 2)])
 def test_the_first_update_sees_the_policy_equal_to_pi_ref(algo, first_loss):
     """Before its first step the policy is pi_ref: every implicit reward is 0, DPO's loss is log 2 and IPO's
