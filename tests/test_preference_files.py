@@ -193,3 +193,33 @@ def test_a_malformed_preference_file_is_refused_with_its_line_number_before_any_
     assert result.returncode != 0
     assert "line 7: rejected missing or not a string" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_bad_input_run_is_refused_by_name_before_the_consumers_directory_is_made(tmp_path):
+    import shutil
+
+    from helpers import smoke_run
+
+    def copy(name: str) -> Path:
+        return Path(shutil.copytree(smoke_sft_run(), tmp_path / name))
+
+    unfinished, no_checkpoint, other_task = copy("unfinished"), copy("no_checkpoint"), copy("other_task")
+    (unfinished / "DONE").unlink()
+    for checkpoint in (no_checkpoint / "checkpoints").glob("*.pt"):
+        checkpoint.unlink()
+    config = json.loads((other_task / "config.json").read_text())
+    (other_task / "config.json").write_text(json.dumps({**config, "env_id": "pairs.jsonl"}))
+    cases = {
+        tmp_path / "nowhere": "not a run directory",
+        smoke_run("reward_model"): "is a run of reward_model, not of sft",
+        unfinished: "has not finished: run it to the end first",
+        no_checkpoint: "has no checkpoint at its final step",
+        other_task: f"learned pairs.jsonl, not {TASK}",
+    }
+    for run_dir, reason in cases.items():
+        spec = RunSpec.create("dpo", TASK, 1, {**smoke_settings("dpo"), "sft_run": str(run_dir)})
+        with pytest.raises(ValueError, match=f"sft_run {run_dir}.*{reason}"):
+            execute_run(spec, RunOptions(runs_dir=tmp_path / "runs", progress=False))
+    with pytest.raises(ValueError, match="model .* is not a Hugging Face model directory"):
+        execute_run(RunSpec.create("dpo", TASK, 1, {"model": str(tmp_path)}), RunOptions(runs_dir=tmp_path / "runs"))
+    assert not (tmp_path / "runs").exists()

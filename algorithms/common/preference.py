@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from algorithms.common.checkpoint import Checkpointer
+from algorithms.common.checkpoint import Checkpointer, checkpoint_file
 from algorithms.common.config import RunConfig
 from algorithms.common.language_models import (
     load_causal_lm,
@@ -363,8 +363,9 @@ class RewardModel(torch.nn.Module):
         return self.head(hidden[torch.arange(len(ids), device=ids.device), last]).squeeze(-1)
 
 
-def _finished_run(run_dir: str, algo: str, option: str, task_id: str) -> tuple[Path, dict, dict]:
-    """(path, config, final checkpoint payload) of a finished `algo` run on `task`; ValueError naming `option` else."""
+def _finished_run(run_dir: str, algo: str, option: str, task_id: str, load: bool = True) -> tuple[Path, dict, dict | None]:
+    """(path, config, final checkpoint payload) of a finished `algo` run on `task`; ValueError naming `option` else.
+    `load=False` (the checks before a run) only looks for the final checkpoint's file: a real model's is large."""
     path = Path(run_dir)
     config = _read_config(run_dir, option)
     try:
@@ -377,9 +378,14 @@ def _finished_run(run_dir: str, algo: str, option: str, task_id: str) -> tuple[P
         raise ValueError(f"{option} {run_dir} learned {config.get('env_id')}, not {task_id}")
     if not (path / "DONE").is_file():
         raise ValueError(f"{option} {run_dir} has not finished: run it to the end first")
+    missing = ValueError(f"{option} {run_dir} has no checkpoint at its final step")
+    if not checkpoint_file(path / "checkpoints", config["total_timesteps"]).is_file():
+        raise missing
+    if not load:
+        return path, config, None
     saved = Checkpointer(path / "checkpoints", read_only=True).latest()
     if saved is None or saved["state"]["global_step"] != config["total_timesteps"]:
-        raise ValueError(f"{option} {run_dir} has no checkpoint at its final step")
+        raise missing
     return path, config, saved
 
 
@@ -400,7 +406,7 @@ def check_run_inputs(cfg: PreferenceConfig, required: tuple[str, ...]) -> None:
                 alternative = " (or model: a local Hugging Face model)" if name == "sft_run" else ""
                 raise ValueError(f"{name} is needed: the run directory of a finished {algo} run on {task_id}{alternative}")
             continue
-        _finished_run(value, algo, name, task_id)
+        _finished_run(value, algo, name, task_id, load=False)
     if cfg.model is not None and not (Path(cfg.model) / "config.json").is_file():
         raise ValueError(f"model {cfg.model} is not a Hugging Face model directory (no config.json in it)")
     TextTask(cfg)  # the tokenizer, and every pair of a preference file: a bad line is refused by its number
