@@ -126,11 +126,6 @@ def wait_for_hold(hold_dir: Path, process: subprocess.Popen, count: int = 1, tim
     return [json.loads(path.read_text()) for path in records]
 
 
-SMOKE_INPUT_RUNS = ("sft", "reward_model")
-"""the smoke runs that other smoke runs take as inputs (`@sft`, `@reward_model` in a SMOKE dict), in the order
-tests/conftest.py trains them"""
-
-
 def smoke_settings(algo: str) -> dict[str, Any]:
     """An algorithm's SMOKE settings with `@<algo>` (a run a preference algorithm takes as input) made the path of the
     session's smoke run of that algorithm."""
@@ -143,11 +138,19 @@ def smoke_settings(algo: str) -> dict[str, Any]:
 
 
 def smoke_run(algo: str) -> Path:
-    """The directory of the session's smoke run of `algo` (seed 1; one of SMOKE_INPUT_RUNS)."""
+    """The directory of the session's finished smoke run of `algo` (seed 1), trained the first time a test asks for it
+    (its own inputs first): the runs that other smoke runs take as inputs (`@sft`, `@reward_model` in a SMOKE dict).
+    A session that asks for none trains none."""
+    from experiments.execute import RunOptions, execute_run
     from experiments.runs import RunSpec
 
     settings = smoke_settings(algo)
-    return RunSpec.create(algo, settings["env_id"], 1, settings).run_dir(Path(os.environ[SMOKE_RUNS_ENV]))
+    spec = RunSpec.create(algo, settings["env_id"], 1, settings)
+    root = Path(os.environ[SMOKE_RUNS_ENV])
+    if not (spec.run_dir(root) / "DONE").is_file():
+        outcome = execute_run(spec, RunOptions(runs_dir=root, progress=False))
+        assert outcome["status"] == "done", f"the smoke {algo} run did not finish: {outcome}"
+    return spec.run_dir(root)
 
 
 def smoke_sft_run() -> Path:
