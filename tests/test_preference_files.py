@@ -48,10 +48,10 @@ PAIRS = [
 """three distinct pairs of real text, of different lengths in tokens"""
 
 
-def save_model(directory: Path, tokenizer, n_embd: int = 24) -> Path:
+def save_model(directory: Path, tokenizer, n_embd: int = 24, n_positions: int = 128) -> Path:
     """A tiny randomly initialised GPT-2 for `tokenizer`, saved with its tokenizer as a Hugging Face directory."""
     torch.manual_seed(0)
-    model = tiny_gpt2(len(tokenizer), 128, n_embd, 1, 2, tokenizer.pad_token_id, tokenizer.eos_token_id)
+    model = tiny_gpt2(len(tokenizer), n_positions, n_embd, 1, 2, tokenizer.pad_token_id, tokenizer.eos_token_id)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
@@ -106,6 +106,16 @@ def test_a_left_padded_prompt_and_a_right_padded_completion_read_as_unpadded_one
         padded_score = reward_model(pairs.prompts[index : index + 1], pairs.rejected[index : index + 1])
         torch.testing.assert_close(padded_score, reward_model(prompt, rejected), atol=1e-5, rtol=0)
     assert isinstance(policy, ModelPolicy) and task.words is None
+
+
+def test_pairs_longer_than_the_models_positions_are_cut_to_them(tmp_path):
+    directory = save_model(tmp_path / "model", text_tokenizer(), n_positions=12)
+    task = str(write_text_file(tmp_path / "pairs.jsonl"))
+    pairs = TextTask(PreferenceConfig(env_id=task, model=str(directory))).file_pairs
+    lengths = [(pairs.prompts != PAD_ID).sum(-1) + (part != PAD_ID).sum(-1) for part in (pairs.chosen, pairs.rejected)]
+    assert max(int(length.max()) for length in lengths) == 12  # the longest pairs are cut to the model's 12 positions
+    outcome, rows = run(tmp_path / "runs", "dpo", task, {"model": str(directory), "total_timesteps": 2, "eval_episodes": 8})
+    assert outcome["status"] == "done", outcome  # its evaluation samples completions within the 12 positions too
 
 
 def test_a_saved_hugging_face_model_is_where_a_run_starts_and_its_reference(tmp_path):

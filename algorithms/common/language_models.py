@@ -52,6 +52,14 @@ def load_causal_lm(path: str | Path):
     return AutoModelForCausalLM.from_pretrained(path, local_files_only=True), tokenizer
 
 
+def max_positions(path: str | Path) -> int | None:
+    """The longest sequence a local Hugging Face model's position embeddings take (None: its config does not say)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+
+
 def load_tokenizer(path: str | Path):
     """The tokenizer of a local Hugging Face model directory; ValueError when it is not one."""
     from transformers import AutoTokenizer

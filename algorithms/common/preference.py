@@ -42,6 +42,7 @@ from algorithms.common.config import RunConfig
 from algorithms.common.language_models import (
     load_causal_lm,
     load_tokenizer,
+    max_positions,
     positions,
     sample,
     tiny_gpt2,
@@ -90,8 +91,8 @@ class PreferenceConfig(RunConfig):
     label_noise: float = 0.0
     """probability that the teacher's label is flipped (a teacher that errs at random)"""
     max_length: int = 256
-    """a preference file's pair: prompt + completion tokens at most (the prompt loses its start, then the completion
-    its end)"""
+    """a preference file's pair: prompt + completion tokens at most, and at most the model's positions (the prompt loses
+    its start, then the completion its end)"""
     batch_size: int = 64
     """sequences (or pairs) per gradient update"""
 
@@ -200,11 +201,14 @@ class TextTask:
             rows = read_preferences(self.env_id)
             if len(rows) < HELD_OUT_EVERY:
                 raise ValueError(f"{self.env_id} has {len(rows)} pairs: at least {HELD_OUT_EVERY} (one is held out)")
-            pairs = tokenize_pairs(rows, self.tokenizer, cfg.max_length, self.env_id)
+            max_length = min(cfg.max_length, max_positions(self.model_path) or cfg.max_length)  # the model's positions
+            pairs = tokenize_pairs(rows, self.tokenizer, max_length, self.env_id)
             held_out = torch.arange(len(rows)) % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
             self.file_pairs = PreferencePairs(pairs.prompts[~held_out], pairs.chosen[~held_out], pairs.rejected[~held_out])
             self.held_out = PreferencePairs(pairs.prompts[held_out], pairs.chosen[held_out], pairs.rejected[held_out])
-            self.prompt_length, self.completion_length = pairs.prompts.shape[1], pairs.chosen.shape[1]
+            # Sampled completions as long as the longest, within the model's positions after the longest prompt.
+            self.prompt_length = pairs.prompts.shape[1]
+            self.completion_length = min(pairs.chosen.shape[1], max_length - self.prompt_length)
             self.words = None
         else:
             self.language = synthetic_language(self.env_id)
