@@ -47,7 +47,9 @@ def tiny_gpt2(
 def load_causal_lm(path: str | Path):
     """(model, tokenizer) from a local Hugging Face directory (`save_pretrained`'s); nothing is downloaded."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging
 
+    logging.disable_progress_bar()  # its "Loading weights" bar, at every load, would break into the run's progress line
     tokenizer = load_tokenizer(path)
     return AutoModelForCausalLM.from_pretrained(path, local_files_only=True), tokenizer
 
