@@ -27,6 +27,41 @@ def env_slug(env_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", env_id).strip("-")
 
 
+INPUT_FILE_FIELDS = {"env_id": "file", "preferences": "file", "model": "directory"}
+"""Config fields that may name an input by its path: a preference file (a task, or a synthetic task's pairs) and a
+local Hugging Face model. Their contents' checksums are part of a run's hash, as an input run's hash is."""
+_fingerprints: dict[tuple, str] = {}
+
+
+def input_fingerprints(values: dict[str, Any]) -> dict[str, str]:
+    """{field: sha256 of the contents} for the INPUT_FILE_FIELDS among `values` that name an existing .jsonl file or
+    model directory (every file in it, by relative path); kept per (path, sizes, mtimes), so a file is read once while
+    it does not change."""
+    out = {}
+    for name, kind in INPUT_FILE_FIELDS.items():
+        value = values.get(name)
+        if not isinstance(value, str):
+            continue
+        path = Path(value)
+        if kind == "file" and value.endswith(".jsonl") and path.is_file():
+            files = [path]
+        elif kind == "directory" and path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file())
+        else:
+            continue
+        key = (str(path.resolve()), *((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+        if key not in _fingerprints:
+            digest = hashlib.sha256()
+            for file in files:
+                digest.update(file.relative_to(path).as_posix().encode() if file != path else b"")
+                with open(file, "rb") as handle:
+                    while block := handle.read(1 << 20):
+                        digest.update(block)
+            _fingerprints[key] = digest.hexdigest()[:16]
+        out[name] = _fingerprints[key]
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
     """One run: algorithm x env x seed x config overrides. Its hash covers everything that changes the run."""
@@ -57,6 +92,9 @@ class RunSpec:
     @property
     def hash(self) -> str:
         content = {"algo": self.algo, "env_id": self.env_id, "seed": self.seed, "overrides": dict(self.overrides)}
+        inputs = input_fingerprints({"env_id": self.env_id, **dict(self.overrides)})
+        if inputs:  # a run on a file is another run when the file's contents change
+            content["inputs"] = inputs
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:8]
 
     def config(self) -> Any:

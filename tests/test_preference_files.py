@@ -233,3 +233,25 @@ def test_a_bad_input_run_is_refused_by_name_before_the_consumers_directory_is_ma
     with pytest.raises(ValueError, match="model .* is not a Hugging Face model directory"):
         execute_run(RunSpec.create("dpo", TASK, 1, {"model": str(tmp_path)}), RunOptions(runs_dir=tmp_path / "runs"))
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_on_a_changed_preference_file_or_model_is_another_run(tmp_path):
+    """An input named by its path enters a run's hash by its contents, as an input run does by its hash: a grid never
+    takes a run on an edited file (or a re-saved model) for done."""
+    directory = save_model(tmp_path / "model", text_tokenizer())
+    path = write_text_file(tmp_path / "pairs.jsonl")
+
+    def run_hash() -> str:
+        return RunSpec.create("dpo", str(path), 1, {"model": str(directory)}).hash
+
+    original, text = run_hash(), path.read_text()
+    assert run_hash() == original  # the same contents: the same run
+    path.write_text(text + json.dumps({"prompt": "a", "chosen": " b", "rejected": " c"}) + "\n")
+    edited = run_hash()
+    path.write_text(text)
+    assert edited != original and run_hash() == original
+    save_model(directory, text_tokenizer(), n_embd=16)
+    assert run_hash() != original
+    synthetic = RunSpec.create("dpo", TASK, 1, {"preferences": str(path), "sft_run": "x"}).hash
+    path.write_text(text.replace("delight", "joy"))
+    assert RunSpec.create("dpo", TASK, 1, {"preferences": str(path), "sft_run": "x"}).hash != synthetic
