@@ -43,8 +43,8 @@ def _last_metrics(path: Path) -> dict[str, Any]:
     """Latest step and returns from the tail of a metrics.jsonl (cheap: reads at most 16 KiB)."""
     try:
         with open(path, "rb") as f:
-            f.seek(max(0, f.seek(0, 2) - 16384))
-            lines = f.read().decode(errors="replace").splitlines()[1:]
+            start = f.seek(max(0, f.seek(0, 2) - 16384))
+            lines = f.read().decode(errors="replace").splitlines()[1 if start else 0 :]  # a cut first line is dropped
     except OSError:
         return {}
     latest: dict[str, Any] = {}
@@ -208,7 +208,10 @@ class GridRunner:
             spec = task.args[0]
             latest = _last_metrics(RunDirectory(spec.run_dir(self.run_options.runs_dir)).metrics_file)
             step, logged_at = latest.get("step", 0), latest.get("time")
-            mark_time, mark_step = self._rate_marks.setdefault(spec, (None, step))  # None: a line from before we looked
+            if spec not in self._rate_marks:  # a run seen before its first line counts from now, at step 0 (short runs
+                # that log a few lines in all get a rate); one seen with lines from before we looked waits for its next
+                self._rate_marks[spec] = (time.time(), 0) if not latest else (None, step)
+            mark_time, mark_step = self._rate_marks[spec]
             if step < mark_step or (mark_time is None and step != mark_step):  # a retry from its checkpoint, or a new line
                 self._rate_marks[spec] = mark_time, mark_step = logged_at, step
             rate = (step - mark_step) / (logged_at - mark_time) if mark_time and logged_at and logged_at > mark_time else 0.0

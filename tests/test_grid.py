@@ -349,3 +349,14 @@ def test_progress_rates_come_from_the_metrics_own_times_so_a_run_that_logs_seldo
     assert "seed1: 5,000/10,000 steps, 10 steps/s" in capsys.readouterr().out
     # A retry from an older checkpoint starts the count again.
     assert "0 steps/s" in log(3_500, 9_200.0)
+
+    # A fresh run seen before its first line counts from that moment: its first line, 2 s on, has a rate.
+    fresh = RunSpec.create("ppo", "CartPole-v1", 2, {"total_timesteps": 10_000})
+    fresh_metrics = RunDirectory(fresh.run_dir(tmp_path)).metrics_file
+    runner = GridRunner("tiny", [fresh], RunOptions(runs_dir=tmp_path), GridOptions())
+    runner._print_progress([(Task(print, (fresh,), "run"), 1)], 0)
+    assert "seed2: 0/10,000 steps\n" in capsys.readouterr().out + "\n"
+    fresh_metrics.parent.mkdir(parents=True)
+    fresh_metrics.write_text(json.dumps({"step": 1_000, "time": time.time() + 2.0}) + "\n")
+    runner._print_progress([(Task(print, (fresh,), "run"), 1)], 0)
+    assert re.search(r"seed2: 1,000/10,000 steps, \d{3} steps/s", capsys.readouterr().out)
