@@ -82,10 +82,10 @@ class BestOfN:
         return candidates[best]
 
 
-def check_inputs(cfg: Config) -> None:
+def check_inputs(cfg: Config) -> TextTask:
     """The runner's check before it makes the run's directory: a finished sft run (or a model) to sample, a reward_model
     run to rank by."""
-    check_run_inputs(cfg, ("sft_run", "reward_model_run"))
+    return check_run_inputs(cfg, ("sft_run", "reward_model_run"))
 
 
 def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | None = None) -> TrainResult:
@@ -93,8 +93,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
     device = torch.device(cfg.device)
 
     # 1. pi_ref and the reward model, both frozen.
-    check_inputs(cfg)
-    task = TextTask(cfg)
+    task = check_inputs(cfg)
     reference = reference_policy(cfg, task, device)
     policy = BestOfN(reference, load_reward_model(cfg.reward_model_run, task, device), cfg.n)
 

@@ -99,9 +99,9 @@ def implicit_reward(policy_log_prob: torch.Tensor, ref_log_prob: torch.Tensor, b
     return beta * (policy_log_prob - ref_log_prob)
 
 
-def check_inputs(cfg: Config) -> None:
+def check_inputs(cfg: Config) -> TextTask:
     """The runner's check before it makes the run's directory: a finished sft run (or a model) to start from."""
-    check_run_inputs(cfg, ("sft_run",))
+    return check_run_inputs(cfg, ("sft_run",))
 
 
 def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | None = None) -> TrainResult:
@@ -109,8 +109,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
     device = torch.device(cfg.device)
 
     # 1. pi_ref (frozen) and the policy, a trainable copy of it.
-    check_inputs(cfg)
-    task = TextTask(cfg)
+    task = check_inputs(cfg)
     reference = reference_policy(cfg, task, device)
     policy = ModelPolicy(start_model(cfg, task, device), task)
     optimizer = torch.optim.Adam(policy.model.parameters(), lr=cfg.learning_rate)

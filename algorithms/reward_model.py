@@ -38,6 +38,7 @@ from algorithms.common.preference import (
     TextTask,
     check_run_inputs,
     draw_pairs,
+    ranks_first,
     reference_policy,
     start_model,
     training_pairs,
@@ -80,7 +81,7 @@ class RewardModelEvaluation:
             chosen = reward_model(pairs.prompts[:episodes], pairs.chosen[:episodes])
             rejected = reward_model(pairs.prompts[:episodes], pairs.rejected[:episodes])
             self.metrics = {"eval/label_accuracy": float((chosen > rejected).float().mean())}
-            return ((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).cpu().numpy()
+            return ranks_first(chosen, rejected)
         pairs = draw_pairs(self.cfg, self.task, self.reference, seed, self.device, count=episodes)
         chosen, rejected = reward_model(pairs.prompts, pairs.chosen), reward_model(pairs.prompts, pairs.rejected)
         true_chosen = self.task.true_reward(pairs.prompts, pairs.chosen)
@@ -97,9 +98,9 @@ class RewardModelEvaluation:
         return agreement
 
 
-def check_inputs(cfg: Config) -> None:
+def check_inputs(cfg: Config) -> TextTask:
     """The runner's check before it makes the run's directory: a finished sft run (or a model) to start from."""
-    check_run_inputs(cfg, ("sft_run",))
+    return check_run_inputs(cfg, ("sft_run",))
 
 
 def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | None = None) -> TrainResult:
@@ -107,8 +108,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
     device = torch.device(cfg.device)
 
     # 1. pi_ref (the sft policy, frozen: it draws the pairs) and r_phi: the sft transformer with a fresh scalar head.
-    check_inputs(cfg)
-    task = TextTask(cfg)
+    task = check_inputs(cfg)
     reference = reference_policy(cfg, task, device)
     reward_model = RewardModel(start_model(cfg, task, device)).to(device)
     optimizer = torch.optim.Adam(reward_model.parameters(), lr=cfg.learning_rate)

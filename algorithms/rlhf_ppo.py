@@ -38,7 +38,6 @@ from algorithms.common.cli import run_algorithm_cli
 from algorithms.common.language_models import positions
 from algorithms.common.policy_gradient import clipped_surrogate_loss, compute_gae, value_loss
 from algorithms.common.preference import (
-    PAD_ID,
     PREFERENCE_SMOKE,
     ModelPolicy,
     PreferenceConfig,
@@ -46,6 +45,7 @@ from algorithms.common.preference import (
     TextTask,
     check_run_inputs,
     load_reward_model,
+    model_inputs,
     reference_policy,
     start_model,
 )
@@ -120,8 +120,7 @@ class PolicyWithValue(torch.nn.Module):
     def forward(self, ids: torch.Tensor, first: int, words: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probabilities of the tokens at columns >= first and the values of the states before them: (B, L) each.
         Sampled completions are never padded; prompts may be, on the left (PAD_ID)."""
-        mask = (ids != PAD_ID).long()
-        ids = ids.clamp(min=0)
+        ids, mask = model_inputs(ids)
         out = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions(mask), output_hidden_states=True)
         log_probs = F.log_softmax(out.logits[:, first - 1 : -1, :words].float(), dim=-1)
         chosen = torch.gather(log_probs, 2, ids[:, first:, None])[..., 0]
@@ -138,10 +137,10 @@ def per_token_rewards(
     return rewards
 
 
-def check_inputs(cfg: Config) -> None:
+def check_inputs(cfg: Config) -> TextTask:
     """The runner's check before it makes the run's directory: a finished sft run (or a model), and a finished
     reward_model run unless reward='true'."""
-    check_run_inputs(cfg, ("sft_run", "reward_model_run") if cfg.reward == "model" else ("sft_run",))
+    return check_run_inputs(cfg, ("sft_run", "reward_model_run") if cfg.reward == "model" else ("sft_run",))
 
 
 def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | None = None) -> TrainResult:
@@ -149,8 +148,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
     device = torch.device(cfg.device)
 
     # 1. pi_ref (frozen), the reward (r_phi, frozen, or the true one), the policy: a copy of pi_ref with a value head.
-    check_inputs(cfg)
-    task = TextTask(cfg)
+    task = check_inputs(cfg)
     reference = reference_policy(cfg, task, device)
     reward_model = load_reward_model(cfg.reward_model_run, task, device) if cfg.reward == "model" else None
     agent = PolicyWithValue(start_model(cfg, task, device)).to(device)

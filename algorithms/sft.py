@@ -34,13 +34,13 @@ from algorithms.common.cli import run_algorithm_cli
 from algorithms.common.language_models import token_log_probs
 from algorithms.common.preference import (
     LOG_EVERY,
-    PAD_ID,
     PREFERENCE_SMOKE,
     ModelPolicy,
     PreferenceConfig,
     TextEvaluation,
     TextTask,
     check_run_inputs,
+    model_inputs,
     new_policy_model,
     reference_policy,
     start_model,
@@ -81,16 +81,16 @@ class Config(PreferenceConfig):
 def nll_loss(model: torch.nn.Module, ids: torch.Tensor, first: int, words: int | None) -> torch.Tensor:
     """Mean negative log-likelihood of the tokens at columns >= `first` of `ids` (B, T), PAD_ID not counted, over the
     first `words` token ids."""
-    mask = (ids != PAD_ID).long()
-    log_probs = token_log_probs(model, ids.clamp(min=0), mask, first, words)  # (B, T - first), 0 on padding
+    ids, mask = model_inputs(ids)
+    log_probs = token_log_probs(model, ids, mask, first, words)  # (B, T - first), 0 on padding
     return -log_probs.sum() / mask[:, first:].sum()
 
 
-def check_inputs(cfg: Config) -> None:
+def check_inputs(cfg: Config) -> TextTask:
     """The runner's check before it makes the run's directory: Preferred-FT without a preference file draws its pairs
     from a finished sft run (or a model)."""
     from_file = cfg.preferences is not None or cfg.env_id.endswith(".jsonl")
-    check_run_inputs(cfg, ("sft_run",) if cfg.data == "chosen" and not from_file else ())
+    return check_run_inputs(cfg, ("sft_run",) if cfg.data == "chosen" and not from_file else ())
 
 
 def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | None = None) -> TrainResult:
@@ -98,8 +98,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
     device = torch.device(cfg.device)
 
     # 1. The task, pi_ref, and the policy: a trainable copy of sft_run's policy or of model, or a fresh tiny GPT-2.
-    check_inputs(cfg)  # Preferred-FT without a file draws its pairs from a reference policy: sft_run or model
-    task = TextTask(cfg)
+    task = check_inputs(cfg)  # Preferred-FT without a file draws its pairs from a reference: sft_run or model
     reference = reference_policy(cfg, task, device)
     model = start_model(cfg, task, device)
     if model is None:

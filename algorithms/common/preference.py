@@ -244,10 +244,15 @@ def check_task_tokenizer(tokenizer, language, path: str) -> None:
 def model_path(cfg: PreferenceConfig) -> str | None:
     """The local Hugging Face model behind a run: `model`, or the one its sft_run (or that run's sft_run, ...) started
     from; None for a tiny GPT-2 trained here."""
-    config: dict[str, Any] = {"model": cfg.model, "sft_run": cfg.sft_run}
+    return _first_stage({"model": cfg.model, "sft_run": cfg.sft_run}).get("model")
+
+
+def _first_stage(config: dict[str, Any]) -> dict[str, Any]:
+    """The config of the run a chain of sft runs began with (Preferred-FT from sft, ...): the first that names a
+    `model`, or has no sft_run. Its model (or its tiny GPT-2's shape) is every later stage's."""
     while config.get("model") is None and config.get("sft_run") is not None:
         config = _read_config(config["sft_run"], "sft_run")
-    return config.get("model")
+    return config
 
 
 def _read_config(run_dir: str, option: str) -> dict[str, Any]:
@@ -257,7 +262,7 @@ def _read_config(run_dir: str, option: str) -> dict[str, Any]:
         raise ValueError(f"{option} {run_dir}: not a run directory ({type(exc).__name__}: {exc})") from None
 
 
-def _model_inputs(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def model_inputs(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids with PAD_ID replaced by a real id, mask (B, T): 1 on tokens): what a model reads."""
     mask = (ids != PAD_ID).long()
     return ids.clamp(min=0), mask
@@ -276,13 +281,13 @@ class ModelPolicy:
 
     def log_prob_tokens(self, prompts: torch.Tensor, completions: torch.Tensor) -> torch.Tensor:
         """log pi(y_t | x, y_<t): (N, L), 0 on padding."""
-        ids, mask = _model_inputs(torch.cat([prompts, completions], 1))
+        ids, mask = model_inputs(torch.cat([prompts, completions], 1))
         return token_log_probs(self.model, ids, mask, prompts.shape[1], self.task.words)
 
     def sample(self, prompts: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """One completion of `completion_length` tokens per prompt, drawn from `generator` (None: torch's global one).
         An EOS does not end it early, so completions have one length."""
-        ids, mask = _model_inputs(prompts)
+        ids, mask = model_inputs(prompts)
         ids, _ = sample(self.model, ids, mask, self.task.completion_length, generator, words=self.task.words)
         return ids[:, prompts.shape[1] :]
 
@@ -321,9 +326,7 @@ def load_sft_policy(run_dir: str, task: TextTask, device: torch.device) -> torch
     or a tiny GPT-2 of the first sft run's shape) with the run's final weights. ValueError, before any compute, when the
     directory is not such a run."""
     _, config, saved = _finished_run(run_dir, "sft", "sft_run", task.env_id)
-    first = config
-    while first.get("model") is None and first.get("sft_run") is not None:  # Preferred-FT from sft: the first's shape
-        first = _read_config(first["sft_run"], "sft_run")
+    first = _first_stage(config)
     if first.get("model") is not None:
         model, _ = load_causal_lm(first["model"])
     else:
@@ -334,10 +337,14 @@ def load_sft_policy(run_dir: str, task: TextTask, device: torch.device) -> torch
 
 def start_model(cfg: PreferenceConfig, task: TextTask, device: torch.device) -> torch.nn.Module | None:
     """Where a run starts: sft_run's final policy, or `model`'s weights; None when neither is given."""
-    if cfg.sft_run is not None:
-        return load_sft_policy(cfg.sft_run, task, device)
-    if cfg.model is not None:
-        return load_causal_lm(cfg.model)[0].to(device)
+    return _model_of(cfg.sft_run, cfg.model, task, device)
+
+
+def _model_of(sft_run: str | None, model: str | None, task: TextTask, device: torch.device) -> torch.nn.Module | None:
+    if sft_run is not None:
+        return load_sft_policy(sft_run, task, device)
+    if model is not None:
+        return load_causal_lm(model)[0].to(device)
     return None
 
 
@@ -361,7 +368,7 @@ class RewardModel(torch.nn.Module):
 
     def forward(self, prompts: torch.Tensor, completions: torch.Tensor) -> torch.Tensor:
         """Scores (N,) of completions (N, L) of prompts (N, P)."""
-        ids, mask = _model_inputs(torch.cat([prompts, completions], 1))
+        ids, mask = model_inputs(torch.cat([prompts, completions], 1))
         hidden = self.body(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).last_hidden_state  # (N, T, d)
         last = mask.cumsum(1).argmax(1)  # the column of each sequence's last token (completions are padded on the right)
         return self.head(hidden[torch.arange(len(ids), device=ids.device), last]).squeeze(-1)
@@ -397,11 +404,11 @@ RUN_INPUTS = {"sft_run": "sft", "reward_model_run": "reward_model"}
 """the Config fields that name an input run, and the algorithm that run must be"""
 
 
-def check_run_inputs(cfg: PreferenceConfig, required: tuple[str, ...]) -> None:
+def check_run_inputs(cfg: PreferenceConfig, required: tuple[str, ...]) -> TextTask:
     """ValueError, before any compute (the runner calls it before it makes the run's directory), unless each of the
     `required` input fields is given and names a finished run of its algorithm on the same task; an optional input that
     is given is checked too, and so are `model` (a Hugging Face model directory) and the preference file (line by
-    line). "sft_run" in `required` is met by `model` too."""
+    line). "sft_run" in `required` is met by `model` too. Returns the task it built, which train goes on with."""
     task_id = cfg.env_id
     for name, algo in RUN_INPUTS.items():
         value = getattr(cfg, name, None)
@@ -413,17 +420,13 @@ def check_run_inputs(cfg: PreferenceConfig, required: tuple[str, ...]) -> None:
         _finished_run(value, algo, name, task_id, load=False)
     if cfg.model is not None and not (Path(cfg.model) / "config.json").is_file():
         raise ValueError(f"model {cfg.model} is not a Hugging Face model directory (no config.json in it)")
-    TextTask(cfg)  # the tokenizer, and every pair of a preference file: a bad line is refused by its number
+    return TextTask(cfg)  # the tokenizer, and every pair of a preference file: a bad line is refused by its number
 
 
 def load_reward_model(run_dir: str, task: TextTask, device: torch.device) -> RewardModel:
     """The trained reward model of a finished reward_model run on the same task, frozen."""
     _, config, saved = _finished_run(run_dir, "reward_model", "reward_model_run", task.env_id)
-    if config.get("sft_run") is not None:
-        body = load_sft_policy(config["sft_run"], task, device)
-    else:
-        body = load_causal_lm(config["model"])[0]
-    model = RewardModel(body)
+    model = RewardModel(_model_of(config.get("sft_run"), config.get("model"), task, device))
     model.load_state_dict(saved["state"]["reward_model"])
     return model.to(device).eval().requires_grad_(False)
 
@@ -490,4 +493,9 @@ class TextEvaluation:
         prompts, chosen, rejected = (part[:episodes].to(self.device) for part in (pairs.prompts, pairs.chosen, pairs.rejected))
         ratio_chosen = policy.log_prob(prompts, chosen) - self.reference.log_prob(prompts, chosen)
         ratio_rejected = policy.log_prob(prompts, rejected) - self.reference.log_prob(prompts, rejected)
-        return ((ratio_chosen > ratio_rejected).float() + 0.5 * (ratio_chosen == ratio_rejected).float()).cpu().numpy()
+        return ranks_first(ratio_chosen, ratio_rejected)
+
+
+def ranks_first(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> np.ndarray:
+    """Per held-out pair, whether a score ranks the chosen completion first: 1, 0.5 on a tie, 0 else. (N,)"""
+    return ((chosen_scores > rejected_scores).float() + 0.5 * (chosen_scores == rejected_scores).float()).cpu().numpy()
