@@ -8,6 +8,7 @@ written last. Local files are the source of truth; W&B only mirrors them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -89,7 +90,7 @@ class RunSpec:
         env_id, seed = convert_value(fields["env_id"], env_id), convert_value(fields["seed"], seed)
         return cls(algo, env_id, seed, tuple(sorted(rest.items())), **labels)
 
-    @property
+    @functools.cached_property  # once per spec: its input files are read (or their sizes and times looked up) once
     def hash(self) -> str:
         content = {"algo": self.algo, "env_id": self.env_id, "seed": self.seed, "overrides": dict(self.overrides)}
         inputs = input_fingerprints({"env_id": self.env_id, **dict(self.overrides)})
