@@ -31,17 +31,28 @@ buffer). Details, each on purpose:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from algorithms.common import Checkpointer, Logger, TrainResult, seed_everything
+from algorithms.common import Checkpointer, Logger, TrainResult
 from algorithms.common.cli import run_algorithm_cli
 from algorithms.common.config import RunConfig
 from algorithms.common.networks import DeterministicActor, QEnsemble, soft_update
-from algorithms.common.replay import ReplayBuffer
+from algorithms.common.packing import (
+    OptimizerSlice,
+    SeedPack,
+    SeedStack,
+    draw_normal,
+    lone,
+    same_run_but_seed,
+    seeded_members,
+)
+from algorithms.common.replay import ReplayBuffer, sample_seeds
 from algorithms.common.run import RunState, numpy_policy
 from algorithms.common.targets import clipped_double_q_target, smoothed_target_actions
 from envs import make_vec_env
@@ -104,115 +115,148 @@ class Config(RunConfig):
 
 # --- training ----------------------------------------------------------------------------------------
 def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | None = None) -> TrainResult:
-    seed_everything(cfg.seed, cfg.torch_deterministic)
-    device = torch.device(cfg.device)
-    envs, _ = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed)
+    """One seed: a pack of one."""
+    return lone(train_seeds([cfg], [logger], [checkpoint]))
+
+
+def train_seeds(
+    cfgs: Sequence[Config], loggers: Sequence[Logger | None], checkpoints: Sequence[Checkpointer | None]
+) -> list[TrainResult | Exception]:
+    """K seeds of one config in lockstep (algorithms.common.packing): every tensor below has a leading seed axis K.
+    Returns each seed's result, or the FloatingPointError it diverged with."""
+    cfg = same_run_but_seed(cfgs)
+    K, N, device = len(cfgs), cfg.num_envs, torch.device(cfg.device)
+    envs = [make_vec_env(cfg.env_id, N, seed_cfg.seed)[0] for seed_cfg in cfgs]
     try:
-        # 1. Actor, critics, their targets, optimizers, replay memory (Algorithm 1, "initialize").
-        if not envs.is_continuous:
+        # 1. Actor, critics, their targets, optimizers, replay memories (Algorithm 1, "initialize"), per seed.
+        if not envs[0].is_continuous:
             raise ValueError(
-                f"TD3 (and its DDPG ablation) needs continuous (Box) actions; {cfg.env_id} has {envs.single_action_space}"
+                f"TD3 (and its DDPG ablation) needs continuous (Box) actions; {cfg.env_id} has {envs[0].single_action_space}"
             )
-        obs_dim = int(np.prod(envs.single_observation_space.shape))
-        action_shape, action_dim, N = envs.action_shape, envs.action_dim, cfg.num_envs
-        low_np, high_np = envs.single_action_space.low, envs.single_action_space.high
+        obs_dim = int(np.prod(envs[0].single_observation_space.shape))
+        action_shape, action_dim = envs[0].action_shape, envs[0].action_dim
+        low_np, high_np = envs[0].single_action_space.low, envs[0].single_action_space.high
         critics = 2 if cfg.twin_critics else 1
-        actor = DeterministicActor(obs_dim, action_dim, cfg.hidden_size, low_np, high_np).to(device)
-        qf = QEnsemble(obs_dim + action_dim, cfg.hidden_size, critics).to(device)
-        actor_target = DeterministicActor(obs_dim, action_dim, cfg.hidden_size, low_np, high_np).to(device)
-        qf_target = QEnsemble(obs_dim + action_dim, cfg.hidden_size, critics).to(device)
-        actor_target.load_state_dict(actor.state_dict())
-        qf_target.load_state_dict(qf.state_dict())
+
+        def networks() -> tuple[torch.nn.Module, ...]:
+            actor = DeterministicActor(obs_dim, action_dim, cfg.hidden_size, low_np, high_np)
+            qf = QEnsemble(obs_dim + action_dim, cfg.hidden_size, critics)
+            actor_target = DeterministicActor(obs_dim, action_dim, cfg.hidden_size, low_np, high_np)
+            qf_target = QEnsemble(obs_dim + action_dim, cfg.hidden_size, critics)
+            actor_target.load_state_dict(actor.state_dict())
+            qf_target.load_state_dict(qf.state_dict())
+            return actor, qf, actor_target, qf_target
+
+        members, streams = seeded_members([c.seed for c in cfgs], networks, device, cfg.torch_deterministic)
+        actor, qf, actor_target, qf_target = (SeedStack(nets).to(device) for nets in zip(*members))
         fused = device.type in ("cpu", "cuda")
         q_optimizer = torch.optim.Adam(qf.parameters(), lr=cfg.learning_rate, fused=fused)
         actor_optimizer = torch.optim.Adam(actor.parameters(), lr=cfg.learning_rate, fused=fused)
-        buffer = ReplayBuffer(cfg.buffer_size, envs.single_observation_space.shape, action_shape, torch.float32, device)
+        shape = envs[0].single_observation_space.shape
+        buffers = [ReplayBuffer(cfg.buffer_size, shape, action_shape, torch.float32, device) for _ in cfgs]
         low, high = torch.as_tensor(low_np, device=device), torch.as_tensor(high_np, device=device)
-        scale = actor.action_scale
+        scale = members[0][0].action_scale.to(device)
 
-        def update_critics(obs, actions, rewards, next_obs, terminated) -> tuple[torch.Tensor, torch.Tensor]:
-            """One step on sum_k (Q_k(s,a) - y)^2; returns (loss, Q values (K, B))."""
+        def update_critics(obs, actions, rewards, next_obs, terminated, noise) -> tuple[torch.Tensor, torch.Tensor]:
+            """One step on sum_k (Q_k(s,a) - y)^2 per seed: obs (K, B, O), actions and smoothing noise (K, B, A), rewards
+            and terminated (K, B). Returns (losses (K,), Q values (K, critics, B))."""
             with torch.no_grad():
-                next_actions = actor_target(next_obs)
+                next_actions = actor_target(next_obs)  # (K, B, A)
                 if cfg.policy_noise > 0:
-                    noise = torch.randn_like(actions) * cfg.policy_noise
                     next_actions = smoothed_target_actions(next_actions, noise, cfg.noise_clip, scale, low, high)
                 target = clipped_double_q_target(rewards, terminated, qf_target(next_obs, next_actions), cfg.gamma)
-            q_values = qf(obs, actions)
-            loss = F.mse_loss(q_values, target.expand(critics, -1), reduction="none").mean(1).sum()
+            q_values = qf(obs, actions)  # (K, critics, B)
+            loss = F.mse_loss(q_values, target[:, None].expand_as(q_values), reduction="none").mean(-1).sum(-1)  # (K,)
             q_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.sum().backward()  # each seed's parameters get its own loss's gradient
             q_optimizer.step()
             return loss.detach(), q_values.detach()
 
         def update_actor(obs: torch.Tensor) -> torch.Tensor:
-            """Deterministic policy gradient through Q_1 (Algorithm 1: grad of Q_theta1(s, mu(s)))."""
-            loss = -qf.first(obs, actor(obs)).mean()
+            """Deterministic policy gradient through Q_1 (Algorithm 1: grad of Q_theta1(s, mu(s))); losses (K,)."""
+            loss = -qf.call("first", obs, actor(obs)).mean(-1)
             actor_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.sum().backward()
             actor_optimizer.step()
             return loss.detach()
 
         def explore(obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-            return torch.max(torch.min(actor(obs) + noise * scale, high), low)
+            return torch.max(torch.min(actor(obs) + noise * scale, high), low)  # (K, N, A)
 
         if cfg.compile:
             update_critics, update_actor, explore = map(torch.compile, (update_critics, update_actor, explore))
-        deterministic_policy = numpy_policy(actor, device)
+        policies = [numpy_policy(actor.member(k), device) for k in range(K)]
 
-        # 2. State: fresh, or restored from the newest checkpoint (replay memory included).
-        random_actions = np.random.default_rng(cfg.seed)  # the uniform warm-up actions
-        state = {
-            "actor": actor,
-            "qf": qf,
-            "actor_target": actor_target,
-            "qf_target": qf_target,
-            "q_optimizer": q_optimizer,
-            "actor_optimizer": actor_optimizer,
-            "envs": envs,
-            "random_actions": random_actions,
-        }
-        run = RunState(cfg, envs, logger, checkpoint, state, extras={"replay": buffer})
-        global_step, saved = run.restore(updates=0)
+        # 2. State: fresh, or restored from each seed's newest checkpoint (replay memory included).
+        random_actions = [np.random.default_rng(c.seed) for c in cfgs]  # the uniform warm-up actions
+
+        def state(k: int) -> dict[str, Any]:
+            nets = {"actor": actor, "qf": qf, "actor_target": actor_target, "qf_target": qf_target}
+            optimizers = {"q_optimizer": q_optimizer, "actor_optimizer": actor_optimizer}
+            return {
+                **{name: net.seed(k) for name, net in nets.items()},
+                **{name: OptimizerSlice(optimizer, k) for name, optimizer in optimizers.items()},
+                "envs": envs[k],
+                "random_actions": random_actions[k],
+            }
+
+        pack = SeedPack(
+            RunState(c, envs[k], loggers[k], checkpoints[k], state(k), extras={"replay": buffers[k]}, stream=streams[k])
+            for k, c in enumerate(cfgs)
+        )
+        global_step, saved = pack.restore(updates=0)
         updates = saved["updates"]
-        next_obs = envs.observation()
-        while global_step < cfg.total_timesteps:
+        next_obs = [e.observation() for e in envs]  # K x (N, O)
+        while global_step < cfg.total_timesteps and pack.live:
             # 3. Act: uniform random before learning starts, then mu(s) + N(0, sigma) clipped to the box.
             global_step += N
             if global_step <= cfg.learning_starts:
-                actions = random_actions.uniform(low_np, high_np, (N, action_dim)).astype(np.float32)
+                actions = np.stack([r.uniform(low_np, high_np, (N, action_dim)).astype(np.float32) for r in random_actions])
             else:
                 with torch.inference_mode():
-                    noise = torch.randn(N, action_dim, device=device) * cfg.exploration_noise
-                    actions = explore(torch.from_numpy(next_obs).to(device), noise).cpu().numpy()
-            obs = next_obs
-            next_obs, rewards, terminated, truncated, info = envs.step(actions)
-            buffer.add(obs, actions, rewards, info["final_obs"], terminated, truncated)
-            run.record_episodes(info["episodes"], global_step)
+                    noise = draw_normal(streams, (N, action_dim), device) * cfg.exploration_noise
+                    actions = explore(torch.from_numpy(np.stack(next_obs)).to(device), noise).cpu().numpy()
+            for k in pack.live:
+                obs = next_obs[k]
+                next_obs[k], rewards, terminated, truncated, info = envs[k].step(actions[k])
+                buffers[k].add(obs, actions[k], rewards, info["final_obs"], terminated, truncated)
+                pack.record_episodes(k, info["episodes"], global_step)
 
             # 4. Critics every step; actor and targets every d-th step (Algorithm 1, "if t mod d").
             if global_step > cfg.learning_starts:
                 for _ in range(N):  # one update per environment step, as in the paper
-                    batch = buffer.sample(cfg.batch_size)
-                    q_loss, q_values = update_critics(*batch[:5])
+                    batch = sample_seeds(buffers, cfg.batch_size, streams)
+                    noise = None
+                    if cfg.policy_noise > 0:  # eq. 14's epsilon, (K, B, A)
+                        noise = draw_normal(streams, batch.actions.shape[1:], device) * cfg.policy_noise
+                    q_loss, q_values = update_critics(*batch[:5], noise)
                     updates += 1
                     if updates % cfg.policy_frequency == 0:
                         actor_loss = update_actor(batch.obs)
                         soft_update(actor_target, actor, cfg.tau)
                         soft_update(qf_target, qf, cfg.tau)
                 if updates % 100 < N and updates >= cfg.policy_frequency:  # CleanRL logs every 100 steps
-                    q_means = q_values.mean(1).tolist()
-                    metrics = {f"losses/qf{k + 1}_values": q_mean for k, q_mean in enumerate(q_means)}
-                    metrics.update({"losses/qf_loss": q_loss.item() / critics, "losses/actor_loss": actor_loss.item()})
-                    run.logger.log(global_step, {**metrics, "charts/SPS": run.steps_per_second(global_step)})
+                    q_means, q_losses, actor_losses = q_values.mean(-1).tolist(), q_loss.tolist(), actor_loss.tolist()
+                    sps = pack.steps_per_second(global_step)
+                    rows = [
+                        {
+                            **{f"losses/qf{i + 1}_values": q_mean for i, q_mean in enumerate(q_means[k])},
+                            "losses/qf_loss": q_losses[k] / critics,
+                            "losses/actor_loss": actor_losses[k],
+                            "charts/SPS": sps,
+                        }
+                        for k in range(K)
+                    ]
+                    pack.log(global_step, rows)
 
             # 5. Evaluate, checkpoint.
-            run.evaluate_if_due(global_step, deterministic_policy)
-            run.checkpoint_if_due(global_step, updates=updates)
+            pack.evaluate_if_due(global_step, policies)
+            pack.checkpoint_if_due(global_step, updates=updates)
 
-        return run.finish(global_step, deterministic_policy)
+        return pack.finish(global_step, policies)
     finally:
-        envs.close()
+        for e in envs:
+            e.close()
 
 
 if __name__ == "__main__":

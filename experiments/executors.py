@@ -111,7 +111,7 @@ def _stop_with_parent(parent: int) -> None:
     """Linux: SIGHUP this worker when the process that started it dies, even by SIGKILL (PR_SET_PDEATHSIG), so no
     worker outlives its grid and runs beside the same grid started again; its run checkpoints and stops. SIGHUP, not
     SIGTERM: the kernel may send it more than once (once per thread of the dying parent), and a second SIGTERM would
-    stop the run at once, without its checkpoint (`Checkpointer.handle_signals`)."""
+    stop the run at once, without its checkpoint (`checkpoint.handle_stop_signals`)."""
     if sys.platform.startswith("linux"):
         import ctypes
 

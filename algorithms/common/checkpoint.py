@@ -77,7 +77,7 @@ def newest_checkpoint_step(directory: Path) -> int:
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-"""what `Checkpointer.handle_signals` turns into a checkpoint and a stop"""
+"""what `handle_stop_signals` turns into a checkpoint and a stop"""
 
 
 class RunInterrupted(Exception):
@@ -114,7 +114,7 @@ class Checkpointer:
     """Saves to `directory/ckpt-<step>.pt`, keeps the newest `keep_last`.
 
     A save is due every `every_steps` environment steps or `every_seconds` of wall time, whichever comes
-    first, and right away once a stop was requested (`handle_signals()` turns SIGTERM/SIGINT into such a
+    first, and right away once a stop was requested (`handle_stop_signals` turns SIGTERM/SIGINT into such a
     request, so a preempted or Ctrl-C'd run saves at its next safe point and then raises RunInterrupted; a second
     signal raises RunStopped at once).
     `metadata_fn` adds caller data to every file (the runner records how far `metrics.jsonl` had got).
@@ -149,31 +149,6 @@ class Checkpointer:
         self._last_time = time.monotonic()
 
     # --- when -------------------------------------------------------------------------------------
-    def handle_signals(self) -> None:
-        """SIGTERM/SIGINT: the first asks for a checkpoint and a stop at the next safe point; a second one stops the run
-        at once (RunStopped), for a run that never reaches a safe point. SIGHUP (a closed terminal; a local worker's
-        grid that died) asks for the same checkpoint and stop but never counts as a second signal: the kernel may send
-        a worker its parent-death signal more than once (once per thread of the dying parent)."""
-
-        def request_stop(signum: int, frame: Any) -> None:
-            if self.stop_requested and signum != signal.SIGHUP:
-                raise RunStopped(f"stopped at once by a second {signal.Signals(signum).name}")
-            if self.stop_requested:
-                return
-            self.stop_requested = True
-            try:
-                print(
-                    f"\n{signal.Signals(signum).name}: checkpointing at the next safe point, then stopping (a second "
-                    "SIGINT or SIGTERM stops at once)",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            except OSError:  # no one reads stderr any more (a dead grid's pipe): the stop must go on regardless
-                pass
-
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, request_stop)
-
     def due(self, step: int) -> bool:
         if self.stop_requested or (self.pause_at_step is not None and step >= self.pause_at_step):
             return True
@@ -275,6 +250,37 @@ class Checkpointer:
             file=sys.stderr,
             flush=True,
         )
+
+
+def handle_stop_signals(checkpointers: list[Checkpointer]) -> None:
+    """SIGTERM/SIGINT: the first asks every checkpointer (a run's, or each seed's of a pack) for a checkpoint and a stop
+    at the next safe point; a second one stops the run at once (RunStopped), for a run that never reaches a safe point.
+    SIGHUP (a closed terminal; a local worker's grid that died) asks for the same checkpoint and stop but never counts as
+    a second signal: the kernel may send a worker its parent-death signal more than once (once per thread of the dying
+    parent)."""
+    requested = False
+
+    def request_stop(signum: int, frame: Any) -> None:
+        nonlocal requested
+        if requested and signum != signal.SIGHUP:
+            raise RunStopped(f"stopped at once by a second {signal.Signals(signum).name}")
+        if requested:
+            return
+        requested = True
+        for checkpointer in checkpointers:
+            checkpointer.stop_requested = True
+        try:
+            print(
+                f"\n{signal.Signals(signum).name}: checkpointing at the next safe point, then stopping (a second "
+                "SIGINT or SIGTERM stops at once)",
+                file=sys.stderr,
+                flush=True,
+            )
+        except OSError:  # no one reads stderr any more (a dead grid's pipe): the stop must go on regardless
+            pass
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, request_stop)
 
 
 def _extra_path(checkpoint: Path, name: str) -> Path:

@@ -133,8 +133,12 @@ class RunState:
         eval_metrics: Callable[[], dict[str, float]] | None = None,
         eval_max_steps: int = EVAL_STEP_LIMIT,
         evaluator: Callable[[Any, int, int], np.ndarray] | None = None,
+        stream: torch.Generator | None = None,
     ) -> None:
         self.cfg, self.envs, self.checkpoint = cfg, envs, checkpoint
+        # The torch Generator the run draws from instead of torch's global one (a seed of a pack, algorithms.common.
+        # packing), saved with the RNG states; a checkpoint of a run that drew from the global CPU stream resumes it.
+        self.stream = stream
         # evaluator(policy, episodes, seed) -> returns (episodes,): a task that is not an env (a text task: prompts and a
         # reward) evaluates its own way; None: `envs.evaluate` on `envs`.
         self.evaluator = evaluator
@@ -178,6 +182,8 @@ class RunState:
             self.eval_history = list(saved["eval_history"])
             self.recent_returns = deque(saved["recent_returns"], maxlen=RECENT_RETURNS)
             restore_rng_state(saved["rng"])
+            if self.stream is not None:
+                self.stream.set_state(saved["rng"].get("stream", _global_stream_state(saved["rng"], self.stream.device)))
         self.start_step = self._checked_step = step
         self.start_time = time.perf_counter()
         return step, values
@@ -186,16 +192,20 @@ class RunState:
         """Save everything registered, the protocol state and `values` when the checkpointer says a save is due (its
         interval, a stop request, a pause step). Call at the end of an iteration, where everything is consistent."""
         if self.checkpoint is not None and self.checkpoint.due(step):
-            self._save(step, **values)
+            self.save(step, **values)
 
-    def _save(self, step: int, **values: Any) -> None:
-        # A diverged network is never saved: the last checkpoint stays the last good state.
+    def save(self, step: int, **values: Any) -> None:
+        """Save everything registered, the protocol state and `values` now (`checkpoint_if_due` when due)."""
+        # A diverged network is never saved: the last checkpoint stays the last good state. (Modules, and a seed's
+        # slice of packed networks.)
         for name, item in self.state.items():
-            if isinstance(item, torch.nn.Module) and not all(torch.isfinite(p).all() for p in item.parameters()):
+            if hasattr(item, "parameters") and not all(torch.isfinite(p).all() for p in item.parameters()):
                 raise FloatingPointError(f"non-finite weights in {name} at step {step}")
         payload = {name: _state_of(item) for name, item in self.state.items()}
         payload.update(values, global_step=step, eval_history=self.eval_history, recent_returns=list(self.recent_returns))
         payload["rng"] = rng_state()
+        if self.stream is not None:
+            payload["rng"]["stream"] = self.stream.get_state()
         self.checkpoint.save(step, payload, extras={name: item.state_dict() for name, item in self.extras.items()})
 
     # --- training episodes, evaluation, the end ----------------------------------------------------
@@ -252,7 +262,7 @@ class RunState:
         if self.checkpoint is not None:
             # The final state, whatever the interval: `rlgrid eval` evaluates it, and a run whose DONE never got
             # written resumes straight to here. (Loop values such as update counters are not needed past the end.)
-            self._save(step)
+            self.save(step)
         return TrainResult(
             global_step=step,
             wall_time_s=time.perf_counter() - self.start_time,
@@ -313,6 +323,11 @@ class DivergenceCheck:
 
     def close(self) -> None:
         self.inner.close()
+
+
+def _global_stream_state(rng: dict[str, Any], device: torch.device) -> torch.Tensor:
+    """The state of torch's global generator on `device` in a checkpoint's RNG states (`rng_state()`)."""
+    return rng["torch"] if device.type == "cpu" else rng["cuda"][device.index or 0]
 
 
 def _state_of(item: Any) -> Any:

@@ -24,6 +24,7 @@ def smoothed_target_actions(
 def clipped_double_q_target(
     rewards: torch.Tensor, terminated: torch.Tensor, next_q: torch.Tensor, gamma: float
 ) -> torch.Tensor:
-    """y = r + gamma (1 - terminated) min_k Q'_k(s', a') (eq. 10); next_q is (K, B): with K = 1 (DDPG) the one critic's
-    value, y = r + gamma (1 - terminated) Q'(s', a'). Truncation bootstraps."""
-    return rewards + gamma * (1.0 - terminated) * next_q.min(dim=0).values
+    """y = r + gamma (1 - terminated) min_k Q'_k(s', a') (eq. 10); next_q is (..., K, B) for rewards (..., B) (a seed
+    pack's leading axis): with K = 1 (DDPG) the one critic's value, y = r + gamma (1 - terminated) Q'(s', a').
+    Truncation bootstraps."""
+    return rewards + gamma * (1.0 - terminated) * next_q.min(dim=-2).values
