@@ -145,7 +145,7 @@ def cmd_run(argv: list[str]) -> int:
     import os
 
     from experiments.execute import RunOptions
-    from experiments.grid import GridOptions, GridRunner, plan
+    from experiments.grid import GridOptions, GridRunner, packs, plan
     from experiments.suite import SuiteError, load_suite
 
     parser = argparse.ArgumentParser(
@@ -174,6 +174,13 @@ def cmd_run(argv: list[str]) -> int:
     parser.add_argument("--workers", type=int, default=None, help="runs at once (default: cores / threads per run)")
     parser.add_argument("--threads-per-run", type=int, default=1, help="torch threads per run (default: 1)")
     parser.add_argument("--gpus-per-run", type=float, default=0.0, help="GPU fraction per run, e.g. 0.25 packs 4 per GPU")
+    parser.add_argument(
+        "--seeds-per-process",
+        type=int,
+        default=1,
+        help="train up to K seeds of one cell in one process, their networks stacked (td3, ddpg); each seed still "
+        "writes its own run directory. Pays on a GPU; on a CPU --workers already fills the cores (default: 1)",
+    )
     parser.add_argument("--retries", type=int, default=1, help="retries of a failed run (default: 1)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="root of run directories (default: ./runs)")
     parser.add_argument("--dry-run", action="store_true", help="print the runs and their state; run nothing")
@@ -192,8 +199,8 @@ def cmd_run(argv: list[str]) -> int:
         return int(exc.code or 0)
     try:
         suite = load_suite(args.suite)
-        if args.threads_per_run < 1 or args.retries < 0 or (args.workers is not None and args.workers < 1):
-            raise ValueError("--threads-per-run and --workers must be >= 1, --retries >= 0")
+        if min(args.threads_per_run, args.seeds_per_process, args.workers or 1) < 1 or args.retries < 0:
+            raise ValueError("--threads-per-run, --workers and --seeds-per-process must be >= 1, --retries >= 0")
         check_checkpoint_intervals(args.checkpoint_every_seconds, args.checkpoint_every_steps)
         if args.tensorboard:
             check_tensorboard()
@@ -209,11 +216,16 @@ def cmd_run(argv: list[str]) -> int:
         return 2
     rows = plan(suite.specs, args.runs_dir)
     if args.dry_run:
-        print(f"{'algo':<10} {'variant':<12} {'env':<22} {'seed':>4}  {'hash':<8}  state")
+        # Which process trains each unfinished run: a pack number (runs sharing one train together), or "-".
+        todo = [spec for spec, state in rows if state in ("new", "partial")]
+        group_of = {spec: n for n, group in enumerate(packs(todo, args.seeds_per_process, args.runs_dir), 1) for spec in group}
+        print(f"{'algo':<10} {'variant':<12} {'env':<22} {'seed':>4}  {'hash':<8}  {'state':<8}  process")
         for spec, state in rows:
-            print(f"{spec.algo:<10} {spec.variant:<12} {spec.env_id:<22} {spec.seed:>4}  {spec.hash:<8}  {state}")
+            process = group_of.get(spec, "-")
+            print(f"{spec.algo:<10} {spec.variant:<12} {spec.env_id:<22} {spec.seed:>4}  {spec.hash:<8}  {state:<8}  {process}")
         counts = {s: sum(1 for _, st in rows if st == s) for s in ("done", "partial", "new", "diverged")}
-        print(f"{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+        processes = len(set(group_of.values()))
+        print(f"{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + f"; {processes} processes to run")
         return 0
     # Local runs default to filling the cores; elsewhere (Ray, Slurm) no limit unless asked.
     workers = args.workers or (max(1, (os.cpu_count() or 1) // args.threads_per_run) if args.executor == "local" else None)
@@ -239,6 +251,7 @@ def cmd_run(argv: list[str]) -> int:
         slurm_partition=args.slurm_partition,
         slurm_time_min=args.slurm_time_min,
         slurm_cluster=args.slurm_cluster,
+        seeds_per_process=args.seeds_per_process,
     )
     at_once = workers or "as many as the cluster takes"
     print(

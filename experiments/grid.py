@@ -16,7 +16,7 @@ from typing import Any
 
 from algorithms.common.checkpoint import newest_checkpoint_step
 from algorithms.common.logging import format_duration
-from experiments.execute import RunOptions, run_to_state
+from experiments.execute import RunOptions, packable, run_pack_to_states, run_to_state
 from experiments.executors import Executor, Task, make_executor
 from experiments.runs import RUN_REFERENCE, RunDirectory, RunSpec, run_references
 
@@ -32,11 +32,41 @@ class GridOptions:
     slurm_partition: str | None = None
     slurm_time_min: int = 240
     slurm_cluster: str | None = None  # None: Slurm when available; "local" / "debug": submitit's own, for tests
+    seeds_per_process: int = 1  # up to this many seeds of one cell train in one process (algorithms.common.packing)
 
 
 def plan(specs: list[RunSpec] | tuple[RunSpec, ...], runs_dir: Path) -> list[tuple[RunSpec, str]]:
     """Each spec with its directory's status: done, diverged, partial or new."""
     return [(spec, RunDirectory(spec.run_dir(runs_dir)).status) for spec in specs]
+
+
+def packs(specs: list[RunSpec], seeds_per_process: int, runs_dir: Path) -> list[tuple[RunSpec, ...]]:
+    """`specs` as the groups that train in one process each: up to `seeds_per_process` seeds of one cell (algorithm,
+    env, config, suite and variant) whose algorithm trains seed packs and whose newest checkpoints stand at the same
+    step (a pack resumes in lockstep: a fresh seed never joins a half-trained one); every other spec alone. Order kept:
+    a group goes where its first spec was."""
+    groups: dict[Any, list[RunSpec]] = {}
+    for spec in specs:
+        key: Any = spec
+        if seeds_per_process > 1 and packable(spec.algo):
+            step = newest_checkpoint_step(RunDirectory(spec.run_dir(runs_dir)).checkpoint_dir)
+            key = (spec.algo, spec.env_id, spec.overrides, spec.suite, spec.variant, step)
+        groups.setdefault(key, []).append(spec)
+    return [tuple(g[i : i + seeds_per_process]) for g in groups.values() for i in range(0, len(g), seeds_per_process)]
+
+
+def _task(pack: tuple[RunSpec, ...], options: RunOptions) -> Task:
+    """The executor's task for a group of `packs`: one run, or a seed pack."""
+    first = pack[0]
+    if len(pack) == 1:
+        return Task(run_to_state, (first, options), f"run {first.algo}/{first.env_id}/seed{first.seed}")
+    seeds = ",".join(str(spec.seed) for spec in pack)
+    return Task(run_pack_to_states, (pack, options), f"pack {first.algo}/{first.env_id}/seeds{seeds}")
+
+
+def _specs(task: Task) -> tuple[RunSpec, ...]:
+    """The runs a task of `_task` trains."""
+    return task.args[0] if isinstance(task.args[0], tuple) else (task.args[0],)
 
 
 def _last_metrics(path: Path) -> dict[str, Any]:
@@ -145,18 +175,20 @@ class GridRunner:
                     self._record(spec, "failed", 0, f"not started: its input run {where} did not finish")
                 else:
                     ready.append(spec)
-            tasks = [Task(run_to_state, (spec, options), f"run {spec.algo}/{spec.env_id}/seed{spec.seed}") for spec in ready]
+            groups = packs(ready, self.grid.seeds_per_process, Path(self.run_options.runs_dir))
+            tasks = [_task(group, options) for group in groups]
             for finished in executor.submit(tasks, self.grid.retries, self._print_progress, interval):
-                spec = finished.task.args[0]
-                state = RunDirectory(spec.run_dir(self.run_options.runs_dir)).status  # the directory is the truth
-                if state in ("done", "diverged"):  # even if a signal hit the worker while it was exiting
-                    self._record(spec, state, finished.attempts)
-                elif finished.value == "interrupted" or executor.stopping:
-                    self._record(spec, "interrupted", finished.attempts)
-                    if executor.in_process:  # the run caught this process's Ctrl-C / SIGTERM: start no other
-                        executor.stop()
-                else:
-                    self._record(spec, "failed", finished.attempts, finished.error)
+                interrupted = "interrupted" in (finished.value if isinstance(finished.value, list) else [finished.value])
+                for spec in _specs(finished.task):
+                    state = RunDirectory(spec.run_dir(self.run_options.runs_dir)).status  # the directory is the truth
+                    if state in ("done", "diverged"):  # even if a signal hit the worker while it was exiting
+                        self._record(spec, state, finished.attempts)
+                    elif interrupted or executor.stopping:
+                        self._record(spec, "interrupted", finished.attempts)
+                        if executor.in_process:  # the run caught this process's Ctrl-C / SIGTERM: start no other
+                            executor.stop()
+                    else:
+                        self._record(spec, "failed", finished.attempts, finished.error)
         result = self.summary(start, steps_before)
         out = Path(self.run_options.runs_dir) / self.suite_name / "summary.json"
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -204,8 +236,8 @@ class GridRunner:
         done = [s for s, e in self.outcomes.items() if e["status"] == "done"]
         failed = sum(1 for e in self.outcomes.values() if e["status"] in ("failed", "diverged"))
         run_lines, steps_now, rate_total = [], 0, 0.0
-        for task, attempt in running:
-            spec = task.args[0]
+        runs = [(spec, attempt) for task, attempt in running for spec in _specs(task)]  # a pack's seeds each
+        for spec, attempt in runs:
             latest = _last_metrics(RunDirectory(spec.run_dir(self.run_options.runs_dir)).metrics_file)
             step, logged_at = latest.get("step", 0), latest.get("time")
             if spec not in self._rate_marks:  # a run seen before its first line counts from now, at step 0 (short runs
@@ -224,7 +256,7 @@ class GridRunner:
         remaining = sum(self._totals[s] for s in self.specs if s not in self.outcomes) - steps_now
         eta = f", ETA {format_duration(remaining / rate_total)}" if rate_total > 0 and remaining > 0 else ""
         header = (
-            f"[{time.strftime('%H:%M:%S')}] {self.suite_name}: {len(done)}/{len(self.specs)} done, {len(running)} running, "
+            f"[{time.strftime('%H:%M:%S')}] {self.suite_name}: {len(done)}/{len(self.specs)} done, {len(runs)} running, "
         )
         header += f"{waiting} waiting, {failed} failed, {rate_total:,.0f} steps/s{eta}"
         block = [header, *run_lines]

@@ -78,3 +78,20 @@ class NaNEvalRewardEnv(CrashEnv):
 
 
 gym.register(id="NaNEvalReward-v0", entry_point=NaNEvalRewardEnv, kwargs={"crash_after": 10**9})
+
+
+class NaNRewardForSeedTwoBoxEnv(NaNRewardBoxEnv):
+    """NaNRewardSoonBox-v0 for the copy first reset with seed 2 only; every other seed is an ordinary (dull) task: one
+    seed of a pack diverges while the others do not."""
+
+    def reset(self, *, seed=None, options=None):
+        if seed is not None:
+            self.doomed = seed == 2
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, reward if self.doomed else 0.0, terminated, truncated, info
+
+
+gym.register(id="NaNRewardForSeedTwoBox-v0", entry_point=NaNRewardForSeedTwoBoxEnv, kwargs={"crash_after": 5})

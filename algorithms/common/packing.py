@@ -181,10 +181,8 @@ class OptimizerSlice:
         state = {}
         for i, p in enumerate(self._params()):
             if i in whole["state"]:
-                state[i] = {
-                    name: value[self.k].clone() if _per_element(value, p) else value
-                    for name, value in whole["state"][i].items()
-                }
+                saved = whole["state"][i]  # moments sliced, the shared step count copied (never aliased)
+                state[i] = {name: _copy(value[self.k] if _per_element(value, p) else value) for name, value in saved.items()}
         return {"state": state, "param_groups": whole["param_groups"]}
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
@@ -209,6 +207,10 @@ class OptimizerSlice:
                     state[name] = value.to(p.device if on_device else value.device, torch.float32).clone()
                 else:
                     state[name] = value
+
+
+def _copy(value: Any) -> Any:
+    return value.clone() if isinstance(value, torch.Tensor) else value
 
 
 def _per_element(value: Any, param: torch.Tensor) -> bool:
