@@ -26,19 +26,30 @@ part of DQN (network, schedule, target period), as the paper does; its registere
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from algorithms.common import Checkpointer, Logger, TrainResult, seed_everything
+from algorithms.common import Checkpointer, Logger, TrainResult
 from algorithms.common.cli import run_algorithm_cli
 from algorithms.common.config import RunConfig
 from algorithms.common.frame_replay import FrameReplayBuffer
 from algorithms.common.networks import soft_update
-from algorithms.common.replay import ReplayBuffer
+from algorithms.common.packing import (
+    OptimizerSlice,
+    SeedPack,
+    SeedStack,
+    clip_grad_norm_per_seed,
+    lone,
+    same_run_but_seed,
+    seeded_members,
+)
+from algorithms.common.replay import ReplayBuffer, sample_seeds
 from algorithms.common.run import RunState
 from algorithms.common.torsos import ImageTorso, image_kind
 from envs import make_vec_env
@@ -177,125 +188,154 @@ def q_target(
     gamma: float,
     next_q_online: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The TD target y (B,) from next-state values (B, n_actions).
+    """The TD target y (..., B) from next-state values (..., B, n_actions) (a seed pack's leading axis).
 
     DQN: y = r + gamma (1 - terminated) max_a' Q^(s', a'). Double DQN (`next_q_online` given):
     y = r + gamma (1 - terminated) Q^(s', argmax_a' Q(s', a')). Truncated transitions bootstrap."""
     if next_q_online is None:
-        next_value = next_q_target.max(dim=1).values
+        next_value = next_q_target.max(dim=-1).values
     else:
-        next_value = next_q_target.gather(1, next_q_online.argmax(dim=1, keepdim=True)).squeeze(1)
+        next_value = next_q_target.gather(-1, next_q_online.argmax(dim=-1, keepdim=True)).squeeze(-1)
     return rewards + gamma * (1.0 - terminated) * next_value
 
 
 # --- training ----------------------------------------------------------------------------------------
 def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | None = None) -> TrainResult:
-    seed_everything(cfg.seed, cfg.torch_deterministic)
-    device = torch.device(cfg.device)
-    envs, _ = make_vec_env(cfg.env_id, cfg.num_envs, cfg.seed)
+    """One seed: a pack of one."""
+    return lone(train_seeds([cfg], [logger], [checkpoint]))
+
+
+def train_seeds(
+    cfgs: Sequence[Config], loggers: Sequence[Logger | None], checkpoints: Sequence[Checkpointer | None]
+) -> list[TrainResult | Exception]:
+    """K seeds of one config in lockstep (algorithms.common.packing): every tensor below has a leading seed axis K.
+    Returns each seed's result, or the FloatingPointError it diverged with."""
+    cfg = same_run_but_seed(cfgs)
+    K, N, device = len(cfgs), cfg.num_envs, torch.device(cfg.device)
+    envs = [make_vec_env(cfg.env_id, N, seed_cfg.seed)[0] for seed_cfg in cfgs]
     try:
-        # 1. Online and target networks, optimizer, replay memory D (Algorithm 1, lines 1-3).
-        if envs.is_continuous:
-            raise ValueError(f"DQN needs Discrete actions; {cfg.env_id} has {envs.single_action_space}")
-        obs_shape, n_actions, N = envs.single_observation_space.shape, envs.action_dim, cfg.num_envs
+        # 1. Online and target networks, optimizer, replay memory D (Algorithm 1, lines 1-3), per seed.
+        if envs[0].is_continuous:
+            raise ValueError(f"DQN needs Discrete actions; {cfg.env_id} has {envs[0].single_action_space}")
+        obs_shape, n_actions = envs[0].single_observation_space.shape, envs[0].action_dim
         hidden = (cfg.hidden_size_1, cfg.hidden_size_2)
-        q_network = QNetwork(obs_shape, n_actions, hidden).to(device)
-        target_network = QNetwork(obs_shape, n_actions, hidden).to(device)
-        target_network.load_state_dict(q_network.state_dict())
-        optimizer = torch.optim.Adam(q_network.parameters(), lr=cfg.learning_rate, fused=device.type in ("cpu", "cuda"))
-        # Stacked frames: each frame stored once (uint8); MinAtar grids (0/1) as uint8; vectors as float32.
+
+        def networks() -> tuple[nn.Module, nn.Module]:
+            q_network, target_network = QNetwork(obs_shape, n_actions, hidden), QNetwork(obs_shape, n_actions, hidden)
+            target_network.load_state_dict(q_network.state_dict())
+            return q_network, target_network
+
+        # Stacked frames: each frame stored once (uint8), sampled on the CPU; MinAtar grids (0/1) as uint8; vectors
+        # as float32. A seed's stream lives where its replay memory draws.
         kind = image_kind(obs_shape)
+        streams_on = torch.device("cpu") if kind == "frames" else device
+        members, streams = seeded_members([c.seed for c in cfgs], networks, streams_on, cfg.torch_deterministic)
+        q_network, target_network = (SeedStack(nets).to(device) for nets in zip(*members))
+        optimizer = torch.optim.Adam(q_network.parameters(), lr=cfg.learning_rate, fused=device.type in ("cpu", "cuda"))
         if kind == "frames":
-            buffer = FrameReplayBuffer(cfg.buffer_size, N, obs_shape, (), torch.long, device)
+            buffers = [FrameReplayBuffer(cfg.buffer_size, N, obs_shape, (), torch.long, device) for _ in cfgs]
         else:
             obs_dtype = torch.float32 if kind is None else torch.uint8
-            buffer = ReplayBuffer(cfg.buffer_size, obs_shape, (), torch.long, device, obs_dtype=obs_dtype)
-        action_rng = np.random.default_rng(cfg.seed)  # exploration draws (epsilon test and random actions)
-        eval_rng = np.random.default_rng([cfg.seed, 1])  # the evaluation protocol's epsilon draws
+            buffers = [ReplayBuffer(cfg.buffer_size, obs_shape, (), torch.long, device, obs_dtype=obs_dtype) for _ in cfgs]
+        action_rngs = [np.random.default_rng(c.seed) for c in cfgs]  # exploration draws (epsilon test, random actions)
+        eval_rngs = [np.random.default_rng([c.seed, 1]) for c in cfgs]  # the evaluation protocol's epsilon draws
 
         def greedy(obs: torch.Tensor) -> torch.Tensor:
-            return q_network(obs).argmax(dim=1)
+            return q_network(obs).argmax(dim=-1)  # (K, N)
 
         def update(obs, actions, rewards, next_obs, terminated) -> tuple[torch.Tensor, torch.Tensor]:
-            """One gradient step on the TD loss; returns (loss, mean Q of the taken actions)."""
+            """One gradient step on the TD loss of every seed: obs (K, B, *O), actions, rewards, terminated (K, B).
+            Returns (losses (K,), mean Q of the taken actions (K,))."""
             with torch.no_grad():
                 online_next = q_network(next_obs) if cfg.double_q else None
                 target = q_target(rewards, terminated, target_network(next_obs), cfg.gamma, online_next)
-            q_taken = q_network(obs).gather(1, actions[:, None]).squeeze(1)
-            loss = F.mse_loss(q_taken, target) if cfg.loss == "mse" else F.smooth_l1_loss(q_taken, target)
+            q_taken = q_network(obs).gather(-1, actions[..., None]).squeeze(-1)  # (K, B)
+            td_loss = F.mse_loss if cfg.loss == "mse" else F.smooth_l1_loss
+            loss = td_loss(q_taken, target, reduction="none").mean(-1)  # (K,)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.sum().backward()  # each seed's network gets its own loss's gradient
             if cfg.max_grad_norm is not None:
-                nn.utils.clip_grad_norm_(q_network.parameters(), cfg.max_grad_norm)
+                clip_grad_norm_per_seed(list(q_network.parameters()), cfg.max_grad_norm)
             optimizer.step()
-            return loss.detach(), q_taken.detach().mean()
+            return loss.detach(), q_taken.detach().mean(-1)
 
         if cfg.compile:
             greedy, update = torch.compile(greedy), torch.compile(update)
 
-        def evaluation_policy(obs: np.ndarray) -> np.ndarray:
-            """Greedy, or epsilon-greedy with the evaluation protocol's eval_epsilon (Atari: 0.05)."""
-            with torch.inference_mode():
-                chosen = q_network(torch.as_tensor(obs, device=device)).argmax(dim=1).cpu().numpy()
-            if cfg.eval_epsilon == 0:
-                return chosen
-            explore = eval_rng.random(len(chosen)) < cfg.eval_epsilon
-            return np.where(explore, eval_rng.integers(0, n_actions, len(chosen)), chosen)
+        def evaluation_policy(k: int) -> Callable[[np.ndarray], np.ndarray]:
+            """Seed k's: greedy, or epsilon-greedy with the evaluation protocol's eval_epsilon (Atari: 0.05)."""
+            q_values = q_network.member(k)
 
-        # 2. State: fresh, or restored from the newest checkpoint (replay memory included).
-        state = {
-            "q_network": q_network,
-            "target_network": target_network,
-            "optimizer": optimizer,
-            "envs": envs,
-            "action_rng": action_rng,
-            "eval_rng": eval_rng,
-        }
-        run = RunState(cfg, envs, logger, checkpoint, state, extras={"replay": buffer})
-        global_step, saved = run.restore(updates=0)
+            def policy(obs: np.ndarray) -> np.ndarray:
+                with torch.inference_mode():
+                    chosen = q_values(torch.as_tensor(obs, device=device)).argmax(dim=1).cpu().numpy()
+                if cfg.eval_epsilon == 0:
+                    return chosen
+                explore = eval_rngs[k].random(len(chosen)) < cfg.eval_epsilon
+                return np.where(explore, eval_rngs[k].integers(0, n_actions, len(chosen)), chosen)
+
+            return policy
+
+        policies = [evaluation_policy(k) for k in range(K)]
+
+        # 2. State: fresh, or restored from each seed's newest checkpoint (replay memory included).
+        def state(k: int) -> dict[str, Any]:
+            return {
+                "q_network": q_network.seed(k),
+                "target_network": target_network.seed(k),
+                "optimizer": OptimizerSlice(optimizer, k),
+                "envs": envs[k],
+                "action_rng": action_rngs[k],
+                "eval_rng": eval_rngs[k],
+            }
+
+        pack = SeedPack(
+            RunState(c, envs[k], loggers[k], checkpoints[k], state(k), extras={"replay": buffers[k]}, stream=streams[k])
+            for k, c in enumerate(cfgs)
+        )
+        global_step, saved = pack.restore(updates=0)
         updates = saved["updates"]
-        next_obs = envs.observation()  # a fresh game's after a resumed fast-path Atari run (envs.atari)
-        while global_step < cfg.total_timesteps:
+        next_obs = [e.observation() for e in envs]  # a fresh game's after a resumed fast-path Atari run (envs.atari)
+        while global_step < cfg.total_timesteps and pack.live:
             # 3. Act epsilon-greedily and store the transition (Algorithm 1, "select a_t ... store in D").
             global_step += N
             epsilon = linear_schedule(cfg.start_e, cfg.end_e, cfg.exploration_fraction * cfg.total_timesteps, global_step)
-            explore = action_rng.random(N) < epsilon
-            actions = action_rng.integers(0, n_actions, N)
+            explore = np.stack([rng.random(N) < epsilon for rng in action_rngs])  # (K, N)
+            actions = np.stack([rng.integers(0, n_actions, N) for rng in action_rngs])
             if not explore.all():
                 with torch.inference_mode():
-                    chosen = greedy(torch.from_numpy(next_obs).to(device)).cpu().numpy()
+                    chosen = greedy(torch.from_numpy(np.stack(next_obs)).to(device)).cpu().numpy()
                 actions = np.where(explore, actions, chosen)
-            obs = next_obs
-            next_obs, rewards, terminated, truncated, info = envs.step(actions)
-            buffer.add(obs, actions, rewards, info["final_obs"], terminated, truncated)
-            run.record_episodes(info["episodes"], global_step)
+            for k in pack.live:
+                obs = next_obs[k]
+                next_obs[k], rewards, terminated, truncated, info = envs[k].step(actions[k])
+                buffers[k].add(obs, actions[k], rewards, info["final_obs"], terminated, truncated)
+                pack.record_episodes(k, info["episodes"], global_step)
 
             # 4. Learn from minibatches of D every train_frequency steps; copy the target every C steps.
             if global_step > cfg.learning_starts:
                 if global_step % cfg.train_frequency < N:
                     for _ in range(cfg.gradient_steps):
-                        loss, q_mean = update(*buffer.sample(cfg.batch_size)[:5])
+                        loss, q_mean = update(*sample_seeds(buffers, cfg.batch_size, streams)[:5])
                     updates += 1
                     if updates % 100 == 1:  # every 100 updates (CleanRL: every 100 steps, 25 updates)
-                        run.logger.log(
-                            global_step,
-                            {
-                                "losses/td_loss": loss.item(),
-                                "losses/q_values": q_mean.item(),
-                                "charts/epsilon": epsilon,
-                                "charts/SPS": run.steps_per_second(global_step),
-                            },
-                        )
+                        losses, q_means, sps = loss.tolist(), q_mean.tolist(), pack.steps_per_second(global_step)
+                        rows = [
+                            {"losses/td_loss": loss, "losses/q_values": q, "charts/epsilon": epsilon, "charts/SPS": sps}
+                            for loss, q in zip(losses, q_means)
+                        ]
+                        pack.log(global_step, rows)
                 if global_step % cfg.target_network_frequency < N:
                     soft_update(target_network, q_network, cfg.tau)
 
             # 5. Evaluate, checkpoint.
-            run.evaluate_if_due(global_step, evaluation_policy)
-            run.checkpoint_if_due(global_step, updates=updates)
+            pack.evaluate_if_due(global_step, policies)
+            pack.checkpoint_if_due(global_step, updates=updates)
 
-        return run.finish(global_step, evaluation_policy)
+        return pack.finish(global_step, policies)
     finally:
-        envs.close()
+        for e in envs:
+            e.close()
 
 
 if __name__ == "__main__":

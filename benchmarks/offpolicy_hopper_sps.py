@@ -71,9 +71,9 @@ def steady_sps(algo: str, steps: int, device: str = "cpu") -> float:
     return rate_from_marks([(step, m["charts/SPS"]) for step, m in logger.records if "charts/SPS" in m])
 
 
-def cleanrl_sps(cleanrl_dir: str, algo: str, steps: int, device: str, threads: int) -> float:
+def cleanrl_sps(cleanrl_dir: str, algo: str, steps: int, device: str, threads: int, warmup: int = WARMUP) -> float:
     """CleanRL's rate after learning starts, from the `SPS:` lines of its script run with the same warm-up and steps."""
-    total = WARMUP + steps
+    total = warmup + steps
     script = Path(cleanrl_dir, CLEANRL_SCRIPTS[algo]).resolve()
     cuda = "--cuda" if device.startswith("cuda") else "--no-cuda"  # CleanRL's choice: cuda or cpu
     cmd = [
@@ -84,7 +84,7 @@ def cleanrl_sps(cleanrl_dir: str, algo: str, steps: int, device: str, threads: i
         "--total-timesteps",
         str(total),
         "--learning-starts",
-        str(WARMUP),
+        str(warmup),
         "--seed",
         "1",
         cuda,
@@ -99,7 +99,7 @@ def cleanrl_sps(cleanrl_dir: str, algo: str, steps: int, device: str, threads: i
     readings = [float(sps) for sps in re.findall(r"^SPS: (\d+)$", out.stdout, re.MULTILINE)]
     # The scripts print `SPS: int(global_step / elapsed)` (no step) at every global_step > learning_starts that is a
     # multiple of 100, for global_step in range(total_timesteps).
-    marks = [step for step in range(WARMUP + 1, total) if step % 100 == 0]
+    marks = [step for step in range(warmup + 1, total) if step % 100 == 0]
     if len(readings) != len(marks):
         raise RuntimeError(f"{script.name} printed {len(readings)} SPS lines, expected {len(marks)}")
     return rate_from_marks(list(zip(marks, readings)))

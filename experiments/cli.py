@@ -178,8 +178,9 @@ def cmd_run(argv: list[str]) -> int:
         "--seeds-per-process",
         type=int,
         default=1,
-        help="train up to K seeds of one cell in one process, their networks stacked (td3, ddpg); each seed still "
-        "writes its own run directory. Pays on a GPU; on a CPU --workers already fills the cores (default: 1)",
+        help="train up to K seeds of one cell in one process, their networks stacked (td3, ddpg, sac, dqn, "
+        "double_dqn; other algorithms run their seeds apart); each seed still writes its own run directory. Pays on a "
+        "GPU; on a CPU --workers already fills the cores (default: 1)",
     )
     parser.add_argument("--retries", type=int, default=1, help="retries of a failed run (default: 1)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="root of run directories (default: ./runs)")
@@ -221,11 +222,11 @@ def cmd_run(argv: list[str]) -> int:
         group_of = {spec: n for n, group in enumerate(packs(todo, args.seeds_per_process, args.runs_dir), 1) for spec in group}
         print(f"{'algo':<10} {'variant':<12} {'env':<22} {'seed':>4}  {'hash':<8}  {'state':<8}  process")
         for spec, state in rows:
-            process = group_of.get(spec, "-")
-            print(f"{spec.algo:<10} {spec.variant:<12} {spec.env_id:<22} {spec.seed:>4}  {spec.hash:<8}  {state:<8}  {process}")
+            where = f"{spec.algo:<10} {spec.variant:<12} {spec.env_id:<22} {spec.seed:>4}  {spec.hash:<8}"
+            print(f"{where}  {state:<8}  {group_of.get(spec, '-')}")
         counts = {s: sum(1 for _, st in rows if st == s) for s in ("done", "partial", "new", "diverged")}
-        processes = len(set(group_of.values()))
-        print(f"{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + f"; {processes} processes to run")
+        states = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+        print(f"{len(rows)} runs: {states}; {len(set(group_of.values()))} processes to run")
         return 0
     # Local runs default to filling the cores; elsewhere (Ray, Slurm) no limit unless asked.
     workers = args.workers or (max(1, (os.cpu_count() or 1) // args.threads_per_run) if args.executor == "local" else None)

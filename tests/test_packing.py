@@ -138,32 +138,48 @@ def test_a_pack_takes_one_config_with_distinct_seeds():
         same_run_but_seed([cfg, cfg])
 
 
-@pytest.mark.parametrize("algo", ["td3", "ddpg"])
+CARTPOLE = {
+    "env_id": "CartPole-v1",
+    "total_timesteps": 1200,
+    "learning_starts": 400,
+    "train_frequency": 2,
+    "buffer_size": 2000,
+    "batch_size": 32,
+    "eval_every": 600,
+    "eval_episodes": 2,
+}
+FIRST_UPDATES = {
+    "td3": (PENDULUM, "losses/qf_loss"),
+    "ddpg": (PENDULUM, "losses/qf_loss"),
+    "sac": (PENDULUM, "losses/qf_loss"),
+    "dqn": ({**CARTPOLE, "loss": "huber", "max_grad_norm": 0.5}, "losses/td_loss"),  # the per-seed clip at work
+    "double_dqn": ({**CARTPOLE, "env_id": "MinAtar/Breakout-v1"}, "losses/td_loss"),  # the CNN torso under vmap
+}
+
+
+@pytest.mark.parametrize("algo", sorted(FIRST_UPDATES))
 def test_each_seed_of_a_pack_starts_as_its_lone_run(algo):
-    """The seeds' streams are the lone runs': the warm-up episodes (uniform random actions) are the same to the bit, and
-    the first logged losses (update 100) agree within float tolerance (batched kernels round differently; the runs
+    """The seeds' streams are the lone runs': the warm-up (before learning starts: acting and episodes) is the same to
+    the bit, and the first logged losses agree within float tolerance (batched kernels round differently; the runs
     then drift apart as any two float orders do)."""
+    settings, loss_key = FIRST_UPDATES[algo]
     module = load_algorithm(algo).module
-    cfg = load_algorithm(algo).Config(**PENDULUM)
+    cfg = load_algorithm(algo).Config(**settings)
     seeds = [1, 2, 3]
     loggers = [RecordingLogger() for _ in seeds]
     results = module.train_seeds([dataclasses.replace(cfg, seed=s) for s in seeds], loggers, [None] * 3)
-    assert [r.global_step for r in results] == [900] * 3
+    assert [r.global_step for r in results] == [cfg.total_timesteps] * 3
     firsts = []
     for seed, logger in zip(seeds, loggers):
         alone = RecordingLogger()
         module.train(dataclasses.replace(cfg, seed=seed), alone)
-        warm_up = [(s, m) for s, m in alone.records if s <= cfg.learning_starts and "charts/episodic_return" in m]
-        assert warm_up and warm_up == [
-            (s, m) for s, m in logger.records if s <= cfg.learning_starts and "charts/episodic_return" in m
-        ]
-        packed_losses, lone_losses = (
-            next(m for _, m in rec if "losses/qf_loss" in m) for rec in (logger.records, alone.records)
-        )
+        warm_up = [[(s, m) for s, m in rec if s <= cfg.learning_starts] for rec in (alone.records, logger.records)]
+        assert warm_up[0] and warm_up[0] == warm_up[1]
+        packed_losses, lone_losses = (next(m for _, m in r if loss_key in m) for r in (logger.records, alone.records))
         assert {k: v for k, v in packed_losses.items() if k != "charts/SPS"} == pytest.approx(
             {k: v for k, v in lone_losses.items() if k != "charts/SPS"}, rel=1e-4, abs=1e-6
         )
-        firsts.append(lone_losses["losses/qf_loss"])
+        firsts.append(lone_losses[loss_key])
     assert len(set(firsts)) == 3, "the seeds differ from one another"
 
 

@@ -143,13 +143,14 @@ class FrameReplayBuffer:
             ):
                 self.oldest[env] += 1
 
-    def sample(self, batch_size: int) -> Batch:
-        """`batch_size` transitions uniformly over the valid ones of every env copy, with replacement (torch's
-        global RNG, restored on resume). obs and next_obs come back as uint8 (B, K, *frame_shape)."""
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
+        """`batch_size` transitions uniformly over the valid ones of every env copy, with replacement, drawn on the CPU
+        from `generator` (None: torch's global RNG; both restored on resume). obs and next_obs come back as uint8
+        (B, K, *frame_shape)."""
         counts = torch.as_tensor(self.steps - self.oldest)
         if int(counts.sum()) == 0:
             raise ValueError("the replay buffer is empty")
-        draw = torch.randint(0, int(counts.sum()), (batch_size,))
+        draw = torch.randint(0, int(counts.sum()), (batch_size,), generator=generator)
         ends = counts.cumsum(0)
         env = torch.searchsorted(ends, draw, right=True)
         step = torch.as_tensor(self.oldest)[env] + draw - (ends - counts)[env]

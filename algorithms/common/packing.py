@@ -89,8 +89,8 @@ class _Method(nn.Module):
         super().__init__()
         self.network = network
 
-    def forward(self, method: str, *inputs: torch.Tensor) -> Any:
-        return getattr(self.network, method)(*inputs)
+    def forward(self, method: str, *inputs: torch.Tensor, **options: Any) -> Any:
+        return getattr(self.network, method)(*inputs, **options)
 
 
 class SeedStack(nn.Module):
@@ -114,18 +114,20 @@ class SeedStack(nn.Module):
     def _tensors(self) -> dict[str, torch.Tensor]:
         return {**dict(self.bound.named_parameters()), **dict(self.bound.named_buffers())}
 
-    def forward(self, *inputs: torch.Tensor) -> Any:
-        return self.call("forward", *inputs)
+    def forward(self, *inputs: torch.Tensor, **options: Any) -> Any:
+        return self.call("forward", *inputs, **options)
 
-    def call(self, method: str, *inputs: torch.Tensor) -> Any:
-        """The network's `method` for every seed at once: inputs and outputs carry the leading seed axis."""
+    def call(self, method: str, *inputs: torch.Tensor, **options: Any) -> Any:
+        """The network's `method` for every seed at once: inputs and outputs carry the leading seed axis; keyword
+        `options` (flags such as QEnsemble's `frozen`) go to every seed's call unchanged."""
         tensors = self._tensors()
         if self.seeds == 1:  # the lone run's own operations, on the (only) slice of each tensor
-            out = functional_call(self.bound, {n: t[0] for n, t in tensors.items()}, (method, *(x[0] for x in inputs)))
+            weights = {name: t[0] for name, t in tensors.items()}
+            out = functional_call(self.bound, weights, (method, *(x[0] for x in inputs)), options)
             return tuple(o[None] for o in out) if isinstance(out, tuple) else out[None]
 
         def one_seed(weights: dict[str, torch.Tensor], *xs: torch.Tensor) -> Any:
-            return functional_call(self.bound, weights, (method, *xs))
+            return functional_call(self.bound, weights, (method, *xs), options)
 
         return vmap(one_seed)(tensors, *inputs)
 
@@ -221,6 +223,8 @@ def clip_grad_norm_per_seed(parameters: Sequence[torch.Tensor], max_norm: float)
     """Each seed's gradient scaled to a global norm of at most `max_norm` over its own slices, as
     `torch.nn.utils.clip_grad_norm_` would clip that seed's lone run; returns the norms before clipping, (K,)."""
     grads = [p.grad for p in parameters if p.grad is not None]
+    if grads and grads[0].shape[0] == 1:  # one seed: the lone run's own clip, to the bit
+        return torch.nn.utils.clip_grad_norm_(parameters, max_norm)[None]
     norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads]).norm(dim=0)  # (K,)
     scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)  # (K,)
     for g in grads:

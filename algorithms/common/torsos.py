@@ -68,8 +68,10 @@ class ImageTorso(nn.Module):
         x = obs.reshape(-1, *obs.shape[-3:])
         if self.kind == "frames":
             # Channels-last (NHWC) strides on the CPU: oneDNN's convolutions run about 8% faster on them (a DQN update,
-            # batch 32, forward and backward, on a 2-core AVX2 machine). GPUs keep the layout they are given.
-            layout = torch.channels_last if x.device.type == "cpu" else torch.preserve_format
+            # batch 32, forward and backward, on a 2-core AVX2 machine). GPUs keep the layout they are given, and so does
+            # a seed pack's vmap (algorithms.common.packing), whose batched tensor has no 4-d layout to convert.
+            channels_last = x.device.type == "cpu" and not torch._C._functorch.is_batchedtensor(x)
+            layout = torch.channels_last if channels_last else torch.preserve_format
             x = x.to(torch.float32, memory_format=layout) * (1.0 / 255.0)
         else:
             x = x.float().permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W), channels-last strides already
