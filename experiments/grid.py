@@ -255,9 +255,7 @@ class GridRunner:
             run_lines.append(line + (f" (attempt {attempt})" if attempt > 1 else ""))
         remaining = sum(self._totals[s] for s in self.specs if s not in self.outcomes) - steps_now
         eta = f", ETA {format_duration(remaining / rate_total)}" if rate_total > 0 and remaining > 0 else ""
-        header = (
-            f"[{time.strftime('%H:%M:%S')}] {self.suite_name}: {len(done)}/{len(self.specs)} done, {len(runs)} running, "
-        )
+        header = f"[{time.strftime('%H:%M:%S')}] {self.suite_name}: {len(done)}/{len(self.specs)} done, {len(runs)} running, "
         header += f"{waiting} waiting, {failed} failed, {rate_total:,.0f} steps/s{eta}"
         block = [header, *run_lines]
         if sys.stdout.isatty() and self._drawn_lines:
