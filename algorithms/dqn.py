@@ -294,7 +294,7 @@ def train_seeds(
             for k, c in enumerate(cfgs)
         )
         global_step, saved = pack.restore(updates=0)
-        updates = saved["updates"]
+        updates = saved[0]["updates"]  # the same for every seed
         next_obs = [e.observation() for e in envs]  # a fresh game's after a resumed fast-path Atari run (envs.atari)
         while global_step < cfg.total_timesteps and pack.live:
             # 3. Act epsilon-greedily and store the transition (Algorithm 1, "select a_t ... store in D").

@@ -35,18 +35,31 @@ clipped) are the suites' `[algo.ppo.atari]` overrides.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
-import torch.nn as nn
 
-from algorithms.common import Checkpointer, Logger, TrainResult, seed_everything
+from algorithms.common import Checkpointer, Logger, TrainResult
 from algorithms.common.cli import run_algorithm_cli
 from algorithms.common.config import RunConfig
 from algorithms.common.distributions import categorical_kl, gaussian_kl
 from algorithms.common.networks import ActorCritic
+from algorithms.common.packing import (
+    OptimizerSlice,
+    SeedPack,
+    SeedStack,
+    clip_grad_norm_per_seed,
+    lone,
+    same_run_but_seed,
+    seeded_members,
+    take_rows,
+)
 from algorithms.common.policy_gradient import clipped_surrogate_loss, compute_gae, value_loss
-from algorithms.common.rollout import RolloutStorage
+from algorithms.common.rollout import RolloutBatch, RolloutStorage
 from algorithms.common.run import RunState, numpy_policy
 from envs import make_vec_env
 
@@ -155,8 +168,8 @@ class Config(RunConfig):
 def kl_penalty_loss(
     ratio: torch.Tensor, advantages: torch.Tensor, kl: torch.Tensor, beta: torch.Tensor | float
 ) -> torch.Tensor:
-    """-L^KLPEN (eq. 8): mean of -r_t A_t + beta KL_t, all (B,)."""
-    return (-advantages * ratio).mean() + beta * kl.mean()
+    """-L^KLPEN (eq. 8): the mean over the last axis of -r_t A_t + beta KL_t, all (..., B); beta (...) or a float."""
+    return (-advantages * ratio).mean(-1) + beta * kl.mean(-1)
 
 
 def adapt_beta(beta: float, kl: float, kl_target: float) -> float:
@@ -170,154 +183,181 @@ def adapt_beta(beta: float, kl: float, kl_target: float) -> float:
 
 
 # --- training ----------------------------------------------------------------------------------------
+def packs(cfg: Config) -> bool:
+    """Whether seeds of `cfg` can train as a pack: not with target_kl, which stops each seed's epochs at its own time
+    (their shared Adam step count would then differ)."""
+    return cfg.target_kl is None
+
+
 def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | None = None) -> TrainResult:
-    seed_everything(cfg.seed, cfg.torch_deterministic)
-    device = torch.device(cfg.device)
-    envs, _ = make_vec_env(
-        cfg.env_id,
-        cfg.num_envs,
-        cfg.seed,
-        normalize_obs=cfg.normalize_obs,
-        normalize_reward=cfg.normalize_reward,
-        gamma=cfg.gamma,
-    )
+    """One seed: a pack of one."""
+    return lone(train_seeds([cfg], [logger], [checkpoint]))
+
+
+def train_seeds(
+    cfgs: Sequence[Config], loggers: Sequence[Logger | None], checkpoints: Sequence[Checkpointer | None]
+) -> list[TrainResult | Exception]:
+    """K seeds of one config in lockstep (algorithms.common.packing): every tensor below has a leading seed axis K
+    (rollouts: (T, K, N, ...)). Returns each seed's result, or the FloatingPointError it diverged with."""
+    cfg = same_run_but_seed(cfgs)
+    if len(cfgs) > 1 and not packs(cfg):
+        raise ValueError("target_kl stops each seed's epochs at its own time: train these seeds apart")
+    K, device = len(cfgs), torch.device(cfg.device)
+    normalize = {"normalize_obs": cfg.normalize_obs, "normalize_reward": cfg.normalize_reward, "gamma": cfg.gamma}
+    envs = [make_vec_env(cfg.env_id, cfg.num_envs, c.seed, **normalize)[0] for c in cfgs]
     try:
-        # 1. Networks, optimizer, rollout storage (T = num_steps, N = num_envs).
-        obs_shape, continuous = envs.single_observation_space.shape, envs.is_continuous
-        action_shape, action_dim = envs.action_shape, envs.action_dim
-        agent = ActorCritic(obs_shape, action_dim, continuous, cfg.hidden_size).to(device)
+        # 1. Networks, optimizer, rollout storage (T = num_steps, N = num_envs), per seed.
+        obs_shape, continuous = envs[0].single_observation_space.shape, envs[0].is_continuous
+        action_shape, action_dim = envs[0].action_shape, envs[0].action_dim
+
+        def network() -> ActorCritic:
+            return ActorCritic(obs_shape, action_dim, continuous, cfg.hidden_size)
+
+        # The seeds' streams stay on the CPU, where the rollout noise and the minibatch order are drawn.
+        members, streams = seeded_members([c.seed for c in cfgs], network, torch.device("cpu"), cfg.torch_deterministic)
+        agent = SeedStack(members).to(device)
         optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5, fused=device.type in ("cpu", "cuda"))
         T, N = cfg.num_steps, cfg.num_envs
         # Host-side rollout storage, filled step by step and moved to the device once per rollout.
-        rollout = RolloutStorage(T, N, obs_shape, action_shape, continuous)
+        rollouts = [RolloutStorage(T, N, obs_shape, action_shape, continuous) for _ in cfgs]
 
         def policy_kl(old_out: torch.Tensor, old_logstd: torch.Tensor, new_out: torch.Tensor) -> torch.Tensor:
-            """KL[pi_old(.|s), pi(.|s)] per state (B,), in closed form, from actor outputs (B, A) (means or logits)."""
+            """KL[pi_old(.|s), pi(.|s)] per state (K, B), in closed form, from actor outputs (K, B, A) (means or
+            logits); log-stds (K, 1, A)."""
             if continuous:
-                return gaussian_kl(old_out, old_logstd, new_out, agent.actor_logstd)
+                return gaussian_kl(old_out, old_logstd, new_out, agent.stacked("actor_logstd"))
             return categorical_kl(old_out, new_out)
 
         def loss_fn(obs, actions, old_out, old_logstd, old_logprobs, advantages, returns, old_values, beta):
-            """Combined loss (eq. 9; signs for minimisation) and diagnostics [policy, value, entropy, old_approx_kl,
-            approx_kl, clipfrac]. `beta` is a 0-d tensor, so a compiled loss is not re-traced when it changes."""
-            new_out, new_logprobs, entropy, new_values = agent.evaluate_actions(obs, actions)
+            """Combined loss (eq. 9; signs for minimisation) per seed (K,) and diagnostics (K, 6) [policy, value,
+            entropy, old_approx_kl, approx_kl, clipfrac]; minibatch tensors (K, M, ...). `beta` is a (K,) tensor, so a
+            compiled loss is not re-traced when it changes."""
+            new_out, new_logprobs, entropy, new_values = agent.call("evaluate_actions", obs, actions)
             log_ratio = new_logprobs - old_logprobs
             ratio = log_ratio.exp()
-            if cfg.norm_adv:
-                advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+            if cfg.norm_adv:  # per seed, over its minibatch
+                advantages = (advantages - advantages.mean(-1, keepdim=True)) / (advantages.std(-1, keepdim=True) + 1e-8)
             if cfg.objective == "clip":
-                pg_loss = clipped_surrogate_loss(ratio, advantages, cfg.clip_coef)
+                pg_loss = clipped_surrogate_loss(ratio, advantages, cfg.clip_coef).mean(-1)
             else:
                 pg_loss = kl_penalty_loss(ratio, advantages, policy_kl(old_out, old_logstd, new_out), beta)
-            v_loss = value_loss(new_values, old_values, returns, cfg.clip_coef if cfg.clip_vloss else None)
-            entropy_loss = entropy.mean()
+            v_loss = value_loss(new_values, old_values, returns, cfg.clip_coef if cfg.clip_vloss else None).mean(-1)
+            entropy_loss = entropy.mean(-1)
             loss = pg_loss - cfg.ent_coef * entropy_loss + cfg.vf_coef * v_loss
             with torch.no_grad():  # "approx_kl" is the (r - 1) - log r estimator, http://joschu.net/blog/kl-approx.html
-                clipfrac = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()
-                stats = torch.stack(
-                    [pg_loss, v_loss, entropy_loss, (-log_ratio).mean(), ((ratio - 1) - log_ratio).mean(), clipfrac]
-                )
+                clipfrac = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean(-1)
+                approx_kl = ((ratio - 1) - log_ratio).mean(-1)
+                stats = torch.stack([pg_loss, v_loss, entropy_loss, (-log_ratio).mean(-1), approx_kl, clipfrac], -1)
             return loss, stats
 
-        act = agent.sample
+        def act(obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+            return agent.call("sample", obs, noise)  # (K, N, *A)
+
         if cfg.compile:
             act, loss_fn = torch.compile(act), torch.compile(loss_fn)
-        deterministic_policy = numpy_policy(agent.deterministic_action, device)
+        policies = [numpy_policy(agent.member(k, "deterministic_action"), device) for k in range(K)]
 
-        # 2. State: fresh, or restored from the newest checkpoint. beta (objective kl) carries between updates.
-        run = RunState(cfg, envs, logger, checkpoint, {"agent": agent, "optimizer": optimizer, "envs": envs})
-        global_step, saved = run.restore(beta=cfg.kl_coef)
-        beta = saved["beta"]
-        next_obs = envs.observation()  # (N, *obs_shape) float32, numpy
+        # 2. State: fresh, or restored from each seed's newest checkpoint. beta (objective kl) carries between updates.
+        def state(k: int) -> dict[str, Any]:
+            return {"agent": agent.seed(k), "optimizer": OptimizerSlice(optimizer, k), "envs": envs[k]}
+
+        pack = SeedPack(
+            RunState(c, envs[k], loggers[k], checkpoints[k], state(k), stream=streams[k]) for k, c in enumerate(cfgs)
+        )
+        global_step, saved = pack.restore(beta=cfg.kl_coef)
+        betas = [values["beta"] for values in saved]  # (K,) floats
+        next_obs = [e.observation() for e in envs]  # K x (N, *obs_shape) float32, numpy
         for iteration in range(global_step // cfg.batch_size + 1, cfg.num_iterations + 1):
+            if not pack.live:
+                break
             # 3. Learning rate: linear annealing to 0 over the iterations.
             if cfg.anneal_lr:
                 optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / cfg.num_iterations) * cfg.learning_rate
 
             # 4. Rollout: T steps in N env copies with pi_old (Algorithm 1, "run policy"); only the action per step.
-            noise = torch.randn(T, N, action_dim) if continuous else torch.rand(T, N, 1)
+            shape = (T, N, action_dim) if continuous else (T, N, 1)
+            draw = torch.randn if continuous else torch.rand
+            noise = torch.stack([draw(shape, generator=stream) for stream in streams], 1)  # (T, K, N, A or 1)
             for t in range(T):
                 global_step += N
                 with torch.inference_mode():
-                    action = act(torch.from_numpy(next_obs).to(device), noise[t].to(device)).cpu().numpy()
-                next_obs, episodes = rollout.step(envs, t, next_obs, action)
-                run.record_episodes(episodes, global_step)
+                    actions = act(torch.from_numpy(np.stack(next_obs)).to(device), noise[t].to(device)).cpu().numpy()
+                for k in pack.live:
+                    next_obs[k], episodes = rollouts[k].step(envs[k], t, next_obs[k], actions[k])
+                    pack.record_episodes(k, episodes, global_step)
 
             # 5. pi_old on the rollout in one batched pass: actor outputs (the KL's reference), log-probs and values;
             # advantages by GAE, bootstrapping from V(s_{t+1}) with s_{t+1} the true final observation where an
             # episode ended (only termination zeroes it).
-            batch = rollout.tensors(device)
-            b_obs, b_actions = batch.obs.reshape(T * N, *obs_shape), batch.actions.reshape(T * N, *action_shape)
+            per_seed = [rollout.tensors(device) for rollout in rollouts]
+            batch = RolloutBatch(*(torch.stack(field, 1) for field in zip(*(vars(b).values() for b in per_seed))))
+            b_obs = batch.obs.transpose(0, 1).reshape(K, T * N, *obs_shape)  # (K, T N, *O)
+            b_actions = batch.actions.transpose(0, 1).reshape(K, T * N, *action_shape)
             with torch.no_grad():
-                b_old_out, b_logprobs, _, b_values = agent.evaluate_actions(b_obs, b_actions)
-                old_logstd = agent.actor_logstd.detach().clone() if continuous else torch.zeros((), device=device)
-                next_values = agent.value(batch.final_obs)
-            values = b_values.reshape(T, N)
+                b_old_out, b_logprobs, _, b_values = agent.call("evaluate_actions", b_obs, b_actions)  # (K, T N, ...)
+                old_logstd = (
+                    agent.stacked("actor_logstd").detach().clone() if continuous else torch.zeros(K, 1, 1, device=device)
+                )
+                next_values = agent.call("value", batch.final_obs.transpose(0, 1)).transpose(0, 1)  # (T, K, N)
+            values = b_values.reshape(K, T, N).transpose(0, 1)  # (T, K, N)
             advantages, returns = compute_gae(
                 batch.rewards, values, next_values, batch.terminated, batch.episode_ends, cfg.gamma, cfg.gae_lambda
             )
 
             # 6. Optimise the objective for K epochs of minibatches (Algorithm 1, "optimize surrogate").
-            b_advantages, b_returns = advantages.reshape(-1), returns.reshape(-1)
-            beta_t = torch.tensor(beta, dtype=torch.float32, device=device)
+            b_advantages, b_returns = (x.transpose(0, 1).reshape(K, T * N) for x in (advantages, returns))  # (K, T N)
+            beta_t = torch.tensor(betas, dtype=torch.float32, device=device)
             for _epoch in range(cfg.update_epochs):
-                permutation = torch.randperm(cfg.batch_size, device=device)
+                permutations = torch.stack([torch.randperm(cfg.batch_size, generator=s) for s in streams]).to(device)
                 for start in range(0, cfg.batch_size, cfg.minibatch_size):
-                    mb = permutation[start : start + cfg.minibatch_size]
-                    # index_select copies whole observations; b_obs[mb] would copy Atari frames byte by byte (about
-                    # 4x slower on the CPU: 16 ms for 256 stacks of 4 x 84 x 84).
+                    mb = permutations[:, start : start + cfg.minibatch_size]  # (K, M): each seed's own minibatch
+                    rows = functools.partial(take_rows, index=mb)
+
                     loss, stats = loss_fn(
-                        b_obs.index_select(0, mb),
-                        b_actions[mb],
-                        b_old_out[mb],
+                        rows(b_obs),
+                        rows(b_actions),
+                        rows(b_old_out),
                         old_logstd,
-                        b_logprobs[mb],
-                        b_advantages[mb],
-                        b_returns[mb],
-                        b_values[mb],
+                        rows(b_logprobs),
+                        rows(b_advantages),
+                        rows(b_returns),
+                        rows(b_values),
                         beta_t,
                     )
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm, foreach=True)
+                    loss.sum().backward()  # each seed's network gets its own loss's gradient
+                    clip_grad_norm_per_seed(list(agent.parameters()), cfg.max_grad_norm)
                     optimizer.step()
-                if cfg.target_kl is not None and stats[4].item() > cfg.target_kl:
+                if cfg.target_kl is not None and stats[0, 4].item() > cfg.target_kl:  # one seed: packs() refuses more
                     break
 
             # 7. Objective kl: d = E_t[KL[pi_old, pi]] over the whole rollout after the update; adapt beta (section 4).
-            kl_stats: dict[str, float] = {}
+            kl_stats: list[dict[str, float]] = [{} for _ in range(K)]
             if cfg.objective == "kl":
                 with torch.no_grad():
-                    rollout_kl = policy_kl(b_old_out, old_logstd, agent.actor(b_obs)).mean().item()
-                kl_stats = {"losses/kl": rollout_kl, "charts/kl_beta": beta}
+                    rollout_kls = policy_kl(b_old_out, old_logstd, agent.call("actor", b_obs)).mean(-1).tolist()
+                kl_stats = [{"losses/kl": d, "charts/kl_beta": beta} for d, beta in zip(rollout_kls, betas)]
                 if cfg.adaptive_kl:
-                    beta = adapt_beta(beta, rollout_kl, cfg.kl_target)
+                    betas = [adapt_beta(beta, d, cfg.kl_target) for beta, d in zip(betas, rollout_kls)]
 
             # 8. Log (the last minibatch's diagnostics, as CleanRL), evaluate, checkpoint.
-            pg_loss, v_loss, entropy, old_kl, kl, clipfrac = stats.tolist()
-            var_returns = b_returns.var()
-            explained_var = (1 - (b_returns - b_values).var() / var_returns).item() if var_returns > 0 else float("nan")
-            run.logger.log(
-                global_step,
-                {
-                    "charts/learning_rate": optimizer.param_groups[0]["lr"],
-                    "losses/policy_loss": pg_loss,
-                    "losses/value_loss": v_loss,
-                    "losses/entropy": entropy,
-                    "losses/old_approx_kl": old_kl,
-                    "losses/approx_kl": kl,
-                    "losses/clipfrac": clipfrac,
-                    "losses/explained_variance": explained_var,
-                    "charts/SPS": run.steps_per_second(global_step),
-                    **kl_stats,
-                },
-            )
-            run.evaluate_if_due(global_step, deterministic_policy)
-            run.checkpoint_if_due(global_step, beta=beta)
+            var_returns = b_returns.var(-1)
+            explained = (1 - (b_returns - b_values).var(-1) / var_returns).tolist()
+            learning_rate, sps = optimizer.param_groups[0]["lr"], pack.steps_per_second(global_step)
+            names = ("policy_loss", "value_loss", "entropy", "old_approx_kl", "approx_kl", "clipfrac")
+            rows_logged = []
+            for k, (diagnostics, has_var) in enumerate(zip(stats.tolist(), (var_returns > 0).tolist())):
+                row = {"charts/learning_rate": learning_rate, **{f"losses/{n}": v for n, v in zip(names, diagnostics)}}
+                row["losses/explained_variance"] = explained[k] if has_var else float("nan")
+                rows_logged.append({**row, "charts/SPS": sps, **kl_stats[k]})
+            pack.log(global_step, rows_logged)
+            pack.evaluate_if_due(global_step, policies)
+            pack.checkpoint_if_due(global_step, per_seed=[{"beta": beta} for beta in betas])
 
-        return run.finish(global_step, deterministic_policy)
+        return pack.finish(global_step, policies)
     finally:
-        envs.close()
+        for e in envs:
+            e.close()
 
 
 if __name__ == "__main__":

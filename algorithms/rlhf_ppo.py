@@ -175,8 +175,8 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
         """One PPO step on a minibatch of whole completions ((M, P + L) ids, the rest (M, L))."""
         new_log_probs, new_values = agent(ids, first, words)
         ratio = torch.exp(new_log_probs - old_log_probs)
-        pg_loss = clipped_surrogate_loss(ratio, advantages, cfg.clip_coef)
-        v_loss = value_loss(new_values, old_values, returns, cfg.vf_clip)
+        pg_loss = clipped_surrogate_loss(ratio, advantages, cfg.clip_coef).mean()
+        v_loss = value_loss(new_values, old_values, returns, cfg.vf_clip).mean()
         optimizer.zero_grad(set_to_none=True)
         (pg_loss + cfg.vf_coef * v_loss).backward()
         optimizer.step()

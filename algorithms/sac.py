@@ -249,7 +249,7 @@ def train_seeds(
             for k, c in enumerate(cfgs)
         )
         global_step, saved = pack.restore(updates=0)
-        updates = saved["updates"]
+        updates = saved[0]["updates"]  # the same for every seed
         next_obs = [e.observation() for e in envs]  # K x (N, O)
         while global_step < cfg.total_timesteps and pack.live:
             # 3. Act: uniform random before learning starts, then a ~ pi(.|s).

@@ -179,8 +179,8 @@ def cmd_run(argv: list[str]) -> int:
         type=int,
         default=1,
         help="train up to K seeds of one cell in one process, their networks stacked (td3, ddpg, sac, dqn, "
-        "double_dqn; other algorithms run their seeds apart); each seed still writes its own run directory. Pays on a "
-        "GPU; on a CPU --workers already fills the cores (default: 1)",
+        "double_dqn, ppo, ppo_kl; other algorithms, and ppo with target_kl, run their seeds apart); each seed still "
+        "writes its own run directory. Pays on a GPU; on a CPU --workers already fills the cores (default: 1)",
     )
     parser.add_argument("--retries", type=int, default=1, help="retries of a failed run (default: 1)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="root of run directories (default: ./runs)")

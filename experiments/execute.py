@@ -88,9 +88,11 @@ def execute_run(spec: RunSpec, options: RunOptions) -> dict[str, Any]:
     return outcome
 
 
-def packable(algo: str) -> bool:
-    """Whether `algo`'s file trains seed packs (a `train_seeds`; algorithms.common.packing)."""
-    return hasattr(load_algorithm(algo).module, "train_seeds")
+def packable(spec: RunSpec) -> bool:
+    """Whether `spec`'s seeds can train in packs: its algorithm's file has a `train_seeds` (algorithms.common.packing)
+    and, where the file has a `packs(config)`, that accepts the run's config (PPO's target_kl stops seeds apart)."""
+    module = load_algorithm(spec.algo).module
+    return hasattr(module, "train_seeds") and getattr(module, "packs", lambda config: True)(spec.config())
 
 
 @dataclasses.dataclass
@@ -112,8 +114,8 @@ def execute_pack(specs: list[RunSpec], options: RunOptions) -> list[dict[str, An
     that diverges is recorded (DIVERGED) while the others go on. A failure or an interrupt raises for the whole pack
     (error.txt is written in each unfinished seed's directory for a failure)."""
     algorithm = load_algorithm(specs[0].algo)
-    if len(specs) > 1 and not packable(specs[0].algo):
-        raise ValueError(f"{specs[0].algo} does not train seed packs; run its seeds apart")
+    if len(specs) > 1 and not packable(specs[0]):
+        raise ValueError(f"{specs[0].algo} with this config does not train seed packs; run its seeds apart")
     configs = []
     for spec in specs:
         config = resolve_run_references(spec, validate_spec(spec, options.capture_video), options.runs_dir)

@@ -48,7 +48,7 @@ def packs(specs: list[RunSpec], seeds_per_process: int, runs_dir: Path) -> list[
     groups: dict[Any, list[RunSpec]] = {}
     for spec in specs:
         key: Any = spec
-        if seeds_per_process > 1 and packable(spec.algo):
+        if seeds_per_process > 1 and packable(spec):
             step = newest_checkpoint_step(RunDirectory(spec.run_dir(runs_dir)).checkpoint_dir)
             key = (spec.algo, spec.env_id, spec.overrides, spec.suite, spec.variant, step)
         groups.setdefault(key, []).append(spec)

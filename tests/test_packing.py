@@ -154,14 +154,42 @@ FIRST_UPDATES = {
     "sac": (PENDULUM, "losses/qf_loss"),
     "dqn": ({**CARTPOLE, "loss": "huber", "max_grad_norm": 0.5}, "losses/td_loss"),  # the per-seed clip at work
     "double_dqn": ({**CARTPOLE, "env_id": "MinAtar/Breakout-v1"}, "losses/td_loss"),  # the CNN torso under vmap
+    # ActorCritic's torso is shared by its actor and critic heads; PPO-KL's penalty reads the stacked log-std.
+    "ppo": (
+        {
+            "env_id": "MinAtar/Breakout-v1",
+            "num_envs": 2,
+            "num_steps": 64,
+            "num_minibatches": 2,
+            "update_epochs": 2,
+            "total_timesteps": 512,
+            "eval_every": 256,
+            "eval_episodes": 2,
+            "ent_coef": 0.01,
+        },
+        "losses/policy_loss",
+    ),
+    "ppo_kl": (
+        {
+            "env_id": "Pendulum-v1",
+            "num_envs": 2,
+            "num_steps": 256,
+            "num_minibatches": 4,
+            "update_epochs": 2,
+            "total_timesteps": 1024,
+            "eval_every": 256,
+            "eval_episodes": 2,
+        },
+        "losses/policy_loss",
+    ),
 }
 
 
 @pytest.mark.parametrize("algo", sorted(FIRST_UPDATES))
 def test_each_seed_of_a_pack_starts_as_its_lone_run(algo):
-    """The seeds' streams are the lone runs': the warm-up (before learning starts: acting and episodes) is the same to
-    the bit, and the first logged losses agree within float tolerance (batched kernels round differently; the runs
-    then drift apart as any two float orders do)."""
+    """The seeds' streams are the lone runs': the warm-up (before the first update: acting and episodes) is the same,
+    and the first logged losses agree within float tolerance (batched kernels round differently; the runs then drift
+    apart as any two float orders do)."""
     settings, loss_key = FIRST_UPDATES[algo]
     module = load_algorithm(algo).module
     cfg = load_algorithm(algo).Config(**settings)
@@ -169,12 +197,19 @@ def test_each_seed_of_a_pack_starts_as_its_lone_run(algo):
     loggers = [RecordingLogger() for _ in seeds]
     results = module.train_seeds([dataclasses.replace(cfg, seed=s) for s in seeds], loggers, [None] * 3)
     assert [r.global_step for r in results] == [cfg.total_timesteps] * 3
+    before_learning = getattr(cfg, "learning_starts", None) or cfg.batch_size - 1  # PPO: its first rollout
     firsts = []
     for seed, logger in zip(seeds, loggers):
         alone = RecordingLogger()
         module.train(dataclasses.replace(cfg, seed=seed), alone)
-        warm_up = [[(s, m) for s, m in rec if s <= cfg.learning_starts] for rec in (alone.records, logger.records)]
-        assert warm_up[0] and warm_up[0] == warm_up[1]
+        warm_up = [
+            [(s, k, v) for s, m in rec if s <= before_learning for k, v in m.items()]
+            for rec in (alone.records, logger.records)
+        ]
+        assert warm_up[0] and [row[:2] for row in warm_up[0]] == [row[:2] for row in warm_up[1]]
+        # Uniform random actions give the same episodes to the bit; PPO acts with its policy from the start, whose
+        # batched forward pass rounds differently (continuous actions: returns equal to ~1e-12).
+        assert [row[2] for row in warm_up[1]] == pytest.approx([row[2] for row in warm_up[0]], rel=1e-9)
         packed_losses, lone_losses = (next(m for _, m in r if loss_key in m) for r in (logger.records, alone.records))
         assert {k: v for k, v in packed_losses.items() if k != "charts/SPS"} == pytest.approx(
             {k: v for k, v in lone_losses.items() if k != "charts/SPS"}, rel=1e-4, abs=1e-6
@@ -244,6 +279,7 @@ hidden_size = 32
 num_steps = 300
 num_minibatches = 4
 update_epochs = 1
+target_kl = 0.05
 """
 
 
@@ -256,7 +292,8 @@ def test_the_grid_packs_a_cells_unfinished_seeds_and_never_retrains_a_finished_o
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:-1]]
     process = {(row[0], int(row[3])): row[-1] for row in rows}
     assert process[("td3", 1)] == process[("td3", 2)] == process[("td3", 3)]  # one pack of three
-    assert len({process[("ppo", s)] for s in (1, 2, 3)} | {process[("td3", 1)]}) == 4  # ppo trains its seeds apart
+    # PPO packs too, but not with target_kl (each seed would stop its epochs at its own time): apart
+    assert len({process[("ppo", s)] for s in (1, 2, 3)} | {process[("td3", 1)]}) == 4
 
     assert main(["run", str(suite), "--runs-dir", str(runs), "--seeds-per-process", "2", "--workers", "1"]) == 0
     summary = json.loads((runs / "pack" / "summary.json").read_text())

@@ -76,8 +76,10 @@ def test_clipped_surrogate_and_value_loss_by_hand():
     ratio = torch.tensor([0.5, 1.0, 1.5, 1.5])
     adv = torch.tensor([1.0, 2.0, 1.0, -1.0])
     # per sample max(-A r, -A clip(r)): [-0.5 vs -0.8 -> -0.5], [-2], [-1.5 vs -1.2 -> -1.2], [1.5 vs 1.2 -> 1.5]
-    assert math.isclose(clipped_surrogate_loss(ratio, adv, 0.2).item(), (-0.5 - 2.0 - 1.2 + 1.5) / 4, rel_tol=1e-6)
+    assert math.isclose(clipped_surrogate_loss(ratio, adv, 0.2).mean().item(), (-0.5 - 2.0 - 1.2 + 1.5) / 4, rel_tol=1e-6)
     new, old, ret = torch.tensor([2.0]), torch.tensor([0.0]), torch.tensor([0.0])
-    assert value_loss(new, old, ret, None).item() == 2.0
-    assert value_loss(new, old, ret, 0.5).item() == 2.0  # max(unclipped 4, clipped 0.25) / 2
-    assert value_loss(torch.tensor([0.0]), torch.tensor([2.0]), torch.tensor([1.0]), 0.5).item() == 0.5  # max(1, 0.25) / 2
+    assert value_loss(new, old, ret, None).mean().item() == 2.0
+    assert value_loss(new, old, ret, 0.5).mean().item() == 2.0  # max(unclipped 4, clipped 0.25) / 2
+    assert (
+        value_loss(torch.tensor([0.0]), torch.tensor([2.0]), torch.tensor([1.0]), 0.5).mean().item() == 0.5
+    )  # max(1, 0.25) / 2

@@ -114,6 +114,14 @@ class SeedStack(nn.Module):
     def _tensors(self) -> dict[str, torch.Tensor]:
         return {**dict(self.bound.named_parameters()), **dict(self.bound.named_buffers())}
 
+    def _apply_weights(
+        self, weights: dict[str, torch.Tensor], method: str, inputs: Sequence[torch.Tensor], options: dict[str, Any]
+    ) -> Any:
+        """The network's `method` on one seed's `weights`. Shared modules (ActorCritic's CNN torso, which its actor and
+        critic both hold) go by one name each: `tie_weights=False`, since functional_call's tied-weights bookkeeping
+        leaves one seed's slice in place of the stack after the call."""
+        return functional_call(self.bound, weights, (method, *inputs), options, tie_weights=False)
+
     def forward(self, *inputs: torch.Tensor, **options: Any) -> Any:
         return self.call("forward", *inputs, **options)
 
@@ -123,19 +131,24 @@ class SeedStack(nn.Module):
         tensors = self._tensors()
         if self.seeds == 1:  # the lone run's own operations, on the (only) slice of each tensor
             weights = {name: t[0] for name, t in tensors.items()}
-            out = functional_call(self.bound, weights, (method, *(x[0] for x in inputs)), options)
+            out = self._apply_weights(weights, method, [x[0] for x in inputs], options)
             return tuple(o[None] for o in out) if isinstance(out, tuple) else out[None]
 
         def one_seed(weights: dict[str, torch.Tensor], *xs: torch.Tensor) -> Any:
-            return functional_call(self.bound, weights, (method, *xs), options)
+            return self._apply_weights(weights, method, xs, options)
 
         return vmap(one_seed)(tensors, *inputs)
+
+    def stacked(self, name: str) -> torch.Tensor:
+        """The members' parameter or buffer `name` (a member's attribute path), stacked: (K, *shape). For terms a loss
+        takes from the weights directly (PPO-KL's log-std); gradients reach the stack."""
+        return self._tensors()[f"network.{name}"]
 
     def member(self, k: int, method: str = "forward") -> Callable[..., Any]:
         """Seed k's network alone (inputs without the seed axis): its evaluation policy."""
 
         def call(*inputs: torch.Tensor) -> Any:
-            return functional_call(self.bound, {n: t[k] for n, t in self._tensors().items()}, (method, *inputs))
+            return self._apply_weights({n: t[k] for n, t in self._tensors().items()}, method, inputs, {})
 
         return call
 
@@ -219,6 +232,15 @@ def _per_element(value: Any, param: torch.Tensor) -> bool:
     return isinstance(value, torch.Tensor) and value.shape == param.shape and value.dim() > 0
 
 
+def take_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x (K, R, ...) at each seed's own row indices `index` (K, M): (K, M, ...). Whole rows by index_select (an Atari
+    frame stack taken by advanced indexing is copied byte by byte, about 4x slower on the CPU)."""
+    seeds, rows = x.shape[:2]
+    offsets = torch.arange(seeds, device=index.device)[:, None] * rows  # seed k's rows start at k R
+    flat = x.reshape(seeds * rows, *x.shape[2:]).index_select(0, (index + offsets).reshape(-1))
+    return flat.reshape(seeds, -1, *x.shape[2:])
+
+
 def clip_grad_norm_per_seed(parameters: Sequence[torch.Tensor], max_norm: float) -> torch.Tensor:
     """Each seed's gradient scaled to a global norm of at most `max_norm` over its own slices, as
     `torch.nn.utils.clip_grad_norm_` would clip that seed's lone run; returns the norms before clipping, (K,)."""
@@ -252,14 +274,15 @@ class SeedPack:
             except FloatingPointError as exc:
                 self.diverged[k] = exc
 
-    def restore(self, **values: Any) -> tuple[int, dict[str, Any]]:
-        """Every seed from its newest checkpoint (RunState.restore); they must stand at the same step."""
+    def restore(self, **values: Any) -> tuple[int, list[dict[str, Any]]]:
+        """Every seed from its newest checkpoint (RunState.restore); they must stand at the same step. Returns the step
+        and each seed's `values` (the defaults given here on a fresh start, the saved ones on a resume)."""
         restored = [run.restore(**values) for run in self.runs]
         steps = {step for step, _ in restored}
         if len(steps) > 1:
             where = ", ".join(f"seed {run.cfg.seed}: step {step:,}" for run, (step, _) in zip(self.runs, restored))
             raise ValueError(f"the seeds of a pack resume from different checkpoints ({where}); run them apart")
-        return restored[0]
+        return restored[0][0], [seed_values for _, seed_values in restored]
 
     def log(self, step: int, rows: Sequence[dict[str, float]]) -> None:
         """rows[k] to seed k's logger (a non-finite loss diverges that seed)."""
@@ -275,16 +298,17 @@ class SeedPack:
     def evaluate_if_due(self, step: int, policies: Sequence[Callable[[np.ndarray], np.ndarray]]) -> None:
         self.each(lambda k, run: run.evaluate_if_due(step, policies[k]))
 
-    def checkpoint_if_due(self, step: int, **values: Any) -> None:
+    def checkpoint_if_due(self, step: int, per_seed: Sequence[dict[str, Any]] | None = None, **values: Any) -> None:
         """All live seeds save together when any seed's checkpointer says a save is due (an interval, a stop request,
-        a pause step), so their newest checkpoints stand at one step; a stop or pause is raised after every save."""
+        a pause step), so their newest checkpoints stand at one step; a stop or pause is raised after every save.
+        `values` are saved with every seed, `per_seed[k]` with seed k alone (PPO-KL's beta)."""
         checkpoints = [self.runs[k].checkpoint for k in self.live if self.runs[k].checkpoint is not None]
         if not any([c.due(step) for c in checkpoints]):  # a list: every checkpointer counts from here
             return
         stop: RunInterrupted | None = None
         for k in self.live:
             try:
-                self.runs[k].save(step, **values)
+                self.runs[k].save(step, **values, **(per_seed[k] if per_seed is not None else {}))
             except FloatingPointError as exc:
                 self.diverged[k] = exc
             except RunInterrupted as exc:

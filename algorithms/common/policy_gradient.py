@@ -58,16 +58,18 @@ def a2c_loss(
 
 
 def clipped_surrogate_loss(ratio: torch.Tensor, advantages: torch.Tensor, clip_coef: float) -> torch.Tensor:
-    """-L^CLIP (eq. 7): mean of max(-A r, -A clip(r, 1-eps, 1+eps))."""
-    return torch.max(-advantages * ratio, -advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)).mean()
+    """-L^CLIP (eq. 7) per sample: max(-A r, -A clip(r, 1-eps, 1+eps)), the shape of the inputs (the caller averages:
+    over a minibatch, or over each seed's of a pack)."""
+    return torch.max(-advantages * ratio, -advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef))
 
 
 def value_loss(
     new_values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip_coef: float | None
 ) -> torch.Tensor:
-    """0.5 * squared error, optionally the max with the error of values clipped around the old ones."""
+    """0.5 * squared error per sample, optionally the max with the error of values clipped around the old ones (the
+    caller averages)."""
     unclipped = (new_values - returns) ** 2
     if clip_coef is None:
-        return 0.5 * unclipped.mean()
+        return 0.5 * unclipped
     clipped = (old_values + torch.clamp(new_values - old_values, -clip_coef, clip_coef) - returns) ** 2
-    return 0.5 * torch.max(unclipped, clipped).mean()
+    return 0.5 * torch.max(unclipped, clipped)
