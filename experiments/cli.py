@@ -241,6 +241,7 @@ def cmd_run(argv: list[str]) -> int:
         quiet_tracking=args.executor != "inline",
         tensorboard=args.tensorboard,
         capture_video=args.capture_video,
+        seeds_per_process=args.seeds_per_process,
     )
     grid = GridOptions(
         executor=args.executor,
@@ -252,7 +253,6 @@ def cmd_run(argv: list[str]) -> int:
         slurm_partition=args.slurm_partition,
         slurm_time_min=args.slurm_time_min,
         slurm_cluster=args.slurm_cluster,
-        seeds_per_process=args.seeds_per_process,
     )
     at_once = workers or "as many as the cluster takes"
     print(

@@ -46,6 +46,7 @@ class RunOptions:
     wandb_job_type: str = "train"
     tensorboard: bool = False  # also write TensorBoard event files into <run>/tensorboard
     capture_video: bool = False  # the first and the final evaluation record an episode into <run>/videos (W&B too)
+    seeds_per_process: int = 1  # grid and tuner: up to this many seeds of one cell train as one pack (execute_pack)
 
 
 class MultiLogger:

@@ -32,7 +32,6 @@ class GridOptions:
     slurm_partition: str | None = None
     slurm_time_min: int = 240
     slurm_cluster: str | None = None  # None: Slurm when available; "local" / "debug": submitit's own, for tests
-    seeds_per_process: int = 1  # up to this many seeds of one cell train in one process (algorithms.common.packing)
 
 
 def plan(specs: list[RunSpec] | tuple[RunSpec, ...], runs_dir: Path) -> list[tuple[RunSpec, str]]:
@@ -175,7 +174,7 @@ class GridRunner:
                     self._record(spec, "failed", 0, f"not started: its input run {where} did not finish")
                 else:
                     ready.append(spec)
-            groups = packs(ready, self.grid.seeds_per_process, Path(self.run_options.runs_dir))
+            groups = packs(ready, self.run_options.seeds_per_process, Path(self.run_options.runs_dir))
             tasks = [_task(group, options) for group in groups]
             for finished in executor.submit(tasks, self.grid.retries, self._print_progress, interval):
                 interrupted = "interrupted" in (finished.value if isinstance(finished.value, list) else [finished.value])

@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from experiments.execute import RunDiverged, RunOptions, execute_run
+from experiments.execute import RunOptions, execute_pack
+from experiments.grid import packs
 from experiments.runs import RunSpec
 from experiments.study import Param, Study, load_study
 
@@ -158,13 +159,15 @@ class TrialRun:
         ]
         self.options = options
 
-    def advance(self, spec: RunSpec, pause_at_step: int | None) -> None:
+    def advance(self, specs: tuple[RunSpec, ...], pause_at_step: int | None) -> None:
+        """Train `specs` (one run, or seeds of one env as a pack) up to `pause_at_step` (None: to the end)."""
         import dataclasses
 
-        try:
-            execute_run(spec, dataclasses.replace(self.options, runs_dir=self.root, pause_at_step=pause_at_step))
-        except RunDiverged as exc:
-            raise TrialConfigError(f"diverged: {spec.env_id} seed {spec.seed}: {exc}") from None
+        options = dataclasses.replace(self.options, runs_dir=self.root, pause_at_step=pause_at_step)
+        outcomes = execute_pack(list(specs), options)
+        for spec, outcome in zip(specs, outcomes):
+            if outcome["status"] == "diverged":
+                raise TrialConfigError(f"diverged: {spec.env_id} seed {spec.seed}: {outcome['error']}")
 
     def instance_score(self, spec: RunSpec, upto: int | None = None) -> float:
         """Normalised score of one instance from its first `upto` evaluations (all when None)."""
@@ -183,20 +186,21 @@ class TrialRun:
         return aggregate(list(scores.values()), self.study.aggregate)
 
     def run_lockstep(self, prune: Callable[[float, int], bool]) -> float:
-        """All instances one evaluation interval at a time; after each, report and maybe prune."""
+        """All instances one evaluation interval at a time (an env's seeds as packs of up to `seeds_per_process`);
+        after each interval, report and maybe prune."""
         for k in range(1, self.study.n_evals):
-            for spec in self.specs:
-                self.advance(spec, pause_at_step=k * self.study.eval_every)
+            for group in packs(self.specs, self.options.seeds_per_process, self.root):
+                self.advance(group, pause_at_step=k * self.study.eval_every)
             if prune(self.record(upto=k), k):
                 return float("nan")
-        for spec in self.specs:
-            self.advance(spec, pause_at_step=None)
+        for group in packs(self.specs, self.options.seeds_per_process, self.root):
+            self.advance(group, pause_at_step=None)
         return self.record()
 
     def run_instances(self, prune: Callable[[float, int], bool]) -> float:
-        """Each instance to the end in turn, its score reported as step i (Wilcoxon pruner)."""
+        """Each instance to the end in turn, its score reported as step i (Wilcoxon pruner: one at a time, unpacked)."""
         for i, spec in enumerate(self.specs):
-            self.advance(spec, pause_at_step=None)
+            self.advance((spec,), pause_at_step=None)
             if prune(self.instance_score(spec), i):
                 return float("nan")
         return self.record()

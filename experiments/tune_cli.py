@@ -87,6 +87,13 @@ def cmd_tune(argv: list[str]) -> int:
     parser.add_argument("--n-trials", type=int, default=None, help="trials the study stops at (default: the study file's)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="root of run directories (default ./runs)")
     parser.add_argument("--threads-per-run", type=int, default=1, help="torch threads per run (default 1)")
+    parser.add_argument(
+        "--seeds-per-process",
+        type=int,
+        default=1,
+        help="train a trial's seeds of one env as packs of up to K, their networks stacked (as rlgrid run "
+        "--seeds-per-process; with the wilcoxon pruner instances run one at a time, unpacked) (default 1)",
+    )
     parser.add_argument("--track", action="store_true", help="mirror every trial run to W&B (group tune/<study>)")
     parser.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files into each run")
     parser.add_argument(
@@ -103,8 +110,8 @@ def cmd_tune(argv: list[str]) -> int:
         return int(exc.code or 0)
     try:
         study = load_study(args.study)
-        if args.workers < 1 or args.threads_per_run < 1 or (args.n_trials is not None and args.n_trials < 1):
-            raise ValueError("--workers, --threads-per-run and --n-trials must be >= 1")
+        if min(args.workers, args.threads_per_run, args.seeds_per_process, args.n_trials or 1) < 1:
+            raise ValueError("--workers, --threads-per-run, --seeds-per-process and --n-trials must be >= 1")
         if args.tensorboard:
             check_tensorboard()
         if args.capture_video:
@@ -137,6 +144,7 @@ def cmd_tune(argv: list[str]) -> int:
         quiet_tracking=True,
         tensorboard=args.tensorboard,
         capture_video=args.capture_video,
+        seeds_per_process=args.seeds_per_process,
     )
     try:
         finished = launch(args.executor, args.workers, str(study.path), storage, args.n_trials, args.runs_dir, options, args)

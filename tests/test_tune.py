@@ -20,7 +20,7 @@ from barrier_env import BARRIER, pids_at  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from experiments.cli import main  # noqa: E402
-from experiments.execute import RunOptions, execute_run  # noqa: E402
+from experiments.execute import RunOptions, execute_pack, execute_run  # noqa: E402
 from experiments.runs import RunSpec  # noqa: E402
 from experiments.study import load_study  # noqa: E402
 from experiments.tune import counted, fail_dead_trials, load_or_create_study  # noqa: E402
@@ -186,6 +186,26 @@ def test_pruning_stops_a_bad_configuration_before_its_budget_ends(tmp_path):
     assert not (run_dir / "DONE").exists()
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) < 16384 / 3, "the pruned trial stopped long before its budget"
+
+
+def test_a_trials_seeds_train_as_one_pack_paused_at_each_evaluation(tmp_path):
+    """--seeds-per-process 2: the trial's two seeds advance as one pack from evaluation to evaluation, and each seed's
+    metrics equal those of the same pack trained without pauses."""
+    study_file = write_study(
+        tmp_path, seeds="[1, 2]", n_trials=1, pruner="median", lr_type="categorical", lr_space="choices = [1e-3]"
+    )
+    runs = tmp_path / "runs"
+    assert main(["tune", str(study_file), "--runs-dir", str(runs), "--seeds-per-process", "2"]) == 0
+    (trial,) = load_or_create_study(load_study(str(study_file)), str(study_file.with_suffix(".journal"))).get_trials()
+    assert trial.state == TrialState.COMPLETE and list(trial.intermediate_values) == [1]
+    run_dirs = sorted(p.parent for p in Path(trial.user_attrs["run_dir"]).rglob("spec.json"))
+    specs = []
+    for run_dir in run_dirs:
+        saved = json.loads((run_dir / "spec.json").read_text())
+        specs.append(RunSpec(saved["algo"], saved["env_id"], saved["seed"], tuple(sorted(saved["overrides"].items()))))
+    whole = execute_pack(specs, RunOptions(runs_dir=tmp_path / "whole", progress=False))
+    for run_dir, outcome in zip(run_dirs, whole):
+        assert (run_dir / "DONE").is_file() and deterministic_metrics(run_dir) == deterministic_metrics(outcome["run_dir"])
 
 
 def test_wilcoxon_pruner_reports_each_finished_instance(tmp_path):
