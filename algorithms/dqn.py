@@ -22,6 +22,8 @@ MinAtar ones are the suites' `[algo.dqn.atari]` and `[algo.dqn.minatar]` overrid
 part of DQN (network, schedule, target period), as the paper does; its registered name lets suites and reports put
 "double_dqn" next to "dqn".
 `compile=True` wraps the update and acting functions in torch.compile.
+`train_seeds` trains K seeds of one config in one process (algorithms.common.packing): every tensor carries a
+leading seed axis, noted in the shapes below; `train` is the pack of one.
 """
 
 from __future__ import annotations

@@ -31,6 +31,8 @@ Image observations (Atari frames, MinAtar grids) get a shared CNN torso with lin
 steps, 4 minibatches, 4 epochs, lr 2.5e-4, clip 0.1, entropy 0.01, no normalisation: Atari rewards are
 clipped) are the suites' `[algo.ppo.atari]` overrides.
 `compile=True` wraps acting and the loss in torch.compile.
+`train_seeds` trains K seeds of one config in one process (algorithms.common.packing): every tensor carries a
+leading seed axis, noted in the shapes below; `train` is the pack of one.
 """
 
 from __future__ import annotations

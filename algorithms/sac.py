@@ -22,6 +22,8 @@ policy updated `policy_frequency` times every `policy_frequency` steps as in TD3
   softlearning code does; CleanRL draws a fresh sample from the updated policy for it (one more forward pass).
   The policy and the temperature take one Adam step together (one optimizer, the same learning rate).
 `compile=True` wraps the update and acting functions in torch.compile.
+`train_seeds` trains K seeds of one config in one process (algorithms.common.packing): every tensor carries a
+leading seed axis, noted in the shapes below; `train` is the pack of one.
 """
 
 from __future__ import annotations

@@ -27,6 +27,8 @@ buffer). Details, each on purpose:
   kernel per layer. The actor loss evaluates Q_1 alone and differentiates through its value only, not into its
   weights (those gradients would be discarded).
 `compile=True` wraps the update and acting functions in torch.compile.
+`train_seeds` trains K seeds of one config in one process (algorithms.common.packing): every tensor carries a
+leading seed axis, noted in the shapes below; `train` is the pack of one.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ def categorical_sample(logits: torch.Tensor, uniform: torch.Tensor) -> torch.Ten
     """Inverse-CDF sampling: for logits (N, n) and uniform draws (N, 1), the first action whose cumulative probability
     exceeds the draw, (N,). Drawing the uniforms beforehand lets a rollout draw all its randomness in one call."""
     cdf = torch.softmax(logits, -1).cumsum(-1)
-    return torch.searchsorted(cdf, uniform[:, :1]).clamp_(max=logits.shape[-1] - 1).squeeze(-1)
+    return torch.searchsorted(cdf, uniform[:, :1]).clamp(max=logits.shape[-1] - 1).squeeze(-1)
 
 
 def squashed_gaussian_log_prob(
