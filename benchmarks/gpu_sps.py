@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from offpolicy_hopper_sps import CLEANRL_SCRIPTS, ENV_ID, cleanrl_sps, rate_from_marks  # noqa: E402
+from offpolicy_hopper_sps import CLEANRL_SCRIPTS, ENV_ID, cleanrl_sps, learning_config, rate_from_marks  # noqa: E402
 
 from algorithms.common import RecordingLogger  # noqa: E402
 from experiments.registry import load_algorithm  # noqa: E402
@@ -41,15 +41,7 @@ def measure(algo: str, seeds: int, compile: bool, device: str, steps: int, warmu
     """One pack of `seeds` seeds (1: a single run, through train()) in this process: per-seed steps/s after learning
     starts, and the peak GPU memory."""
     module = load_algorithm(algo)
-    cfg = module.Config(
-        env_id=ENV_ID,
-        total_timesteps=warmup + steps,
-        learning_starts=warmup,
-        eval_every=0,
-        eval_episodes=1,
-        device=device,
-        compile=compile,
-    )
+    cfg = learning_config(algo, steps, device, warmup, compile)
     loggers = [RecordingLogger() for _ in range(seeds)]
     start = time.perf_counter()
     if seeds == 1:

@@ -54,11 +54,17 @@ def rate_from_marks(marks: list[tuple[int, float]], first: int = 1) -> float:
     return (step_b - step_a) / (step_b / sps_b - step_a / sps_a)
 
 
-def learning_config(algo: str, steps: int, device: str = "cpu") -> RunConfig:
-    """The measured run of `algo`: WARMUP random steps, then `steps` learning steps, no evaluation until the end."""
+def learning_config(algo: str, steps: int, device: str = "cpu", warmup: int = WARMUP, compile: bool = False) -> RunConfig:
+    """The measured run of `algo`: `warmup` random steps, then `steps` learning steps, no evaluation until the end."""
     module = load_algorithm(algo)
     return module.Config(
-        env_id=ENV_ID, total_timesteps=WARMUP + steps, learning_starts=WARMUP, eval_every=0, eval_episodes=1, device=device
+        env_id=ENV_ID,
+        total_timesteps=warmup + steps,
+        learning_starts=warmup,
+        eval_every=0,
+        eval_episodes=1,
+        device=device,
+        compile=compile,
     )
 
 

@@ -256,14 +256,8 @@ def _open(
 def run_to_state(spec: RunSpec, options: RunOptions) -> str:
     """`execute_run` as a task for any executor (a local worker process, a Ray task, a Slurm job): the run's final state,
     "done", "interrupted" (checkpointed on request or stopped by a second signal, to be resumed) or "diverged"; a failure
-    raises."""
-    try:
-        execute_run(spec, options)
-    except (RunInterrupted, RunStopped):
-        return "interrupted"
-    except RunDiverged:
-        return "diverged"
-    return "done"
+    raises. (The pack of one of `run_pack_to_states`.)"""
+    return run_pack_to_states((spec,), options)[0]
 
 
 def run_pack_to_states(specs: tuple[RunSpec, ...], options: RunOptions) -> list[str]:
