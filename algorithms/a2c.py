@@ -35,6 +35,7 @@ import torch.nn as nn
 
 from algorithms.common import Checkpointer, Logger, TrainResult, seed_everything
 from algorithms.common.cli import run_algorithm_cli
+from algorithms.common.compiling import compiled
 from algorithms.common.config import RunConfig
 from algorithms.common.networks import ActorCritic
 from algorithms.common.policy_gradient import a2c_loss, compute_gae
@@ -138,8 +139,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
         rollout = RolloutStorage(T, N, obs_shape, action_shape, continuous)
 
         act, loss_fn = agent.sample, a2c_loss
-        if cfg.compile:
-            act, loss_fn = torch.compile(act), torch.compile(loss_fn)
+        act, loss_fn = compiled(act, cfg), compiled(loss_fn, cfg)
         deterministic_policy = numpy_policy(agent.deterministic_action, device)
 
         # 2. State: fresh, or restored from the newest checkpoint.

@@ -48,6 +48,7 @@ import torch.nn as nn
 
 from algorithms.common import Checkpointer, Logger, TrainResult, seed_everything
 from algorithms.common.cli import run_algorithm_cli
+from algorithms.common.compiling import compiled
 from algorithms.common.config import RunConfig
 from algorithms.common.networks import ActorCritic
 from algorithms.common.policy_gradient import a2c_loss, compute_gae
@@ -330,7 +331,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
         T, N = cfg.num_steps, cfg.num_envs
         rollout = RolloutStorage(T, N, obs_shape, action_shape, continuous)
 
-        act = torch.compile(agent.sample) if cfg.compile else agent.sample
+        act = compiled(agent.sample, cfg)
         deterministic_policy = numpy_policy(agent.deterministic_action, device)
 
         # 2. State: fresh, or restored from the newest checkpoint (the K-FAC factors are in the optimizer's state).

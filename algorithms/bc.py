@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from algorithms.common import Checkpointer, Logger, TrainResult, seed_everything
 from algorithms.common.cli import run_algorithm_cli
+from algorithms.common.compiling import compiled
 from algorithms.common.networks import DeterministicActor
 from algorithms.common.offline import (
     LOG_EVERY,
@@ -79,8 +80,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
             optimizer.step()
             return loss.detach()
 
-        if cfg.compile:
-            update = torch.compile(update)
+        update = compiled(update, cfg)
         policy = data.policy(actor)
 
         # 2. State: fresh, or restored from the newest checkpoint.

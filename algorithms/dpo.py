@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from algorithms.common import Checkpointer, Logger, TrainResult, seed_everything
 from algorithms.common.cli import run_algorithm_cli
+from algorithms.common.compiling import compiled
 from algorithms.common.preference import (
     LOG_EVERY,
     PREFERENCE_SMOKE,
@@ -138,8 +139,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
             "rewards/margin": (reward_chosen - reward_rejected).mean(),
         }
 
-    if cfg.compile:
-        update = torch.compile(update)
+    update = compiled(update, cfg)
 
     # 3. State: fresh, or restored from the newest checkpoint.
     evaluation = TextEvaluation(task, reference, device)

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from algorithms.common import Checkpointer, Logger, TrainResult
 from algorithms.common.cli import run_algorithm_cli
+from algorithms.common.compiling import compiled
 from algorithms.common.config import RunConfig
 from algorithms.common.frame_replay import FrameReplayBuffer
 from algorithms.common.networks import soft_update
@@ -261,8 +262,7 @@ def train_seeds(
             optimizer.step()
             return loss.detach(), q_taken.detach().mean(-1)
 
-        if cfg.compile:
-            greedy, update = torch.compile(greedy), torch.compile(update)
+        greedy, update = compiled(greedy, cfg), compiled(update, cfg)
 
         def evaluation_policy(k: int) -> Callable[[np.ndarray], np.ndarray]:
             """Seed k's: greedy, or epsilon-greedy with the evaluation protocol's eval_epsilon (Atari: 0.05)."""

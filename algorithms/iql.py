@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from algorithms.common import Checkpointer, Logger, TrainResult, seed_everything
 from algorithms.common.cli import run_algorithm_cli
+from algorithms.common.compiling import compiled
 from algorithms.common.distributions import gaussian_log_prob
 from algorithms.common.networks import DeterministicActor, QEnsemble, StateValue, soft_update
 from algorithms.common.offline import (
@@ -167,8 +168,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
             actor_optimizer.step()
             return v_loss.detach(), q_loss.detach(), actor_loss.detach(), advantages.detach().mean()
 
-        if cfg.compile:
-            update = torch.compile(update)
+        update = compiled(update, cfg)
         policy = data.policy(actor)
 
         # 2. State: fresh, or restored from the newest checkpoint.

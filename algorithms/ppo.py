@@ -47,6 +47,7 @@ import torch
 
 from algorithms.common import Checkpointer, Logger, TrainResult
 from algorithms.common.cli import run_algorithm_cli
+from algorithms.common.compiling import compiled
 from algorithms.common.config import RunConfig
 from algorithms.common.distributions import categorical_kl, gaussian_kl
 from algorithms.common.networks import ActorCritic
@@ -255,8 +256,7 @@ def train_seeds(
         def act(obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
             return agent.call("sample", obs, noise)  # (K, N, *A)
 
-        if cfg.compile:
-            act, loss_fn = torch.compile(act), torch.compile(loss_fn)
+        act, loss_fn = compiled(act, cfg), compiled(loss_fn, cfg)
         policies = [numpy_policy(agent.member(k, "deterministic_action"), device) for k in range(K)]
 
         # 2. State: fresh, or restored from each seed's newest checkpoint. beta (objective kl) carries between updates.

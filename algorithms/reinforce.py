@@ -37,6 +37,7 @@ import torch.nn as nn
 
 from algorithms.common import Checkpointer, Logger, TrainResult, seed_everything
 from algorithms.common.cli import run_algorithm_cli
+from algorithms.common.compiling import compiled
 from algorithms.common.config import RunConfig
 from algorithms.common.distributions import categorical_sample
 from algorithms.common.networks import tanh_mlp
@@ -156,7 +157,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
         policy_optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate)
         value_optimizer = torch.optim.Adam(value.parameters(), lr=cfg.value_learning_rate)
 
-        act = torch.compile(policy.sample) if cfg.compile else policy.sample
+        act = compiled(policy.sample, cfg)
         deterministic_policy = numpy_policy(policy.deterministic_action, device)
 
         # 2. State: fresh, or restored from the newest checkpoint.

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from algorithms.common import Checkpointer, Logger, TrainResult, seed_everything
 from algorithms.common.cli import run_algorithm_cli
+from algorithms.common.compiling import compiled
 from algorithms.common.preference import (
     LOG_EVERY,
     PREFERENCE_SMOKE,
@@ -125,8 +126,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
         optimizer.step()
         return loss.detach(), (chosen_scores > rejected_scores).float().mean()
 
-    if cfg.compile:
-        update = torch.compile(update)
+    update = compiled(update, cfg)
 
     # 3. State: fresh, or restored from the newest checkpoint.
     evaluation = RewardModelEvaluation(cfg, task, reference, device)

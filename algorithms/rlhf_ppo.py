@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from algorithms.common import Checkpointer, Logger, TrainResult, seed_everything
 from algorithms.common.cli import run_algorithm_cli
+from algorithms.common.compiling import compiled
 from algorithms.common.language_models import positions
 from algorithms.common.policy_gradient import clipped_surrogate_loss, compute_gae, value_loss
 from algorithms.common.preference import (
@@ -182,8 +183,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
         optimizer.step()
         return pg_loss.detach(), v_loss.detach()
 
-    if cfg.compile:
-        update = torch.compile(update)
+    update = compiled(update, cfg)
 
     # 2. State: fresh, or restored from the newest checkpoint.
     evaluation = TextEvaluation(task, reference, device)

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from algorithms.common import Checkpointer, Logger, TrainResult
 from algorithms.common.cli import run_algorithm_cli
+from algorithms.common.compiling import compiled
 from algorithms.common.config import RunConfig
 from algorithms.common.networks import QEnsemble, SquashedGaussianActor, StateValue, soft_update
 from algorithms.common.packing import (
@@ -226,8 +227,7 @@ def train_seeds(
         def explore(obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
             return actor.call("sample", obs, noise)[0]  # (K, N, A)
 
-        if cfg.compile:
-            update_critics, update_actor, explore = map(torch.compile, (update_critics, update_actor, explore))
+        update_critics, update_actor, explore = [compiled(f, cfg) for f in (update_critics, update_actor, explore)]
         policies = [numpy_policy(actor.member(k, "mean_action"), device) for k in range(K)]
 
         # 2. State: fresh, or restored from each seed's newest checkpoint (replay memory included).

@@ -31,6 +31,7 @@ import torch
 
 from algorithms.common import Checkpointer, Logger, TrainResult, seed_everything
 from algorithms.common.cli import run_algorithm_cli
+from algorithms.common.compiling import compiled
 from algorithms.common.language_models import token_log_probs
 from algorithms.common.preference import (
     LOG_EVERY,
@@ -119,8 +120,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
         optimizer.step()
         return loss.detach()
 
-    if cfg.compile:
-        update = torch.compile(update)
+    update = compiled(update, cfg)
 
     # 3. State: fresh, or restored from the newest checkpoint.
     evaluation = TextEvaluation(task, reference, device)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from algorithms.common import Checkpointer, Logger, TrainResult, seed_everything
 from algorithms.common.cli import run_algorithm_cli
+from algorithms.common.compiling import compiled
 from algorithms.common.networks import DeterministicActor, QEnsemble, soft_update
 from algorithms.common.offline import (
     LOG_EVERY,
@@ -131,8 +132,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
             actor_optimizer.step()
             return loss.detach(), lam
 
-        if cfg.compile:
-            update_critics, update_actor = map(torch.compile, (update_critics, update_actor))
+        update_critics, update_actor = [compiled(f, cfg) for f in (update_critics, update_actor)]
         policy = data.policy(actor)
 
         # 2. State: fresh, or restored from the newest checkpoint.

@@ -43,6 +43,7 @@ from torch.nn.utils import parameters_to_vector
 
 from algorithms.common import Checkpointer, Logger, TrainResult, seed_everything
 from algorithms.common.cli import run_algorithm_cli
+from algorithms.common.compiling import compiled
 from algorithms.common.config import RunConfig
 from algorithms.common.distributions import (
     categorical_kl,
@@ -373,8 +374,7 @@ def train(cfg: Config, logger: Logger | None = None, checkpoint: Checkpointer | 
             return 0.5 * (critic(obs).squeeze(-1) - returns).pow(2).mean()
 
         act = policy.sample
-        if cfg.compile:
-            act, value_loss_fn = torch.compile(act), torch.compile(value_loss_fn)
+        act, value_loss_fn = compiled(act, cfg), compiled(value_loss_fn, cfg)
         deterministic_policy = numpy_policy(policy.deterministic_action, device)
 
         # 2. State: fresh, or restored from the newest checkpoint.

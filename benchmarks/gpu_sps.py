@@ -8,8 +8,10 @@ Every measurement runs in a subprocess of its own (a fresh CUDA context, so each
 hyperparameters (batch 256, one update per env step). The rate is the learning phase's alone, from the run's own
 `charts/SPS` readings (every 100 updates, cumulative from the start), between the second and the last; a pack's
 aggregate is K times its per-seed rate. Rows, per algorithm:
-- rlgrid single run, eager and `compile=True` (torch.compile of the update and acting functions);
-- rlgrid packs of K seeds (`train_seeds`), eager, for each K of `--packs`, and compiled for the largest K;
+- rlgrid single run: eager, `compile=True` (torch.compile of the update and acting functions), and on CUDA
+  `cuda_graphs=True` as well (those compiled steps captured in CUDA graphs and replayed);
+- rlgrid packs of K seeds (`train_seeds`), eager, for each K of `--packs`; compiled, and on CUDA captured, for every
+  K of 16 or more (the issue's goal: 16 SAC seeds at 10x one CleanRL run's aggregate steps/s), or the largest K;
 - CleanRL's script (`--cleanrl DIR`: copies of td3_continuous_action.py / sac_continuous_action.py that run on
   gymnasium >= 1.0, not part of rlgrid), the same warm-up and steps, for the ratios.
 Measurements that would start after `--budget-s` seconds are skipped (and said so): the device session is short.
@@ -36,12 +38,15 @@ from offpolicy_hopper_sps import CLEANRL_SCRIPTS, ENV_ID, cleanrl_sps, learning_
 from algorithms.common import RecordingLogger  # noqa: E402
 from experiments.registry import load_algorithm  # noqa: E402
 
+MODES = {"eager": {}, "compiled": {"compile": True}, "graphs": {"compile": True, "cuda_graphs": True}}
+"""how a measured run executes its hot paths: the config fields each mode sets"""
 
-def measure(algo: str, seeds: int, compile: bool, device: str, steps: int, warmup: int) -> dict[str, float]:
-    """One pack of `seeds` seeds (1: a single run, through train()) in this process: per-seed steps/s after learning
-    starts, and the peak GPU memory."""
+
+def measure(algo: str, seeds: int, mode: str, device: str, steps: int, warmup: int) -> dict[str, float]:
+    """One pack of `seeds` seeds (1: a single run, through train()) in this process, its hot paths run as `mode` says:
+    per-seed steps/s after learning starts, and the peak GPU memory."""
     module = load_algorithm(algo)
-    cfg = learning_config(algo, steps, device, warmup, compile)
+    cfg = learning_config(algo, steps, device, warmup, **MODES[mode])
     loggers = [RecordingLogger() for _ in range(seeds)]
     start = time.perf_counter()
     if seeds == 1:
@@ -65,29 +70,30 @@ def main() -> None:
     parser.add_argument("--cleanrl", metavar="DIR", help="also run CleanRL's td3/sac scripts from DIR")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled rows")
     parser.add_argument("--budget-s", type=float, default=450.0, help="start no measurement after this many seconds")
-    parser.add_argument("--one", nargs=3, metavar=("ALGO", "K", "COMPILE"), help=argparse.SUPPRESS)
+    parser.add_argument("--one", nargs=3, metavar=("ALGO", "K", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.one:  # a measurement in this (sub)process, printed as one JSON line
-        algo, seeds, compile = args.one[0], int(args.one[1]), args.one[2] == "1"
-        print(json.dumps(measure(algo, seeds, compile, args.device, args.steps, args.warmup)), flush=True)
+        algo, seeds, mode = args.one[0], int(args.one[1]), args.one[2]
+        print(json.dumps(measure(algo, seeds, mode, args.device, args.steps, args.warmup)), flush=True)
         return
     if args.steps < 400:
         parser.error("--steps: need at least 400 for enough steps/s readings")
 
     start = time.perf_counter()
+    fast = [] if args.no_compile else ["compiled"] + (["graphs"] if args.device.startswith("cuda") else [])
+    large = [k for k in args.packs if k >= 16] or [max(args.packs)]
     plan = []
     for algo in args.algos:
-        plan += [(algo, "cleanrl", 1, False)] if args.cleanrl and algo in CLEANRL_SCRIPTS else []
-        plan += [(algo, "rlgrid", 1, False)] + ([] if args.no_compile else [(algo, "rlgrid", 1, True)])
-        plan += [(algo, "rlgrid", k, False) for k in args.packs if k > 1]
-        if not args.no_compile and max(args.packs) > 1:
-            plan.append((algo, "rlgrid", max(args.packs), True))
+        plan += [(algo, "cleanrl", 1, "eager")] if args.cleanrl and algo in CLEANRL_SCRIPTS else []
+        plan += [(algo, "rlgrid", 1, mode) for mode in ["eager", *fast]]
+        plan += [(algo, "rlgrid", k, "eager") for k in args.packs if k > 1]
+        plan += [(algo, "rlgrid", k, mode) for k in large if k > 1 for mode in fast]
     rows: list[tuple[str, str, dict[str, float] | None]] = []
     reference: dict[str, float] = {}
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    for algo, who, seeds, compile in plan:
-        label = "CleanRL" if who == "cleanrl" else f"rlgrid K={seeds}" + (" compiled" if compile else "")
+    for algo, who, seeds, mode in plan:
+        label = "CleanRL" if who == "cleanrl" else f"rlgrid K={seeds}" + ("" if mode == "eager" else f" {mode}")
         if time.perf_counter() - start > args.budget_s:
             print(f"{algo} {label}: skipped (over the {args.budget_s:.0f} s budget)", flush=True)
             rows.append((algo, label, None))
@@ -97,7 +103,7 @@ def main() -> None:
             result = {"per_seed": rate, "aggregate": rate, "memory_mib": float("nan")}
             reference[algo] = rate
         else:
-            command = [sys.executable, __file__, "--one", algo, str(seeds), "1" if compile else "0"]
+            command = [sys.executable, __file__, "--one", algo, str(seeds), mode]
             command += ["--device", args.device, "--steps", str(args.steps), "--warmup", str(args.warmup)]
             command += ["--threads", str(args.threads)]
             out = subprocess.run(command, capture_output=True, text=True, env=env)

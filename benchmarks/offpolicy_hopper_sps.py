@@ -54,7 +54,9 @@ def rate_from_marks(marks: list[tuple[int, float]], first: int = 1) -> float:
     return (step_b - step_a) / (step_b / sps_b - step_a / sps_a)
 
 
-def learning_config(algo: str, steps: int, device: str = "cpu", warmup: int = WARMUP, compile: bool = False) -> RunConfig:
+def learning_config(
+    algo: str, steps: int, device: str = "cpu", warmup: int = WARMUP, compile: bool = False, cuda_graphs: bool = False
+) -> RunConfig:
     """The measured run of `algo`: `warmup` random steps, then `steps` learning steps, no evaluation until the end."""
     module = load_algorithm(algo)
     return module.Config(
@@ -65,6 +67,7 @@ def learning_config(algo: str, steps: int, device: str = "cpu", warmup: int = WA
         eval_episodes=1,
         device=device,
         compile=compile,
+        cuda_graphs=cuda_graphs,
     )
 
 

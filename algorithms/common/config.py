@@ -31,6 +31,9 @@ class RunConfig:
     """torch device (cpu, cuda, cuda:1, ...)"""
     compile: bool = False
     """wrap the hot paths (acting, losses or updates: the algorithm's docstring says which) in torch.compile"""
+    cuda_graphs: bool = False
+    """with compile on a CUDA device: capture the compiled steps in CUDA graphs and replay them (torch.compile's
+    "reduce-overhead" mode); a step that cannot be captured runs compiled and says why (algorithms.common.compiling)"""
     torch_deterministic: bool = True
     """ask torch for deterministic kernels"""
 
@@ -45,5 +48,7 @@ class RunConfig:
             raise ValueError(
                 f"total_timesteps and eval_episodes must be >= 1, got {self.total_timesteps}, {self.eval_episodes}"
             )
+        if self.cuda_graphs and not self.compile:
+            raise ValueError("cuda_graphs captures the compiled steps: set compile=True too")
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
