@@ -11,7 +11,7 @@ import math
 import pkgutil
 
 import pytest
-from helpers import smoke_settings
+from helpers import COMPILED_DRIFT, smoke_settings
 
 import algorithms
 from algorithms.common import RecordingLogger, TrainResult
@@ -221,7 +221,7 @@ def test_a_compiled_run_logs_the_losses_of_an_eager_one(algo):
         compiled = first_losses(compile=True)
     assert counters["frames"]["ok"] >= 1 and counters["stats"]["unique_graphs"] >= 1, {k: dict(v) for k, v in counters.items()}
     assert compiled.keys() == eager.keys() and eager
-    assert compiled == pytest.approx(eager, rel=1e-3, abs=1e-5)
+    assert compiled == pytest.approx(eager, **COMPILED_DRIFT)
 
 
 @pytest.mark.parametrize("algo", [a for a in ALGOS if len(supported(a)) < len(SMOKE_ENVS) and not TEXT(a)])
