@@ -143,7 +143,7 @@ class SeedStack(nn.Module):
             module = lone.get_submodule(module_name)
             module._parameters.pop(leaf, None)
             module._buffers.pop(leaf, None)
-            setattr(module, leaf, tensor[0])
+            setattr(module, leaf, tensor.squeeze(0))
         return lone
 
     def _apply_weights(
@@ -162,7 +162,7 @@ class SeedStack(nn.Module):
         `options` (flags such as QEnsemble's `frozen`) go to every seed's call unchanged."""
         tensors, lone = self._named()
         if lone is not None:  # one seed: the lone run's own operations, on the (only) slice of each tensor
-            out = getattr(lone, method)(*(x[0] for x in inputs), **options)
+            out = getattr(lone, method)(*(x.squeeze(0) for x in inputs), **options)
             return tuple(o[None] for o in out) if isinstance(out, tuple) else out[None]
 
         def one_seed(weights: dict[str, torch.Tensor], *xs: torch.Tensor) -> Any:
