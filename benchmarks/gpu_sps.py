@@ -15,7 +15,8 @@ aggregate is K times its per-seed rate. Rows, per algorithm:
 - CleanRL's script (`--cleanrl DIR`: copies of td3_continuous_action.py / sac_continuous_action.py that run on
   gymnasium >= 1.0, not part of rlgrid), the same warm-up and steps, for the ratios.
 Measurements that would start after `--budget-s` seconds are skipped (and said so): the device session is short.
-Prints one table: steps/s per seed, aggregate steps/s, aggregate over CleanRL's single run, peak GPU memory.
+Prints one table: steps/s per seed, aggregate steps/s, aggregate over CleanRL's single run, peak GPU memory; before
+it, each captured run's warnings for steps that ran without CUDA graphs, with inductor's reason.
 On a CPU the same script runs (small --packs and --steps) and shows what the issue states: packing gains nothing there.
 """
 
@@ -112,6 +113,9 @@ def main() -> None:
                 rows.append((algo, label, None))
                 continue
             result = json.loads(out.stdout.strip().splitlines()[-1])
+            for line in out.stderr.splitlines():  # a step inductor did not capture, and why (algorithms.common.compiling)
+                if "without CUDA graphs" in line:
+                    print(f"{algo} {label}: {line}", flush=True)
         print(f"{algo} {label}: {result['aggregate']:,.0f} steps/s aggregate", flush=True)
         rows.append((algo, label, result))
 
