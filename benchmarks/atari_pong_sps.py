@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from ceiling import ceiling_line, flops_until, train_until
+from offpolicy_hopper_sps import rate_between, rate_from_marks
 
 from algorithms.common import RecordingLogger
 from algorithms.common.config import RunConfig
@@ -68,19 +69,6 @@ PPO_ATARI = {
     "normalize_obs": False,
     "normalize_reward": False,
 }
-
-
-def rate_from_marks(marks: list[tuple[int, float]], first: int) -> float:
-    """Steps/s between marks[first] and marks[-1]; each mark is (global step, steps/s cumulative from the start)."""
-    if len(marks) < first + 2:
-        raise ValueError(f"{len(marks)} steps/s readings, need at least {first + 2}: measure more steps")
-    (step_a, sps_a), (step_b, sps_b) = marks[first], marks[-1]
-    return (step_b - step_a) / (step_b / sps_b - step_a / sps_a)
-
-
-def rate_between(logger: RecordingLogger, first: int = 1) -> float:
-    """Steps/s between the `first` and the last `charts/SPS` readings (each is cumulative from the start)."""
-    return rate_from_marks([(step, m["charts/SPS"]) for step, m in logger.records if "charts/SPS" in m], first)
 
 
 def dqn_config(steps: int, warmup: int = DQN_WARMUP, device: str = "cpu") -> RunConfig:

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from offpolicy_hopper_sps import CLEANRL_SCRIPTS, ENV_ID, cleanrl_sps, learning_config, rate_from_marks  # noqa: E402
+from offpolicy_hopper_sps import CLEANRL_SCRIPTS, ENV_ID, cleanrl_sps, learning_config, rate_between  # noqa: E402
 
 from algorithms.common import RecordingLogger  # noqa: E402
 from experiments.registry import load_algorithm  # noqa: E402
@@ -55,7 +55,7 @@ def measure(algo: str, seeds: int, mode: str, device: str, steps: int, warmup: i
     else:
         cfgs = [dataclasses.replace(cfg, seed=cfg.seed + k) for k in range(seeds)]
         module.module.train_seeds(cfgs, loggers, [None] * seeds)
-    rate = rate_from_marks([(step, m["charts/SPS"]) for step, m in loggers[0].records if "charts/SPS" in m])
+    rate = rate_between(loggers[0])
     memory = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else float("nan")
     return {"per_seed": rate, "aggregate": rate * seeds, "memory_mib": memory, "wall_s": time.perf_counter() - start}
 

@@ -54,6 +54,11 @@ def rate_from_marks(marks: list[tuple[int, float]], first: int = 1) -> float:
     return (step_b - step_a) / (step_b / sps_b - step_a / sps_a)
 
 
+def rate_between(logger: RecordingLogger, first: int = 1) -> float:
+    """Steps/s between the `first` and the last `charts/SPS` readings of a run's logger (rate_from_marks)."""
+    return rate_from_marks([(step, m["charts/SPS"]) for step, m in logger.records if "charts/SPS" in m], first)
+
+
 def learning_config(
     algo: str, steps: int, device: str = "cpu", warmup: int = WARMUP, compile: bool = False, cuda_graphs: bool = False
 ) -> RunConfig:
@@ -77,7 +82,7 @@ def steady_sps(algo: str, steps: int, device: str = "cpu") -> float:
     start = time.perf_counter()
     module.train(learning_config(algo, steps, device), logger)
     print(f"  ({algo}: {time.perf_counter() - start:.0f} s in all)")
-    return rate_from_marks([(step, m["charts/SPS"]) for step, m in logger.records if "charts/SPS" in m])
+    return rate_between(logger)
 
 
 def cleanrl_sps(cleanrl_dir: str, algo: str, steps: int, device: str, threads: int, warmup: int = WARMUP) -> float:
