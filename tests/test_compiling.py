@@ -65,7 +65,7 @@ def test_a_step_inductor_does_not_capture_computes_the_eager_updates_and_says_so
 
         return update
 
-    eager, captured = update_for(0), CapturedStep(update_for(1), mode="reduce-overhead")
+    eager, captured = update_for(0), CapturedStep(update_for(1))
     torch._dynamo.reset()
     counters.clear()
     inputs = torch.randn(3, 8, 4)

@@ -44,7 +44,7 @@ def compiled(fn: Callable[..., Any], cfg: RunConfig) -> Callable[..., Any]:
             _noted_devices.add(device.type)
             print(f"note: cuda_graphs: device {cfg.device} has no CUDA graphs; compiled without them", file=sys.stderr)
         return torch.compile(fn)
-    return CapturedStep(fn, mode="reduce-overhead")
+    return CapturedStep(fn)
 
 
 class _SkipReasons(logging.Handler):
@@ -82,12 +82,12 @@ def _skips() -> int:
 
 
 class CapturedStep:
-    """`fn` compiled in `mode` ("reduce-overhead": CUDA graphs). Each call starts a new CUDA graph step, returns clones
-    of the outputs, and the first time inductor declines to capture a graph of `fn`, prints which function and why."""
+    """`fn` compiled in mode "reduce-overhead" (CUDA graphs). Each call starts a new CUDA graph step, returns clones of
+    the outputs, and the first time inductor declines to capture a graph of `fn`, prints which function and why."""
 
-    def __init__(self, fn: Callable[..., Any], mode: str) -> None:
+    def __init__(self, fn: Callable[..., Any]) -> None:
         self.name = f"{fn.__module__}.{fn.__name__}"
-        self.step = torch.compile(fn, mode=mode)
+        self.step = torch.compile(fn, mode="reduce-overhead")
         self.reasons = _skip_reasons()
         self.fallback: str | None = None  # why fn runs uncaptured, once inductor has said so
 
